@@ -1,0 +1,235 @@
+"""The ``riverlake`` command.
+
+A user mistake prints one line, ``riverlake: error: ...``, and exits 1: no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from riverlake.errors import RiverlakeError, StackError
+from riverlake.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Riverlake: Prefect flows on ephemeral Dask clusters, Delta tables on S3, Panel apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"riverlake: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:  # pydantic's ValidationError: name the bad variable only
+        first = str(exc).splitlines()
+        _fail(f"invalid settings: {' '.join(first[1:3]) if len(first) > 2 else first[0]}")
+        raise  # unreachable
+
+
+def _print_rows(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    typer.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        typer.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _prefect_env(settings: Settings) -> None:
+    """Point this process's Prefect client at the stack's server before prefect is imported."""
+    os.environ["PREFECT_API_URL"] = str(settings.prefect_api_url)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def prefect_reachable(settings: Settings, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{settings.prefect_api_url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def ui_url(settings: Settings) -> str:
+    return str(settings.prefect_api_url).removesuffix("/api")
+
+
+@app.command()
+def up() -> None:
+    """Start the local stack (Prefect server, SeaweedFS S3) and wait until it is healthy."""
+    from riverlake import stack
+
+    settings = _settings()
+    t0 = time.monotonic()
+    rows = stack.up(settings)
+    _print_rows(rows, ["service", "state", "pid", "url"])
+    typer.echo(f"stack up in {time.monotonic() - t0:.1f}s; state in {settings.home.resolve()}")
+    typer.echo(f"Prefect UI: {ui_url(settings)}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the processes that `riverlake up` started (and nothing else)."""
+    from riverlake import stack
+
+    stopped = stack.down(_settings())
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show the local stack's services."""
+    from riverlake import stack
+
+    rows = stack.status(_settings())
+    _print_rows(rows, ["service", "state", "pid", "url", "log"])
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline to run, e.g. flights.")],
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="local, kubernetes or tcp://HOST:PORT (default: RIVERLAKE_CLUSTER)."),
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD.")] = None,
+) -> None:
+    """Run a pipeline flow now, on an ephemeral Dask cluster, reporting to Prefect."""
+    from cluster import validate_profile
+    from riverlake import lake
+
+    settings = _settings()
+    profile = validate_profile(cluster or settings.cluster)
+    os.environ["RIVERLAKE_CLUSTER"] = profile
+    params: dict[str, object] = {}
+    for label, value in (("start", start), ("end", end)):
+        if value is not None:
+            try:
+                params[label] = date.fromisoformat(value)
+            except ValueError:
+                _fail(f"--{label} {value!r} is not a date (YYYY-MM-DD)")
+    if not prefect_reachable(settings):
+        _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
+    lake.check_store(settings)
+    _prefect_env(settings)
+    from flows import get_pipeline
+    from flows.runner import dask_task_runner
+
+    flow = get_pipeline(pipeline).with_options(task_runner=dask_task_runner(profile))
+    if profile == "local":
+        typer.echo(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
+    t0 = time.monotonic()
+    try:
+        result = flow(**params)
+    except RiverlakeError:
+        raise
+    except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
+        _fail(f"pipeline {pipeline} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(logs in the Prefect UI: {ui_url(settings)}/runs)")  # fmt: skip
+    typer.echo(json.dumps(result, default=str))
+    typer.echo(f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; runs: {ui_url(settings)}/runs")
+
+
+@app.command()
+def tables() -> None:
+    """List the lake's tables: rows, files, partitions, version and last commit."""
+    from riverlake import lake
+
+    settings = _settings()
+    lake.check_store(settings)
+    rows = lake.list_tables(settings)
+    if not rows:
+        typer.echo(f"no tables in {settings.lake_url}")
+        return
+    _print_rows(rows, ["name", "rows", "files", "partitions", "size_bytes", "version",
+                       "last_commit", "last_batch"])  # fmt: skip
+
+
+def panel_command(settings: Settings, port: int, num_procs: int = 1) -> list[str]:
+    """The `panel serve` command line for every app in apps/ (pure)."""
+    import apps
+
+    app_dir = Path(apps.__file__).parent
+    files = [str(app_dir / f"{name}.py") for name in apps.APPS]
+    cmd = [sys.executable, "-m", "panel", "serve", *files, "--port", str(port),
+           "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
+           "--allow-websocket-origin", f"localhost:{port}", "--index", apps.APPS[0]]  # fmt: skip
+    if num_procs > 1:
+        cmd += ["--num-procs", str(num_procs)]
+    return cmd
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default RIVERLAKE_PANEL_PORT).")] = None,
+    num_procs: Annotated[int, typer.Option(help="Panel server processes.")] = 1,
+    with_cluster: Annotated[
+        bool, typer.Option(help="Keep a LocalCluster up for notebooks while serving.")
+    ] = False,
+) -> None:
+    """Serve the Panel apps until Ctrl-C."""
+    from riverlake import lake, stack
+
+    settings = _settings()
+    port = port or settings.panel_port
+    if not stack.port_free(port):
+        _fail(f"port {port} (Panel apps) is already in use; pass --port or set RIVERLAKE_PANEL_PORT")
+    lake.check_store(settings)
+    cluster_obj = None
+    if with_cluster:
+        from cluster import local_cluster
+
+        if not stack.port_free(settings.dashboard_port):
+            _fail(f"port {settings.dashboard_port} (Dask dashboard) is already in use; "
+                  "set RIVERLAKE_DASHBOARD_PORT")  # fmt: skip
+        cluster_obj = local_cluster(settings)
+        (settings.home / "scheduler.json").write_text(
+            json.dumps({"address": cluster_obj.scheduler_address})
+        )
+    env = {**os.environ, "PREFECT_API_URL": str(settings.prefect_api_url)}
+    proc = subprocess.Popen(panel_command(settings, port, num_procs), env=env)
+    typer.echo(f"Prefect UI:     {ui_url(settings)}")
+    if cluster_obj is not None:
+        typer.echo(f"Dask dashboard: {cluster_obj.dashboard_link}")
+        typer.echo(f"Dask scheduler: {cluster_obj.scheduler_address} (notebooks connect here)")
+    typer.echo(f"Panel apps:     http://127.0.0.1:{port}/")
+    typer.echo("Ctrl-C to stop serving (the stack stays up: `riverlake down`).")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=15)
+    finally:
+        if cluster_obj is not None:
+            (settings.home / "scheduler.json").unlink(missing_ok=True)
+            cluster_obj.close()
+
+
+def main() -> None:
+    """Entry point: user mistakes are one line on stderr and exit status 1."""
+    try:
+        app()
+    except (RiverlakeError, StackError) as exc:
+        typer.echo(f"riverlake: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

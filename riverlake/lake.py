@@ -1,0 +1,567 @@
+"""The lake: Delta tables of partitioned Parquet on S3 (or a local path).
+
+Writes follow one pattern: Dask workers write the Parquet files of their
+partitions in parallel (:func:`write_fragments`), then the driver makes them
+visible in a single atomic Delta commit (:func:`commit`). The commit carries an
+application transaction (``app_id``, Delta's txn action) so a batch that was
+committed once is never committed again.
+
+Layout under ``settings.lake_url``::
+
+    landing/<source>/...        raw batches, immutable
+    tables/<name>/_delta_log    curated and gold Delta tables
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from riverlake.errors import LakeError
+from riverlake.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import pandas as pd
+
+WriteMode = Literal["append", "overwrite_partitions"]
+Filter = tuple[str, str, Any]
+
+TABLES = "tables"
+LANDING = "landing"
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def fs_options(settings: Settings) -> dict[str, Any]:
+    """fsspec (s3fs) options for the lake store."""
+    if not settings.lake_is_s3:
+        return {}
+    opts: dict[str, Any] = {"client_kwargs": {"region_name": settings.s3_region}}
+    if settings.s3_endpoint:
+        opts["endpoint_url"] = settings.s3_endpoint
+    if settings.s3_access_key and settings.s3_secret_key:
+        opts["key"] = settings.s3_access_key.get_secret_value()
+        opts["secret"] = settings.s3_secret_key.get_secret_value()
+    return opts
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """deltalake (object_store) options for the lake store."""
+    if not settings.lake_is_s3:
+        return {}
+    opts = {"AWS_REGION": settings.s3_region}
+    if settings.s3_endpoint:
+        opts["AWS_ENDPOINT_URL"] = settings.s3_endpoint
+        if settings.s3_endpoint.startswith("http://"):
+            opts["AWS_ALLOW_HTTP"] = "true"
+        # SeaweedFS and S3 both honour If-None-Match on PUT, which makes the log's
+        # put-if-absent safe without a DynamoDB lock.
+        opts["AWS_CONDITIONAL_PUT"] = "etag"
+    if settings.s3_access_key and settings.s3_secret_key:
+        opts["AWS_ACCESS_KEY_ID"] = settings.s3_access_key.get_secret_value()
+        opts["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key.get_secret_value()
+    return opts
+
+
+def lake_root(settings: Settings) -> str:
+    url = settings.lake_url.rstrip("/")
+    if url.startswith("s3://"):
+        return url
+    return str(fsspec.core.url_to_fs(url)[0]._strip_protocol(url))
+
+
+def filesystem(settings: Settings) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem of the lake store."""
+    fs, _ = fsspec.core.url_to_fs(lake_root(settings), **fs_options(settings))
+    return fs
+
+
+def table_uri(name: str, settings: Settings) -> str:
+    return f"{lake_root(settings)}/{TABLES}/{name}"
+
+
+def landing_uri(source: str, settings: Settings) -> str:
+    return f"{lake_root(settings)}/{LANDING}/{source}"
+
+
+def strip_scheme(uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+def check_store(settings: Settings) -> None:
+    """Fail with one clear line when the lake store is unreachable or refuses our credentials."""
+    fs = filesystem(settings)
+    root = strip_scheme(lake_root(settings))
+    try:
+        if settings.lake_is_s3:
+            bucket = root.split("/", 1)[0]
+            fs.ls(bucket)
+        else:
+            fs.makedirs(root, exist_ok=True)
+    except PermissionError as exc:
+        raise LakeError(
+            f"lake store {settings.s3_endpoint} refused the credentials for {settings.lake_url}: {exc}"
+        ) from None
+    except FileNotFoundError:
+        raise LakeError(
+            f"lake bucket of {settings.lake_url} does not exist on {settings.s3_endpoint}"
+        ) from None
+    except OSError as exc:
+        raise LakeError(
+            f"lake store {settings.s3_endpoint} is unreachable ({type(exc).__name__}); "
+            "is the local stack up? run `riverlake up`"
+        ) from None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _stat_value(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def _file_stats(table: pa.Table) -> str:
+    """Delta per-file statistics (numRecords, min, max, nullCount) for data skipping."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        nulls[name] = col.null_count
+        t = col.type
+        if (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_date(t)
+            or pa.types.is_timestamp(t)
+        ) and col.null_count < len(col):
+            mm = pc.min_max(col).as_py()
+            mins[name], maxs[name] = _stat_value(mm["min"]), _stat_value(mm["max"])
+    return json.dumps(
+        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        default=str,
+    )
+
+
+def _partition_value(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def write_fragments(
+    table: pa.Table,
+    uri: str,
+    partition_by: Sequence[str],
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """Write one Parquet file per partition present in ``table`` under the table ``uri``.
+
+    Runs on a Dask worker. Nothing becomes visible to readers until :func:`commit`
+    adds the returned files to the log. Partition columns are kept out of the files,
+    as Delta stores them in the log and the path. Returns plain-data add actions.
+    """
+    settings = settings or get_settings()
+    fs = filesystem(settings)
+    base = strip_scheme(uri)
+    if table.num_rows == 0:
+        return []
+    groups: Iterable[tuple[dict[str, Any], pa.Table]]
+    if partition_by:
+        keys = table.select(list(partition_by)).group_by(list(partition_by)).aggregate([])
+        groups = []
+        for key in keys.to_pylist():
+            mask = None
+            for col, val in key.items():
+                m = pc.is_null(table[col]) if val is None else pc.equal(table[col], val)
+                mask = m if mask is None else pc.and_(mask, m)
+            groups.append((key, table.filter(mask).drop_columns(list(partition_by))))
+    else:
+        groups = [({}, table)]
+    adds = []
+    for key, part in groups:
+        rel_dir = "/".join(
+            f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in key.items()
+        )
+        rel = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.zstd.parquet")
+        path = f"{base}/{rel}"
+        if not fs.exists(posixpath.dirname(path)):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(part, f, compression="zstd")
+        adds.append(
+            {
+                "path": rel,
+                "size": fs.size(path),
+                "partition_values": {k: _partition_value(v) for k, v in key.items()},
+                "modification_time": int(time.time() * 1000),
+                "data_change": True,
+                "stats": _file_stats(part),
+                "rows": part.num_rows,
+            }
+        )
+    return adds
+
+
+@dataclass
+class CommitResult:
+    """What a commit did: the new table version, or ``skipped`` when the batch was already in."""
+
+    table: str
+    version: int | None
+    files_added: int = 0
+    files_removed: int = 0
+    rows: int = 0
+    skipped: bool = False
+    app_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def open_table(uri: str, settings: Settings | None = None, version: int | None = None):
+    """The DeltaTable at ``uri``, or None when no table exists there yet."""
+    from deltalake import DeltaTable
+
+    settings = settings or get_settings()
+    opts = storage_options(settings)
+    if not DeltaTable.is_deltatable(uri, storage_options=opts):
+        return None
+    return DeltaTable(uri, version=version, storage_options=opts)
+
+
+def committed(uri: str, app_id: str, settings: Settings | None = None) -> bool:
+    """True when the table at ``uri`` already holds the batch ``app_id``."""
+    dt = open_table(uri, settings)
+    return dt is not None and dt.transaction_version(app_id) is not None
+
+
+def commit(
+    uri: str,
+    adds: Sequence[dict[str, Any]],
+    schema: pa.Schema,
+    partition_by: Sequence[str] = (),
+    mode: WriteMode = "append",
+    app_id: str | None = None,
+    settings: Settings | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> CommitResult:
+    """Make the written files visible in one atomic commit.
+
+    ``overwrite_partitions`` removes, in the same commit, every file of the partitions
+    the batch touches, so a re-computed partition replaces the old one atomically.
+    With ``app_id`` the commit records Delta's application transaction; a batch whose
+    id the table already holds is skipped.
+    """
+    from deltalake import CommitProperties, Transaction
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+    settings = settings or get_settings()
+    opts = storage_options(settings)
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    rows = sum(a.get("rows", 0) for a in adds)
+    custom = {"riverlake.rows": rows, **(metadata or {})}
+    if app_id:
+        custom["riverlake.batch"] = app_id
+    props = CommitProperties(
+        custom_metadata={k: str(v) for k, v in custom.items()},
+        app_transactions=[Transaction(app_id, 1)] if app_id else None,
+    )
+    actions = [
+        AddAction(
+            a["path"], a["size"], a["partition_values"], a["modification_time"], True, a["stats"]
+        )
+        for a in adds
+    ]
+    dt = open_table(uri, settings)
+    if dt is None:
+        create_table_with_add_actions(
+            uri,
+            DeltaSchema.from_arrow(schema),
+            actions,
+            mode="append",
+            partition_by=list(partition_by) or None,
+            storage_options=opts,
+            commit_properties=props,
+        )
+        return CommitResult(name, 0, len(actions), 0, rows, app_id=app_id)
+    if app_id and dt.transaction_version(app_id) is not None:
+        return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
+    removes: list[RemoveAction] = []
+    if mode == "overwrite_partitions" and partition_by:
+        touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
+        now = int(time.time() * 1000)
+        for f in current_files(dt):
+            if tuple(f["partition_values"].get(c) for c in partition_by) in touched:
+                removes.append(
+                    RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
+                )
+    elif mode == "overwrite_partitions":
+        now = int(time.time() * 1000)
+        removes = [
+            RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
+            for f in current_files(dt)
+        ]
+    dt.create_write_transaction(
+        [*actions, *removes],
+        mode="append",
+        schema=schema,
+        partition_by=list(partition_by) or None,
+        commit_properties=props,
+    )
+    dt.update_incremental()
+    return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=app_id)
+
+
+def current_files(dt) -> list[dict[str, Any]]:
+    """The table's live files: path, size, rows and partition values (as strings)."""
+    acts = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    part_cols = dt.metadata().partition_columns
+    out = []
+    for a in acts:
+        out.append(
+            {
+                "path": a["path"],
+                "size": a["size_bytes"],
+                "rows": a.get("num_records"),
+                "partition_values": {
+                    c: _partition_value(a.get(f"partition.{c}")) for c in part_cols
+                },
+                "modification_time": a["modification_time"],
+            }
+        )
+    return out
+
+
+def _to_arrow(data: pd.DataFrame | pa.Table, schema: pa.Schema | None) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data.cast(schema) if schema is not None else data
+    return pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+
+
+def write_table(
+    name: str,
+    data: pd.DataFrame | pa.Table | dd.DataFrame,
+    *,
+    partition_by: Sequence[str] = (),
+    mode: WriteMode = "append",
+    app_id: str | None = None,
+    schema: pa.Schema | None = None,
+    settings: Settings | None = None,
+) -> CommitResult:
+    """Write a pandas, Arrow or dask frame to table ``name`` in one atomic commit.
+
+    A dask frame is written partition by partition on the cluster (the current dask
+    scheduler), with no shuffle; then the driver commits all the files at once.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    settings = settings or get_settings()
+    uri = table_uri(name, settings)
+    if app_id and committed(uri, app_id, settings):
+        return CommitResult(name, open_table(uri, settings).version(), skipped=True, app_id=app_id)
+    if isinstance(data, dd.DataFrame):
+        if schema is None:
+            schema = pa.Schema.from_pandas(data._meta, preserve_index=False)
+        parts = [
+            dask.delayed(_write_pandas)(p, uri, tuple(partition_by), schema, settings)
+            for p in data.to_delayed()
+        ]
+        adds = [a for chunk in dask.compute(*parts) for a in chunk]
+    else:
+        table = _to_arrow(data, schema)
+        schema = table.schema
+        adds = write_fragments(table, uri, partition_by, settings)
+    return commit(uri, adds, schema, partition_by, mode, app_id, settings)
+
+
+def _write_pandas(df, uri, partition_by, schema, settings):
+    return write_fragments(_to_arrow(df, schema), uri, partition_by, settings)
+
+
+# --------------------------------------------------------------------------- reading
+
+_OPS = {
+    "=": lambda a, b: a == b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b,
+}
+
+
+def _cast_partition(value: str | None, typ: pa.DataType) -> Any:
+    if value is None:
+        return None
+    return pa.scalar(value).cast(typ).as_py()
+
+
+def _expr(filters: Sequence[Filter]) -> pc.Expression | None:
+    expr = None
+    for col, op, val in filters:
+        f = pc.field(col)
+        e = {
+            "=": lambda: f == val,
+            "==": lambda: f == val,
+            "!=": lambda: f != val,
+            "<": lambda: f < val,
+            "<=": lambda: f <= val,
+            ">": lambda: f > val,
+            ">=": lambda: f >= val,
+            "in": lambda: f.isin(list(val)),
+            "not in": lambda: ~f.isin(list(val)),
+        }[op]()
+        expr = e if expr is None else expr & e
+    return expr
+
+
+def table_files(
+    name: str,
+    filters: Sequence[Filter] = (),
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+) -> tuple[pa.Schema, list[str], list[dict[str, Any]]]:
+    """The arrow schema, partition columns and live files of a table after partition pruning."""
+    settings = settings or get_settings()
+    uri = table_uri(name, settings)
+    dt = open_table(uri, settings, version=version)
+    if dt is None:
+        raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")
+    if as_of is not None:
+        dt.load_as_version(as_of)
+    schema = pa.schema(dt.schema().to_arrow())
+    parts = dt.metadata().partition_columns
+    pfilters = [f for f in filters if f[0] in parts]
+    for col, op, _ in filters:
+        if col not in schema.names:
+            raise LakeError(f"filter column {col!r} is not in table {name!r}")
+        if op not in _OPS:
+            raise LakeError(f"filter operator {op!r} is not supported")
+    files = []
+    for f in current_files(dt):
+        values = {c: _cast_partition(f["partition_values"][c], schema.field(c).type) for c in parts}
+        if all(_OPS[op](values[c], v) for c, op, v in pfilters):
+            files.append({**f, "typed_partition_values": values, "uri": f"{uri}/{f['path']}"})
+    return schema, parts, files
+
+
+def read_fragment(
+    spec: dict[str, Any],
+    schema: pa.Schema,
+    columns: Sequence[str] | None,
+    filters: Sequence[Filter],
+    settings: Settings,
+) -> pd.DataFrame:
+    """Read one data file of a table, restoring its partition columns from the log."""
+    fs = filesystem(settings)
+    pvals = spec["typed_partition_values"]
+    file_cols = [c for c in (columns or schema.names) if c not in pvals]
+    need = list(dict.fromkeys(file_cols + [c for c, _, _ in filters if c not in pvals]))
+    with fs.open(strip_scheme(spec["uri"]), "rb") as f:
+        t = pq.read_table(f, columns=need)
+    for c, v in pvals.items():
+        t = t.append_column(schema.field(c), pa.array([v] * t.num_rows, schema.field(c).type))
+    expr = _expr([f for f in filters if f[0] not in pvals])
+    if expr is not None:
+        t = t.filter(expr)
+    cols = list(columns or schema.names)
+    return t.select(cols).to_pandas()
+
+
+def read_table(
+    name: str,
+    columns: Sequence[str] | None = None,
+    filters: Sequence[Filter] = (),
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+) -> dd.DataFrame:
+    """Open a lake table as a dask DataFrame: one partition per data file.
+
+    Partition filters prune whole files before anything is read; other filters are
+    applied while reading. ``version`` or ``as_of`` travel back in time.
+    """
+    import dask.dataframe as dd
+
+    settings = settings or get_settings()
+    schema, _, files = table_files(name, filters, version, as_of, settings)
+    cols = list(columns) if columns else schema.names
+    meta = schema.empty_table().select(cols).to_pandas()
+    if not files:
+        return dd.from_pandas(meta, npartitions=1)
+    return dd.from_map(
+        read_fragment,
+        files,
+        schema=schema,
+        columns=cols,
+        filters=list(filters),
+        settings=settings,
+        meta=meta,
+        enforce_metadata=False,
+    )
+
+
+def read_pandas(name: str, **kwargs: Any) -> pd.DataFrame:
+    """A small table (a gold table, a dimension) read straight into pandas."""
+    return read_table(name, **kwargs).compute(scheduler="threads")
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every table in the lake with rows, files, size, partitions, version and last commit."""
+    settings = settings or get_settings()
+    fs = filesystem(settings)
+    root = strip_scheme(f"{lake_root(settings)}/{TABLES}")
+    try:
+        names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        dt = open_table(table_uri(name, settings), settings)
+        if dt is None:
+            continue
+        files = current_files(dt)
+        last = dt.history(1)[0]
+        parts = dt.metadata().partition_columns
+        out.append(
+            {
+                "name": name,
+                "version": dt.version(),
+                "rows": sum(f["rows"] or 0 for f in files),
+                "files": len(files),
+                "size_bytes": sum(f["size"] for f in files),
+                "partitions": len({tuple(f["partition_values"].items()) for f in files})
+                if parts
+                else 0,
+                "partition_by": parts,
+                "last_commit": datetime.fromtimestamp(last["timestamp"] / 1000).isoformat(
+                    timespec="seconds"
+                ),
+                "last_batch": (last.get("riverlake.batch") or ""),
+            }
+        )
+    return out

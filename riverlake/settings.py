@@ -1,0 +1,114 @@
+"""Typed settings, one env prefix (``RIVERLAKE_``).
+
+Every knob is documented where it is defined. Secrets are never committed: the S3
+credentials come from the environment or, for the local stack, from the
+credentials file that ``riverlake up`` generates under the state folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+class Settings(BaseSettings):
+    """Riverlake configuration; read from ``RIVERLAKE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="RIVERLAKE_", extra="ignore")
+
+    home: Path = Field(
+        Path(".riverlake"),
+        description="State folder of the local stack: pid files, logs, SeaweedFS and Prefect data.",
+    )
+    lake_url: str = Field(
+        "s3://riverlake/lake",
+        description="Root of the lake: s3://bucket/prefix, or a local path for a store-less lake.",
+    )
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 endpoint URL; defaults to the local SeaweedFS (http://127.0.0.1:<s3_port>). "
+        "Set to an empty string to use AWS's default endpoint.",
+    )
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+
+    prefect_port: int = Field(4200, description="Port of the local Prefect server (API and UI).")
+    s3_port: int = Field(
+        8333,
+        description="Port of the local SeaweedFS S3 gateway. SeaweedFS's internal master, volume "
+        "and filer ports are s3_port+1..+3 and their gRPC ports s3_port+11..+13.",
+    )
+    panel_port: int = Field(5006, description="Port of `riverlake serve` (the Panel apps).")
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API URL; defaults to the local server on prefect_port."
+    )
+
+    cluster: str = Field(
+        "local",
+        description="Dask cluster profile: 'local' (LocalCluster), 'kubernetes' (dask-kubernetes "
+        "operator), or a scheduler address such as tcp://10.0.0.5:8786.",
+    )
+    workers: int = Field(2, ge=1, description="Number of Dask workers.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per Dask worker.")
+    worker_memory: str = Field("4GiB", description="Memory limit of each Dask worker.")
+    dashboard_port: int = Field(
+        8787, description="Port of the local Dask dashboard; 0 picks a free one."
+    )
+
+    image: str = Field(
+        "ghcr.io/riverlake/riverlake:0.1.0",
+        description="Container image for the Kubernetes Dask scheduler and workers.",
+    )
+    namespace: str = Field("riverlake", description="Kubernetes namespace of the Dask clusters.")
+    worker_cpu: str = Field("1", description="CPU request and limit of a Kubernetes Dask worker.")
+    idle_timeout: int = Field(
+        600, description="Seconds after which an idle Kubernetes Dask cluster deletes itself."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_from_state(self) -> Settings:
+        if self.s3_endpoint is None:
+            self.s3_endpoint = f"http://127.0.0.1:{self.s3_port}"
+        if self.prefect_api_url is None:
+            self.prefect_api_url = f"http://127.0.0.1:{self.prefect_port}/api"
+        creds = self.home / CREDENTIALS_FILE
+        if (self.s3_access_key is None or self.s3_secret_key is None) and creds.exists():
+            data = json.loads(creds.read_text())
+            self.s3_access_key = self.s3_access_key or SecretStr(data["access_key"])
+            self.s3_secret_key = self.s3_secret_key or SecretStr(data["secret_key"])
+        return self
+
+    @property
+    def lake_is_s3(self) -> bool:
+        return self.lake_url.startswith("s3://")
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment handed to every Dask worker: the Prefect API and the storage settings.
+
+        With PREFECT_API_URL set, a Prefect task running on a worker reports to the real
+        server instead of starting a temporary one of its own.
+        """
+        env = {
+            "PREFECT_API_URL": str(self.prefect_api_url),
+            "RIVERLAKE_LAKE_URL": self.lake_url,
+            "RIVERLAKE_S3_REGION": self.s3_region,
+            "RIVERLAKE_HOME": str(self.home.resolve()),
+            "RIVERLAKE_S3_ENDPOINT": self.s3_endpoint or "",
+        }
+        if self.s3_access_key and self.s3_secret_key:
+            env["RIVERLAKE_S3_ACCESS_KEY"] = self.s3_access_key.get_secret_value()
+            env["RIVERLAKE_S3_SECRET_KEY"] = self.s3_secret_key.get_secret_value()
+        return env
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment now (never cached: tests and CLI flags change it)."""
+    return Settings(**overrides)

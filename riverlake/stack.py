@@ -1,0 +1,329 @@
+"""The local stack: a Prefect server and SeaweedFS (S3), as real processes.
+
+Each service is started in its own session with its log and a pid file under the
+state folder (``settings.home``). ``down`` stops only processes whose pid file this
+module wrote and whose command line still matches, so it never kills a stranger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from riverlake.errors import StackError
+from riverlake.settings import CREDENTIALS_FILE, Settings
+
+STARTUP_TIMEOUT_S = 120
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ports: dict[str, int]
+    health_url: str
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    setting: str = ""
+
+    def pid_file(self, home: Path) -> Path:
+        return home / "run" / f"{self.name}.pid"
+
+    def log_file(self, home: Path) -> Path:
+        return home / "logs" / f"{self.name}.log"
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"{name} is not installed; run `make install`")
+    return found
+
+
+def seaweed_ports(settings: Settings) -> dict[str, int]:
+    p = settings.s3_port
+    return {
+        "s3": p, "master": p + 1, "volume": p + 2, "filer": p + 3,
+        "s3.grpc": p + 10, "master.grpc": p + 11, "volume.grpc": p + 12, "filer.grpc": p + 13,
+    }  # fmt: skip
+
+
+def services(settings: Settings) -> list[Service]:
+    """The stack's services for ``settings`` (pure: builds argv, ports and URLs only)."""
+    home = settings.home.resolve()
+    sw = seaweed_ports(settings)
+    weed = Service(
+        name="seaweedfs",
+        argv=[
+            _bin("weed"), "server",
+            f"-dir={home / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-s3", f"-s3.port={sw['s3']}", f"-s3.port.grpc={sw['s3.grpc']}",
+            f"-s3.config={home / 'seaweedfs' / 's3.json'}",
+            f"-master.port={sw['master']}", f"-master.port.grpc={sw['master.grpc']}",
+            f"-volume.port={sw['volume']}", f"-volume.port.grpc={sw['volume.grpc']}",
+            f"-filer.port={sw['filer']}", f"-filer.port.grpc={sw['filer.grpc']}",
+            "-master.volumeSizeLimitMB=256", "-volume.max=0",
+        ],  # fmt: skip
+        ports=sw,
+        health_url=f"http://127.0.0.1:{sw['s3']}/",
+        url=f"http://127.0.0.1:{sw['s3']}",
+        setting="RIVERLAKE_S3_PORT",
+    )
+    prefect_home = home / "prefect"
+    prefect = Service(
+        name="prefect",
+        argv=[_bin("prefect"), "server", "start", "--host", "127.0.0.1",
+              "--port", str(settings.prefect_port)],  # fmt: skip
+        ports={"api": settings.prefect_port},
+        health_url=f"http://127.0.0.1:{settings.prefect_port}/api/health",
+        url=f"http://127.0.0.1:{settings.prefect_port}",
+        env={
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+            "PREFECT_API_URL": "",
+        },
+        setting="RIVERLAKE_PREFECT_PORT",
+    )
+    return [weed, prefect]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_pid(svc: Service, home: Path) -> dict | None:
+    f = svc.pid_file(home)
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(info: dict | None) -> bool:
+    """The recorded process still runs and is the one we started (not a reused pid)."""
+    if not info:
+        return False
+    try:
+        cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # A console script runs as `python <script> ...`: its path is the first or second word.
+    return info["argv"][0] in [w.decode(errors="replace") for w in cmdline[:2]]
+
+
+def healthy(svc: Service, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(svc.health_url, timeout=timeout) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as exc:
+        # S3 answers 403 to an anonymous request: that is a live, locked-down gateway.
+        return exc.code in (401, 403)
+    except (OSError, ValueError):
+        return False
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _ensure_credentials(settings: Settings) -> tuple[str, str]:
+    """The S3 credentials of the local store, generated once and kept in the state folder."""
+    f = settings.home / CREDENTIALS_FILE
+    if f.exists():
+        data = json.loads(f.read_text())
+    else:
+        data = {"access_key": "rl" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(30)}
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch(mode=0o600)
+        f.write_text(json.dumps(data))
+    if settings.s3_access_key and settings.s3_secret_key:
+        return settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value()
+    return data["access_key"], data["secret_key"]
+
+
+def _write_s3_config(settings: Settings, key: str, secret: str) -> None:
+    cfg = settings.home.resolve() / "seaweedfs" / "s3.json"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    # Only this identity exists: anonymous requests get 403.
+    identities = {
+        "identities": [
+            {
+                "name": "riverlake",
+                "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    cfg.touch(mode=0o600)
+    cfg.write_text(json.dumps(identities))
+
+
+def _start(svc: Service, home: Path) -> None:
+    for label, port in svc.ports.items():
+        if not port_free(port):
+            raise StackError(
+                f"port {port} ({svc.name} {label}) is already in use; "
+                f"set {svc.setting} to a free port"
+            )
+    log = svc.log_file(home)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    svc.pid_file(home).parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **svc.env}
+    env = {k: v for k, v in env.items() if v != ""}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            svc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True, cwd=home,
+        )  # fmt: skip
+    svc.pid_file(home).write_text(
+        json.dumps({"pid": proc.pid, "argv": svc.argv, "ports": svc.ports, "started": time.time()})
+    )
+
+
+def _wait_healthy(svc: Service, home: Path, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if healthy(svc):
+            return
+        if not _alive(_read_pid(svc, home)):
+            raise StackError(
+                f"{svc.name} exited during start-up; see {svc.log_file(home)}: "
+                f"{_tail(svc.log_file(home), 2)}"
+            )
+        time.sleep(0.25)
+    raise StackError(f"{svc.name} did not become healthy in {STARTUP_TIMEOUT_S}s; see {svc.log_file(home)}")
+
+
+def _ensure_bucket(settings: Settings) -> None:
+    from riverlake import lake
+
+    if not settings.lake_is_s3:
+        return
+    fs = lake.filesystem(settings)
+    bucket = lake.strip_scheme(settings.lake_url).split("/", 1)[0]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if not fs.exists(bucket):
+                fs.mkdir(bucket)
+            return
+        except OSError:
+            # The S3 gateway answers before the filer is ready to take buckets.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            fs.invalidate_cache()
+
+
+def up(settings: Settings) -> list[dict]:
+    """Start every service that is not running yet, wait until all are healthy."""
+    home = settings.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    key, secret = _ensure_credentials(settings)
+    _write_s3_config(settings, key, secret)
+    started = []
+    try:
+        for svc in services(settings):
+            if _alive(_read_pid(svc, home)):
+                continue
+            _start(svc, home)
+            started.append(svc)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for svc in services(settings):
+            _wait_healthy(svc, home, deadline)
+        _ensure_bucket(_with_credentials(settings, key, secret))
+    except BaseException:
+        for svc in started:
+            _stop(svc, home)
+        raise
+    return status(settings)
+
+
+def _with_credentials(settings: Settings, key: str, secret: str) -> Settings:
+    from pydantic import SecretStr
+
+    return settings.model_copy(update={"s3_access_key": SecretStr(key), "s3_secret_key": SecretStr(secret)})
+
+
+def _stop(svc: Service, home: Path, timeout: float = 15) -> bool:
+    info = _read_pid(svc, home)
+    stopped = False
+    if _alive(info):
+        pid = info["pid"]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(info):
+            time.sleep(0.1)
+        if _alive(info):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stopped = True
+    svc.pid_file(home).unlink(missing_ok=True)
+    return stopped
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what ``up`` started (pid files under the state folder); returns their names."""
+    home = settings.home.resolve()
+    return [svc.name for svc in reversed(services(settings)) if _stop(svc, home)]
+
+
+def status(settings: Settings) -> list[dict]:
+    home = settings.home.resolve()
+    out = []
+    for svc in services(settings):
+        info = _read_pid(svc, home)
+        alive = _alive(info)
+        state = "stopped"
+        if alive:
+            state = "running" if healthy(svc) else "unhealthy"
+        out.append(
+            {
+                "service": svc.name,
+                "state": state,
+                "pid": info["pid"] if alive else None,
+                "url": svc.url,
+                "log": str(svc.log_file(home)),
+            }
+        )
+    return out
