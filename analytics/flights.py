@@ -84,9 +84,8 @@ def prepare_flights(raw: pd.DataFrame) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("carrier", "tailnum", "origin", "dest"):
         df[col] = df[col].astype("string")
-    df["flight_date"] = pd.to_datetime(
-        {"year": df["year"], "month": df["month"], "day": df["day"]}
-    ).dt.date
+    # datetime64 in pandas, date32 in the table: a real dtype, not Python objects.
+    df["flight_date"] = pd.to_datetime({"year": df["year"], "month": df["month"], "day": df["day"]})
     df["cancelled"] = df["dep_time"].isna()
     return df[FLIGHTS_SCHEMA.names]
 

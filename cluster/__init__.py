@@ -55,14 +55,18 @@ def make_dask_cluster_spec(settings: Settings, name: str | None = None) -> dict[
     name = name or f"riverlake-{uuid.uuid4().hex[:8]}"
     spec["metadata"]["name"] = name
     spec["spec"]["idleTimeout"] = settings.idle_timeout
-    env = [{"name": k, "value": v} for k, v in sorted(settings.worker_env().items())
-           if not k.startswith("RIVERLAKE_S3_ACCESS") and not k.startswith("RIVERLAKE_S3_SECRET")]  # fmt: skip
+    secret_keys = ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
+    env = [
+        {"name": k, "value": v}
+        for k, v in sorted(settings.worker_env().items())
+        if k not in secret_keys
+    ]
     # Credentials never go into the manifest: in a cluster the pods get them from the
     # service account (IRSA) or from this Secret, when one exists.
     env += [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": "riverlake-s3", "key": key,
                                                      "optional": True}}}
-        for key in ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
+        for key in secret_keys
     ]  # fmt: skip
     mem = _k8s_memory(settings.worker_memory)
     worker = spec["spec"]["worker"]
@@ -127,3 +131,20 @@ def get_cluster(profile: str | None = None, settings: Settings | None = None):
 def make_cluster(profile: str = "local", **overrides: Any):
     """Factory for prefect-dask's ``cluster_class``: settings overrides as keyword arguments."""
     return get_cluster(profile, get_settings(**overrides))
+
+
+def connect(settings: Settings | None = None):
+    """A distributed Client for notebooks: the configured scheduler address, the cluster that
+    `riverlake serve --with-cluster` keeps up (its address is in the state folder), or a new
+    LocalCluster when neither exists."""
+    import json
+
+    from distributed import Client
+
+    settings = settings or get_settings()
+    if is_address(settings.cluster):
+        return Client(settings.cluster)
+    shared = settings.home / "scheduler.json"
+    if shared.exists():
+        return Client(json.loads(shared.read_text())["address"])
+    return Client(local_cluster(settings))

@@ -50,7 +50,10 @@ def extract_flights(start: date, end: date) -> list[tuple[int, int]]:
     root = lake.strip_scheme(lake.landing_uri("flights", settings))
     src = demo_data.load("flights")
     days = src["year"] * 10000 + src["month"] * 100 + src["day"]
-    lo, hi = start.year * 10000 + start.month * 100 + start.day, end.year * 10000 + end.month * 100 + end.day
+    lo, hi = (
+        start.year * 10000 + start.month * 100 + start.day,
+        end.year * 10000 + end.month * 100 + end.day,
+    )
     src = src[(days >= lo) & (days <= hi)]
     existing = set(fs.find(root)) if fs.exists(root) else set()
     blobs: dict[str, bytes] = {}
@@ -64,9 +67,7 @@ def extract_flights(start: date, end: date) -> list[tuple[int, int]]:
                 fs.makedirs(p, exist_ok=True)
         fs.pipe(blobs)
     months = sorted({(d.year, d.month) for d in _days(start, end)})
-    get_run_logger().info(
-        "landed %d new daily files (%d rows in range)", len(blobs), len(src)
-    )
+    get_run_logger().info("landed %d new daily files (%d rows in range)", len(blobs), len(src))
     return months
 
 
@@ -100,7 +101,10 @@ def month_files(year: int, month: int) -> dict[str, int]:
     settings = get_settings()
     fs = lake.filesystem(settings)
     root = lake.strip_scheme(lake.landing_uri("flights", settings))
-    return {p: int(info["size"]) for p, info in fs.glob(_month_glob(root, year, month), detail=True).items()}
+    return {
+        p: int(info["size"])
+        for p, info in fs.glob(_month_glob(root, year, month), detail=True).items()
+    }
 
 
 def batch_id(files: dict[str, int]) -> str:
@@ -179,7 +183,9 @@ def _as_date(value: date | str) -> date:
 
 
 @flow(name="flights", task_runner=dask_task_runner(), log_prints=True)
-def flights_flow(start: date | str = "2013-01-01", end: date | str = "2013-12-31") -> dict[str, Any]:
+def flights_flow(
+    start: date | str = "2013-01-01", end: date | str = "2013-12-31"
+) -> dict[str, Any]:
     """Land the flights of [start, end] and the dimensions; rebuild the touched months."""
     logger = get_run_logger()
     start, end = _as_date(start), _as_date(end)
@@ -214,4 +220,3 @@ def flights_flow(start: date | str = "2013-01-01", end: date | str = "2013-12-31
     }
     logger.info("flights run: %s", summary)
     return summary
-

@@ -132,17 +132,24 @@ def run(
 
     flow = get_pipeline(pipeline).with_options(task_runner=dask_task_runner(profile))
     if profile == "local":
-        typer.echo(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
+        typer.echo(
+            f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status"
+        )
     t0 = time.monotonic()
     try:
         result = flow(**params)
     except RiverlakeError:
         raise
     except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
-        _fail(f"pipeline {pipeline} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              f"(logs in the Prefect UI: {ui_url(settings)}/runs)")  # fmt: skip
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(
+            f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
+            f"(logs in the Prefect UI: {ui_url(settings)}/runs)"
+        )
     typer.echo(json.dumps(result, default=str))
-    typer.echo(f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; runs: {ui_url(settings)}/runs")
+    typer.echo(
+        f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; runs: {ui_url(settings)}/runs"
+    )
 
 
 @app.command()
@@ -188,7 +195,9 @@ def serve(
     settings = _settings()
     port = port or settings.panel_port
     if not stack.port_free(port):
-        _fail(f"port {port} (Panel apps) is already in use; pass --port or set RIVERLAKE_PANEL_PORT")
+        _fail(
+            f"port {port} (Panel apps) is already in use; pass --port or set RIVERLAKE_PANEL_PORT"
+        )
     lake.check_store(settings)
     cluster_obj = None
     if with_cluster:

@@ -49,7 +49,10 @@ def fs_options(settings: Settings) -> dict[str, Any]:
     """fsspec (s3fs) options for the lake store."""
     if not settings.lake_is_s3:
         return {}
-    opts: dict[str, Any] = {"client_kwargs": {"region_name": settings.s3_region}}
+    opts: dict[str, Any] = {
+        "client_kwargs": {"region_name": settings.s3_region},
+        "config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 3}},
+    }
     if settings.s3_endpoint:
         opts["endpoint_url"] = settings.s3_endpoint
     if settings.s3_access_key and settings.s3_secret_key:
@@ -113,13 +116,14 @@ def check_store(settings: Settings) -> None:
             fs.makedirs(root, exist_ok=True)
     except PermissionError as exc:
         raise LakeError(
-            f"lake store {settings.s3_endpoint} refused the credentials for {settings.lake_url}: {exc}"
+            f"lake store {settings.s3_endpoint} refused the credentials "
+            f"for {settings.lake_url}: {exc}"
         ) from None
     except FileNotFoundError:
         raise LakeError(
             f"lake bucket of {settings.lake_url} does not exist on {settings.s3_endpoint}"
         ) from None
-    except OSError as exc:
+    except Exception as exc:  # botocore/aiohttp connection errors are not OSErrors
         raise LakeError(
             f"lake store {settings.s3_endpoint} is unreachable ({type(exc).__name__}); "
             "is the local stack up? run `riverlake up`"
@@ -308,9 +312,7 @@ def commit(
         now = int(time.time() * 1000)
         for f in current_files(dt):
             if tuple(f["partition_values"].get(c) for c in partition_by) in touched:
-                removes.append(
-                    RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
-                )
+                removes.append(RemoveAction(f["path"], True, now, f["size"], f["partition_values"]))
     elif mode == "overwrite_partitions":
         now = int(time.time() * 1000)
         removes = [
@@ -416,21 +418,18 @@ def _cast_partition(value: str | None, typ: pa.DataType) -> Any:
     return pa.scalar(value).cast(typ).as_py()
 
 
+_EXPR_OPS = {
+    **_OPS,
+    "in": lambda f, v: f.isin(list(v)),
+    "not in": lambda f, v: ~f.isin(list(v)),
+}
+
+
 def _expr(filters: Sequence[Filter]) -> pc.Expression | None:
+    """The conjunction of ``filters`` as a pyarrow compute expression."""
     expr = None
     for col, op, val in filters:
-        f = pc.field(col)
-        e = {
-            "=": lambda: f == val,
-            "==": lambda: f == val,
-            "!=": lambda: f != val,
-            "<": lambda: f < val,
-            "<=": lambda: f <= val,
-            ">": lambda: f > val,
-            ">=": lambda: f >= val,
-            "in": lambda: f.isin(list(val)),
-            "not in": lambda: ~f.isin(list(val)),
-        }[op]()
+        e = _EXPR_OPS[op](pc.field(col), val)
         expr = e if expr is None else expr & e
     return expr
 
@@ -486,7 +485,7 @@ def read_fragment(
     if expr is not None:
         t = t.filter(expr)
     cols = list(columns or schema.names)
-    return t.select(cols).to_pandas()
+    return t.select(cols).to_pandas(date_as_object=False)
 
 
 def read_table(
@@ -507,7 +506,7 @@ def read_table(
     settings = settings or get_settings()
     schema, _, files = table_files(name, filters, version, as_of, settings)
     cols = list(columns) if columns else schema.names
-    meta = schema.empty_table().select(cols).to_pandas()
+    meta = schema.empty_table().select(cols).to_pandas(date_as_object=False)
     if not files:
         return dd.from_pandas(meta, npartitions=1)
     return dd.from_map(

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     )
     s3_endpoint: str | None = Field(
         None,
-        description="S3 endpoint URL; defaults to the local SeaweedFS (http://127.0.0.1:<s3_port>). "
+        description="S3 endpoint URL; defaults to the local SeaweedFS "
+        "(http://127.0.0.1:<s3_port>). "
         "Set to an empty string to use AWS's default endpoint.",
     )
     s3_access_key: SecretStr | None = Field(None, description="S3 access key id.")

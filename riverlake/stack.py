@@ -7,6 +7,7 @@ module wrote and whose command line still matches, so it never kills a stranger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -67,31 +68,51 @@ def services(settings: Settings) -> list[Service]:
     weed = Service(
         name="seaweedfs",
         argv=[
-            _bin("weed"), "server",
-            f"-dir={home / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={sw['s3']}", f"-s3.port.grpc={sw['s3.grpc']}",
+            _bin("weed"),
+            "server",
+            f"-dir={home / 'seaweedfs'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={sw['s3']}",
+            f"-s3.port.grpc={sw['s3.grpc']}",
             f"-s3.config={home / 'seaweedfs' / 's3.json'}",
-            f"-master.port={sw['master']}", f"-master.port.grpc={sw['master.grpc']}",
-            f"-volume.port={sw['volume']}", f"-volume.port.grpc={sw['volume.grpc']}",
-            f"-filer.port={sw['filer']}", f"-filer.port.grpc={sw['filer.grpc']}",
-            "-master.volumeSizeLimitMB=256", "-volume.max=0",
-        ],  # fmt: skip
+            f"-master.port={sw['master']}",
+            f"-master.port.grpc={sw['master.grpc']}",
+            f"-volume.port={sw['volume']}",
+            f"-volume.port.grpc={sw['volume.grpc']}",
+            f"-filer.port={sw['filer']}",
+            f"-filer.port.grpc={sw['filer.grpc']}",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
+            # the Iceberg and Lance catalogs would take fixed ports (8181, 9101): off
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ],
         ports=sw,
         health_url=f"http://127.0.0.1:{sw['s3']}/",
         url=f"http://127.0.0.1:{sw['s3']}",
         setting="RIVERLAKE_S3_PORT",
     )
     prefect_home = home / "prefect"
+    prefect_db = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
     prefect = Service(
         name="prefect",
-        argv=[_bin("prefect"), "server", "start", "--host", "127.0.0.1",
-              "--port", str(settings.prefect_port)],  # fmt: skip
+        argv=[
+            _bin("prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.prefect_port),
+        ],
         ports={"api": settings.prefect_port},
         health_url=f"http://127.0.0.1:{settings.prefect_port}/api/health",
         url=f"http://127.0.0.1:{settings.prefect_port}",
         env={
             "PREFECT_HOME": str(prefect_home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
@@ -194,13 +215,16 @@ def _write_s3_config(settings: Settings, key: str, secret: str) -> None:
     cfg.write_text(json.dumps(identities))
 
 
-def _start(svc: Service, home: Path) -> None:
+def _check_ports(svc: Service) -> None:
     for label, port in svc.ports.items():
         if not port_free(port):
             raise StackError(
                 f"port {port} ({svc.name} {label}) is already in use; "
                 f"set {svc.setting} to a free port"
             )
+
+
+def _start(svc: Service, home: Path) -> None:
     log = svc.log_file(home)
     log.parent.mkdir(parents=True, exist_ok=True)
     svc.pid_file(home).parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +250,9 @@ def _wait_healthy(svc: Service, home: Path, deadline: float) -> None:
                 f"{_tail(svc.log_file(home), 2)}"
             )
         time.sleep(0.25)
-    raise StackError(f"{svc.name} did not become healthy in {STARTUP_TIMEOUT_S}s; see {svc.log_file(home)}")
+    raise StackError(
+        f"{svc.name} did not become healthy in {STARTUP_TIMEOUT_S}s; see {svc.log_file(home)}"
+    )
 
 
 def _ensure_bucket(settings: Settings) -> None:
@@ -256,11 +282,12 @@ def up(settings: Settings) -> list[dict]:
     home.mkdir(parents=True, exist_ok=True)
     key, secret = _ensure_credentials(settings)
     _write_s3_config(settings, key, secret)
+    todo = [svc for svc in services(settings) if not _alive(_read_pid(svc, home))]
+    for svc in todo:  # every port is checked before anything starts
+        _check_ports(svc)
     started = []
     try:
-        for svc in services(settings):
-            if _alive(_read_pid(svc, home)):
-                continue
+        for svc in todo:
             _start(svc, home)
             started.append(svc)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -277,7 +304,9 @@ def up(settings: Settings) -> list[dict]:
 def _with_credentials(settings: Settings, key: str, secret: str) -> Settings:
     from pydantic import SecretStr
 
-    return settings.model_copy(update={"s3_access_key": SecretStr(key), "s3_secret_key": SecretStr(secret)})
+    return settings.model_copy(
+        update={"s3_access_key": SecretStr(key), "s3_secret_key": SecretStr(secret)}
+    )
 
 
 def _stop(svc: Service, home: Path, timeout: float = 15) -> bool:
@@ -285,18 +314,14 @@ def _stop(svc: Service, home: Path, timeout: float = 15) -> bool:
     stopped = False
     if _alive(info):
         pid = info["pid"]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(info):
             time.sleep(0.1)
         if _alive(info):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         stopped = True
     svc.pid_file(home).unlink(missing_ok=True)
     return stopped

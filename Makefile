@@ -1,0 +1,46 @@
+# Two commands for a new user: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test install lint format bench up down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: install, start the local stack, run the flights pipeline, serve the apps until Ctrl-C
+run: install
+	$(BIN)/riverlake up
+	$(BIN)/riverlake run flights --cluster local
+	$(BIN)/riverlake serve --with-cluster
+
+## make test: the whole test suite (unit, integration against the real local stack)
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+
+up: install
+	$(BIN)/riverlake up
+
+down: install
+	$(BIN)/riverlake down
+
+clean:
+	-$(BIN)/riverlake down
+	rm -rf .riverlake

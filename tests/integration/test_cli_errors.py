@@ -1,0 +1,83 @@
+"""User mistakes: one clear line on stderr, exit status 1, no traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import _free_port_block, riverlake_cli
+
+pytestmark = pytest.mark.integration
+
+
+def one_line_error(res, pattern: str) -> str:
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("riverlake: error: ")
+    assert pattern in err, err
+    return err
+
+
+def test_unknown_pipeline(stack_env):
+    one_line_error(
+        riverlake_cli("run", "ships"), "unknown pipeline 'ships'; known pipelines: flights"
+    )
+
+
+def test_unknown_cluster(stack_env):
+    one_line_error(riverlake_cli("run", "flights", "--cluster", "yarn"), "unknown cluster 'yarn'")
+
+
+def test_port_already_in_use(tmp_path, stack_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = riverlake_cli(
+            "up",
+            env={
+                "RIVERLAKE_HOME": str(tmp_path),
+                "RIVERLAKE_PREFECT_PORT": str(port),
+                "RIVERLAKE_S3_PORT": str(_free_port_block()),
+            },
+        )
+    one_line_error(res, f"port {port} (prefect api) is already in use; set RIVERLAKE_PREFECT_PORT")
+    assert not list(tmp_path.glob("run/*.pid"))  # nothing was started
+
+
+def test_s3_unreachable(stack_env):
+    res = riverlake_cli("tables", env={"RIVERLAKE_S3_ENDPOINT": "http://127.0.0.1:1"})
+    one_line_error(res, "is unreachable")
+
+
+def test_bad_credentials(stack_env):
+    res = riverlake_cli("tables", env={"RIVERLAKE_S3_SECRET_KEY": "wrong"})
+    one_line_error(res, "refused the credentials")
+
+
+def test_anonymous_access_is_refused(stack_env):
+    import s3fs
+
+    from riverlake.settings import get_settings
+
+    anon = s3fs.S3FileSystem(anon=True, endpoint_url=get_settings().s3_endpoint)
+    with pytest.raises(PermissionError):
+        anon.ls("riverlake-test")
+
+
+def test_prefect_unreachable(stack_env):
+    res = riverlake_cli(
+        "run", "flights", env={"RIVERLAKE_PREFECT_API_URL": "http://127.0.0.1:1/api"}
+    )
+    one_line_error(res, "is unreachable; run `riverlake up` first")
+
+
+def test_status_and_down_touch_only_our_processes(tmp_path, stack_env):
+    res = riverlake_cli("down", env={"RIVERLAKE_HOME": str(tmp_path)})
+    assert res.returncode == 0 and "nothing was running" in res.stdout
+    res = riverlake_cli("status")
+    assert res.returncode == 0
+    assert [ln.split()[1] for ln in res.stdout.splitlines()[1:]] == ["running", "running"]

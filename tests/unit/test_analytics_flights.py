@@ -1,0 +1,105 @@
+"""analytics.flights on small frames: typing, flags, and the gold aggregate (pandas vs dask)."""
+
+from __future__ import annotations
+
+import math
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics.flights import (
+    FLIGHTS_SCHEMA,
+    SOURCE_COLUMNS,
+    by_carrier,
+    daily_kpis,
+    delay_by_day,
+    prepare_flights,
+    summarize,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def raw_rows() -> pd.DataFrame:
+    rows = [
+        # year month day dep_time sched_dep dep_delay arr_time sched_arr arr_delay carrier flight tailnum origin dest air_time distance hour minute time_hour
+        (2013, 1, 1, 517, 515, 2.0, 830, 819, 11.0, "UA", 1545, "N14228", "EWR", "IAH", 227.0, 1400, 5, 15, "2013-01-01 05:00:00"),
+        (2013, 1, 1, 533, 529, 4.0, 850, 830, 20.0, "UA", 1714, "N24211", "EWR", "IAH", 227.0, 1416, 5, 29, "2013-01-01 05:00:00"),
+        (2013, 1, 1, None, 600, None, None, 901, None, "UA", 1, None, "EWR", "ORD", None, 719, 6, 0, "2013-01-01 06:00:00"),
+        (2013, 1, 1, 542, 540, 2.0, 923, 850, 33.0, "AA", 1141, "N619AA", "JFK", "MIA", 160.0, 1089, 5, 40, "2013-01-01 05:00:00"),
+        (2013, 1, 2, 544, 545, -1.0, 1004, 1022, -18.0, "AA", 725, "N804JB", "JFK", "BQN", 183.0, 1576, 5, 45, "2013-01-02 05:00:00"),
+        # flown but diverted: departure known, arrival delay unknown
+        (2013, 1, 2, 600, 600, 0.0, None, 900, None, "AA", 9, "N1", "JFK", "LAX", None, 2475, 6, 0, "2013-01-02 06:00:00"),
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=SOURCE_COLUMNS)
+
+
+def test_prepare_flights_keeps_every_row_and_flags_cancelled():
+    out = prepare_flights(raw_rows())
+    assert len(out) == 6
+    assert list(out.columns) == FLIGHTS_SCHEMA.names
+    assert out["cancelled"].tolist() == [False, False, True, False, False, False]
+    assert str(out["dep_time"].dtype) == "Int32"
+    assert out["flight_date"].iloc[4] == pd.Timestamp("2013-01-02")
+
+
+def expected_kpis(df: pd.DataFrame) -> dict[tuple, dict]:
+    """An independent, row-by-row computation of the gold aggregate."""
+    out: dict[tuple, dict] = {}
+    for r in df.itertuples():
+        key = (r.flight_date, r.carrier, r.origin)
+        e = out.setdefault(key, {"flights": 0, "cancelled": 0, "dep": [], "arr": []})
+        e["flights"] += 1
+        e["cancelled"] += bool(r.cancelled)
+        if not pd.isna(r.dep_delay):
+            e["dep"].append(r.dep_delay)
+        if not pd.isna(r.arr_delay):
+            e["arr"].append(r.arr_delay)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["pandas", "dask"])
+def test_daily_kpis_match_row_by_row(engine):
+    flights = prepare_flights(raw_rows())
+    data = flights if engine == "pandas" else dd.from_pandas(flights, npartitions=3)
+    kpis = daily_kpis(data)
+    want = expected_kpis(flights)
+    assert len(kpis) == len(want) == 3
+    for row in kpis.itertuples():
+        e = want[(row.flight_date, row.carrier, row.origin)]
+        assert row.flights == e["flights"]
+        assert row.cancelled == e["cancelled"]
+        assert row.mean_dep_delay == pytest.approx(np.mean(e["dep"]))
+        assert row.mean_arr_delay == pytest.approx(np.mean(e["arr"]))
+        assert row.on_time_rate == pytest.approx(np.mean([a < 15 for a in e["arr"]]))
+
+
+def test_daily_kpis_dask_equals_pandas_on_real_month():
+    from riverlake import demo_data
+
+    raw = demo_data.load("flights")
+    jan = prepare_flights(raw[raw["month"] == 1])
+    p = daily_kpis(jan)
+    d = daily_kpis(dd.from_pandas(jan, npartitions=4))
+    pd.testing.assert_frame_equal(p, d, check_exact=False, rtol=1e-9)
+    assert p["flights"].sum() == len(jan) == 27004
+
+
+def test_rollups_reaggregate_exactly():
+    flights = prepare_flights(raw_rows())
+    kpis = daily_kpis(flights)
+    s = summarize(kpis)
+    assert s["flights"] == 6 and s["cancelled"] == 1
+    assert s["mean_arr_delay"] == pytest.approx(np.mean([11, 20, 33, -18]))
+    assert s["on_time_rate"] == pytest.approx(2 / 4)
+    ua = summarize(kpis, ["UA"])
+    assert ua["flights"] == 3 and ua["on_time_rate"] == pytest.approx(1 / 2)
+    days = delay_by_day(kpis).set_index("flight_date")
+    assert days["flights"].tolist() == [4, 2]
+    assert days["mean_arr_delay"].iloc[1] == pytest.approx(-18.0)
+    carriers = by_carrier(kpis).set_index("carrier")
+    assert carriers.loc["AA", "on_time_rate"] == pytest.approx(1 / 2)
+    assert carriers.loc["UA", "cancelled"] == 1
+    assert math.isclose(carriers.loc["UA", "mean_arr_delay"], 15.5)
