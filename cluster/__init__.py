@@ -92,6 +92,16 @@ def local_cluster(settings: Settings):
     """A LocalCluster of ``settings.workers`` processes, each with the worker environment."""
     from distributed import LocalCluster
 
+    if not settings.local_processes:
+        # Thread workers share this process, and so its environment and Prefect client.
+        return LocalCluster(
+            n_workers=settings.workers,
+            threads_per_worker=settings.threads_per_worker,
+            processes=False,
+            protocol="tcp",
+            dashboard_address=f"127.0.0.1:{settings.dashboard_port}",
+            host="127.0.0.1",
+        )
     return LocalCluster(
         n_workers=settings.workers,
         threads_per_worker=settings.threads_per_worker,

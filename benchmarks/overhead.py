@@ -1,0 +1,119 @@
+"""Overhead of the smallest end-to-end run: one day of flights, stack already up.
+
+Times the real command a user types, ``riverlake run flights --start D --end D``, in a
+subprocess (Python start-up, Prefect flow run against the server, LocalCluster start,
+extract, transform, commit, gold, cluster shutdown), each repetition on a fresh lake
+prefix so no batch is skipped. Baseline, in the same run: the same work done by a
+plain in-process script (pandas + deltalake, no Prefect, no Dask).
+
+Writes benchmarks/results/overhead.json. Target: 6 s or less on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DAY = "2013-03-05"
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+TARGET_S = 6.0
+
+
+def run_cli(lake_url: str) -> tuple[float, float]:
+    env = {**os.environ, "RIVERLAKE_LAKE_URL": lake_url, "RIVERLAKE_DASHBOARD_PORT": "0"}
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-m", "riverlake.cli", "run", "flights", "--start", DAY, "--end", DAY],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"run failed: {res.stderr[-2000:]}")
+    flow = float(re.search(r"done in ([0-9.]+)s", res.stdout).group(1))
+    return wall, flow
+
+
+def baseline(lake_url: str) -> float:
+    """The same day, no orchestration: pandas reads, types, deltalake writes, pandas aggregates."""
+    from analytics.flights import DAILY_KPI_SCHEMA, FLIGHTS_SCHEMA, daily_kpis, prepare_flights
+    from riverlake import demo_data, lake
+    from riverlake.settings import get_settings
+
+    settings = get_settings(lake_url=lake_url)
+    t0 = time.perf_counter()
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    src = demo_data.load("flights")
+    y, m, d = (int(x) for x in DAY.split("-"))
+    day = src[(src["year"] == y) & (src["month"] == m) & (src["day"] == d)]
+    fs = lake.filesystem(settings)
+    path = lake.strip_scheme(f"{lake.landing_uri('flights', settings)}/{DAY}.csv")
+    fs.pipe(path, day.to_csv(index=False).encode())
+    import io
+
+    import pandas as pd
+
+    raw = pd.read_csv(io.BytesIO(fs.cat(path)))
+    cur = prepare_flights(raw)
+    opts = lake.storage_options(settings)
+    write_deltalake(
+        lake.table_uri("flights", settings),
+        pa.Table.from_pandas(cur, schema=FLIGHTS_SCHEMA, preserve_index=False),
+        partition_by=["year", "month"], storage_options=opts,
+    )  # fmt: skip
+    write_deltalake(
+        lake.table_uri("carrier_origin_daily", settings),
+        pa.Table.from_pandas(daily_kpis(cur), schema=DAILY_KPI_SCHEMA, preserve_index=False),
+        partition_by=["year", "month"], storage_options=opts,
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    from riverlake import stack
+    from riverlake.settings import get_settings
+
+    settings = get_settings()
+    stack.up(settings)  # no-op when it is already running
+    bucket = settings.lake_url.split("/")[2] if settings.lake_is_s3 else None
+    prefix = f"s3://{bucket}/bench-overhead" if bucket else str(ROOT / "benchmarks/data/lake")
+    run_cli(f"{prefix}/warmup-{uuid.uuid4().hex[:6]}")  # first-import and disk caches
+    walls, flows, bases = [], [], []
+    for _ in range(REPEATS):
+        w, f = run_cli(f"{prefix}/{uuid.uuid4().hex[:8]}")
+        walls.append(w)
+        flows.append(f)
+        bases.append(baseline(f"{prefix}/base-{uuid.uuid4().hex[:8]}"))
+    result = {
+        "benchmark": "overhead",
+        "what": f"riverlake run flights --start {DAY} --end {DAY}",
+        "includes": "python start-up, flow run, LocalCluster start and stop; stack already up",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "repeats": REPEATS,
+        "command_wall_s": {"median": statistics.median(walls), "all": walls},
+        "flow_run_s": {"median": statistics.median(flows), "all": flows},
+        "baseline_in_process_s": {"median": statistics.median(bases), "all": bases},
+        "ratio_command_to_baseline": statistics.median(walls) / statistics.median(bases),
+        "target_s": TARGET_S,
+        "meets_target": statistics.median(walls) <= TARGET_S,
+    }
+    out = ROOT / "benchmarks" / "results" / "overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
