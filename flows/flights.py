@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from prefect import flow, get_run_logger, task
 
@@ -132,12 +133,12 @@ def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
     raw = read_landed_csv(fs.cat(files)) if files else None
     if raw is None or raw.num_rows == 0:
         return {"adds": [], "rows_in": 0}
-    curated = prepare_flights(raw.to_pandas())
-    table = pa.Table.from_pandas(curated, schema=FLIGHTS_SCHEMA, preserve_index=False)
+    table = prepare_flights(raw)
     adds = lake.write_fragments(
         table, lake.table_uri(CURATED, settings), FLIGHTS_PARTITION_BY, settings
     )
-    return {"adds": adds, "rows_in": raw.num_rows, "cancelled": int(curated["cancelled"].sum())}
+    cancelled = pc.sum(table["cancelled"].cast(pa.int64())).as_py() or 0
+    return {"adds": adds, "rows_in": raw.num_rows, "cancelled": cancelled}
 
 
 @task(name="commit-flights")

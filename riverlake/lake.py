@@ -39,6 +39,7 @@ WriteMode = Literal["append", "overwrite_partitions"]
 Filter = tuple[str, str, Any]
 
 TABLES = "tables"
+COMMIT_RETRIES = 5
 LANDING = "landing"
 
 
@@ -248,6 +249,59 @@ def open_table(uri: str, settings: Settings | None = None, version: int | None =
     return DeltaTable(uri, version=version, storage_options=opts)
 
 
+def _kind(t: pa.DataType) -> str:
+    """Types that Delta stores alike compare equal (string/large_string, timestamp units)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_timestamp(t):
+        return f"timestamp[tz={t.tz is not None}]"
+    return str(t)
+
+
+def schema_changes(
+    table: str, current: pa.Schema, batch: pa.Schema, allow_new_columns: bool = False
+) -> list[pa.Field]:
+    """The new nullable columns ``batch`` adds to ``current``; raises on any other change.
+
+    A dropped column or a changed type is refused with an error naming the column. A
+    new column is refused too unless ``allow_new_columns`` (additive evolution).
+    """
+    for f in current:
+        if f.name not in batch.names:
+            raise LakeError(
+                f"column {f.name!r} of table {table!r} is missing from the batch; "
+                "dropping a column is not allowed"
+            )
+        got = batch.field(f.name).type
+        if _kind(got) != _kind(f.type):
+            raise LakeError(
+                f"column {f.name!r} of table {table!r} is {f.type} but the batch has {got}; "
+                "changing a column's type is not allowed"
+            )
+    new = [f for f in batch if f.name not in current.names]
+    if new and not allow_new_columns:
+        raise LakeError(
+            f"column {new[0].name!r} is not in table {table!r}; "
+            "pass allow_new_columns=True to add it"
+        )
+    return [f.with_nullable(True) for f in new]
+
+
+def table_schema(dt) -> pa.Schema:
+    return pa.schema(dt.schema().to_arrow())
+
+
+def _evolve(dt, new: list[pa.Field]) -> None:
+    """Add nullable columns to the table's schema (a metadata-only commit)."""
+    from deltalake import Field as DeltaField
+    from deltalake import Schema as DeltaSchema
+
+    fields = DeltaSchema.from_arrow(pa.schema(new)).fields
+    dt.alter.add_columns([DeltaField(f.name, f.type, nullable=True) for f in fields])
+
+
 def committed(uri: str, app_id: str, settings: Settings | None = None) -> bool:
     """True when the table at ``uri`` already holds the batch ``app_id``."""
     dt = open_table(uri, settings)
@@ -263,6 +317,7 @@ def commit(
     app_id: str | None = None,
     settings: Settings | None = None,
     metadata: dict[str, Any] | None = None,
+    allow_new_columns: bool = False,
 ) -> CommitResult:
     """Make the written files visible in one atomic commit.
 
@@ -273,7 +328,8 @@ def commit(
     """
     from deltalake import CommitProperties, Transaction
     from deltalake import Schema as DeltaSchema
-    from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import AddAction, create_table_with_add_actions
 
     settings = settings or get_settings()
     opts = storage_options(settings)
@@ -306,28 +362,44 @@ def commit(
         return CommitResult(name, 0, len(actions), 0, rows, app_id=app_id)
     if app_id and dt.transaction_version(app_id) is not None:
         return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
-    removes: list[RemoveAction] = []
-    if mode == "overwrite_partitions" and partition_by:
-        touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
-        now = int(time.time() * 1000)
-        for f in current_files(dt):
-            if tuple(f["partition_values"].get(c) for c in partition_by) in touched:
-                removes.append(RemoveAction(f["path"], True, now, f["size"], f["partition_values"]))
-    elif mode == "overwrite_partitions":
-        now = int(time.time() * 1000)
-        removes = [
-            RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
-            for f in current_files(dt)
-        ]
-    dt.create_write_transaction(
-        [*actions, *removes],
-        mode="append",
-        schema=schema,
-        partition_by=list(partition_by) or None,
-        commit_properties=props,
-    )
+    new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    if new:
+        _evolve(dt, new)
+        dt.update_incremental()
+    for attempt in range(COMMIT_RETRIES + 1):
+        removes = _removes(dt, adds, partition_by) if mode == "overwrite_partitions" else []
+        try:
+            dt.create_write_transaction(
+                [*actions, *removes],
+                mode="append",
+                schema=table_schema(dt),
+                partition_by=list(partition_by) or None,
+                commit_properties=props,
+            )
+            break
+        except CommitFailedError:
+            # Another writer removed the files we meant to replace: re-read and retry,
+            # unless that writer committed this very batch.
+            if attempt == COMMIT_RETRIES:
+                raise
+            dt = open_table(uri, settings)
+            if app_id and dt.transaction_version(app_id) is not None:
+                return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
     dt.update_incremental()
     return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=app_id)
+
+
+def _removes(dt, adds: Sequence[dict[str, Any]], partition_by: Sequence[str]):
+    """Remove actions for every live file in the partitions that ``adds`` write to."""
+    from deltalake.transaction import RemoveAction
+
+    now = int(time.time() * 1000)
+    touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
+    return [
+        RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
+        for f in current_files(dt)
+        if not partition_by or tuple(f["partition_values"].get(c) for c in partition_by) in touched
+    ]
 
 
 def current_files(dt) -> list[dict[str, Any]]:
@@ -364,33 +436,102 @@ def write_table(
     mode: WriteMode = "append",
     app_id: str | None = None,
     schema: pa.Schema | None = None,
+    allow_new_columns: bool = False,
     settings: Settings | None = None,
 ) -> CommitResult:
     """Write a pandas, Arrow or dask frame to table ``name`` in one atomic commit.
 
     A dask frame is written partition by partition on the cluster (the current dask
-    scheduler), with no shuffle; then the driver commits all the files at once.
+    scheduler), with no shuffle; then the driver commits all the files at once. The
+    schema is checked against the table's before any file is written.
     """
     import dask
     import dask.dataframe as dd
 
     settings = settings or get_settings()
     uri = table_uri(name, settings)
-    if app_id and committed(uri, app_id, settings):
-        return CommitResult(name, open_table(uri, settings).version(), skipped=True, app_id=app_id)
+    dt = open_table(uri, settings)
+    if app_id and dt is not None and dt.transaction_version(app_id) is not None:
+        return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
     if isinstance(data, dd.DataFrame):
-        if schema is None:
-            schema = pa.Schema.from_pandas(data._meta, preserve_index=False)
+        schema = schema or pa.Schema.from_pandas(data._meta, preserve_index=False)
+    else:
+        table = _to_arrow(data, schema)
+        schema = table.schema
+    if dt is not None:
+        schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    if isinstance(data, dd.DataFrame):
         parts = [
             dask.delayed(_write_pandas)(p, uri, tuple(partition_by), schema, settings)
             for p in data.to_delayed()
         ]
         adds = [a for chunk in dask.compute(*parts) for a in chunk]
     else:
-        table = _to_arrow(data, schema)
-        schema = table.schema
         adds = write_fragments(table, uri, partition_by, settings)
-    return commit(uri, adds, schema, partition_by, mode, app_id, settings)
+    return commit(
+        uri, adds, schema, partition_by, mode, app_id, settings,
+        allow_new_columns=allow_new_columns,
+    )  # fmt: skip
+
+
+def merge_table(
+    name: str,
+    data: pd.DataFrame | pa.Table,
+    keys: Sequence[str],
+    *,
+    partition_by: Sequence[str] = (),
+    app_id: str | None = None,
+    settings: Settings | None = None,
+) -> CommitResult:
+    """Upsert ``data`` into table ``name`` on ``keys`` in one commit (late and repeated rows).
+
+    Rows whose key exists are updated, the others inserted; the table is created when it
+    does not exist. Keys must be unique within ``data`` (the last row of a key wins).
+    """
+    from deltalake import CommitProperties, Transaction
+
+    settings = settings or get_settings()
+    uri = table_uri(name, settings)
+    table = _to_arrow(data, None)
+    missing = [k for k in keys if k not in table.schema.names]
+    if missing:
+        raise LakeError(f"merge key {missing[0]!r} is not a column of the batch for {name!r}")
+    table = _last_per_key(table, list(keys))
+    dt = open_table(uri, settings)
+    if dt is None:
+        return commit(
+            uri, write_fragments(table, uri, partition_by, settings), table.schema,
+            partition_by, "append", app_id, settings,
+        )  # fmt: skip
+    if app_id and dt.transaction_version(app_id) is not None:
+        return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
+    schema_changes(name, table_schema(dt), table.schema)
+    table = table.select(table_schema(dt).names).cast(table_schema(dt))
+    props = CommitProperties(
+        custom_metadata={"riverlake.batch": app_id or "", "riverlake.rows": str(table.num_rows)},
+        app_transactions=[Transaction(app_id, 1)] if app_id else None,
+    )
+    on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    metrics = (
+        dt.merge(table, on, source_alias="s", target_alias="t", commit_properties=props)
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    dt.update_incremental()
+    return CommitResult(
+        name, dt.version(), rows=table.num_rows, app_id=app_id,
+        extra={"inserted": metrics.get("num_target_rows_inserted"),
+               "updated": metrics.get("num_target_rows_updated")},
+    )  # fmt: skip
+
+
+def _last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Keep the last row of each key (a repeated record's latest version)."""
+    idx = pa.array(range(table.num_rows), pa.int64())
+    last = table.append_column("__row", idx).group_by(keys).aggregate([("__row", "max")])
+    rows = last["__row_max"]
+    return table.take(pc.take(rows, pc.sort_indices(rows)))
 
 
 def _write_pandas(df, uri, partition_by, schema, settings):
@@ -478,7 +619,12 @@ def read_fragment(
     file_cols = [c for c in (columns or schema.names) if c not in pvals]
     need = list(dict.fromkeys(file_cols + [c for c, _, _ in filters if c not in pvals]))
     with fs.open(strip_scheme(spec["uri"]), "rb") as f:
-        t = pq.read_table(f, columns=need)
+        pf = pq.ParquetFile(f)
+        present = set(pf.schema_arrow.names)
+        t = pf.read(columns=[c for c in need if c in present])
+    for c in need:  # a column added after this file was written (additive evolution)
+        if c not in present:
+            t = t.append_column(schema.field(c), pa.nulls(t.num_rows, schema.field(c).type))
     for c, v in pvals.items():
         t = t.append_column(schema.field(c), pa.array([v] * t.num_rows, schema.field(c).type))
     expr = _expr([f for f in filters if f[0] not in pvals])
@@ -526,6 +672,41 @@ def read_pandas(name: str, **kwargs: Any) -> pd.DataFrame:
     return read_table(name, **kwargs).compute(scheduler="threads")
 
 
+# --------------------------------------------------------------------------- maintenance
+
+
+def optimize(name: str, target_size: int | None = None, settings: Settings | None = None):
+    """Compact small files into larger ones (one commit; readers keep their snapshot)."""
+    settings = settings or get_settings()
+    dt = open_table(table_uri(name, settings), settings)
+    if dt is None:
+        raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")
+    return dt.optimize.compact(target_size=target_size)
+
+
+def vacuum(
+    name: str,
+    retention_hours: int = 168,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Delete files no live version needs and that are older than the retention period.
+
+    ``full`` mode also removes files no commit ever referenced: the orphans of a run
+    that died between writing its files and committing them.
+    """
+    settings = settings or get_settings()
+    dt = open_table(table_uri(name, settings), settings)
+    if dt is None:
+        raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")
+    return dt.vacuum(
+        retention_hours=retention_hours,
+        dry_run=dry_run,
+        enforce_retention_duration=False,
+        full=True,
+    )
+
+
 # --------------------------------------------------------------------------- catalog
 
 
@@ -534,6 +715,7 @@ def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
     settings = settings or get_settings()
     fs = filesystem(settings)
     root = strip_scheme(f"{lake_root(settings)}/{TABLES}")
+    fs.invalidate_cache()  # fsspec caches listings; the catalog must see new tables
     try:
         names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
     except FileNotFoundError:
@@ -561,6 +743,7 @@ def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
                     timespec="seconds"
                 ),
                 "last_batch": (last.get("riverlake.batch") or ""),
+                "batches": [h["riverlake.batch"] for h in dt.history() if h.get("riverlake.batch")],
             }
         )
     return out

@@ -17,6 +17,7 @@ from analytics.flights import (
     delay_by_day,
     prepare_flights,
     summarize,
+    to_pandas,
 )
 
 pytestmark = pytest.mark.unit
@@ -37,7 +38,9 @@ def raw_rows() -> pd.DataFrame:
 
 
 def test_prepare_flights_keeps_every_row_and_flags_cancelled():
-    out = prepare_flights(raw_rows())
+    table = prepare_flights(raw_rows())
+    assert table.schema == FLIGHTS_SCHEMA
+    out = to_pandas(table)
     assert len(out) == 6
     assert list(out.columns) == FLIGHTS_SCHEMA.names
     assert out["cancelled"].tolist() == [False, False, True, False, False, False]
@@ -62,7 +65,7 @@ def expected_kpis(df: pd.DataFrame) -> dict[tuple, dict]:
 
 @pytest.mark.parametrize("engine", ["pandas", "dask"])
 def test_daily_kpis_match_row_by_row(engine):
-    flights = prepare_flights(raw_rows())
+    flights = to_pandas(prepare_flights(raw_rows()))
     data = flights if engine == "pandas" else dd.from_pandas(flights, npartitions=3)
     kpis = daily_kpis(data)
     want = expected_kpis(flights)
@@ -80,7 +83,7 @@ def test_daily_kpis_dask_equals_pandas_on_real_month():
     from riverlake import demo_data
 
     raw = demo_data.load("flights")
-    jan = prepare_flights(raw[raw["month"] == 1])
+    jan = to_pandas(prepare_flights(raw[raw["month"] == 1]))
     p = daily_kpis(jan)
     d = daily_kpis(dd.from_pandas(jan, npartitions=4))
     pd.testing.assert_frame_equal(p, d, check_exact=False, rtol=1e-9)
@@ -88,7 +91,7 @@ def test_daily_kpis_dask_equals_pandas_on_real_month():
 
 
 def test_rollups_reaggregate_exactly():
-    flights = prepare_flights(raw_rows())
+    flights = to_pandas(prepare_flights(raw_rows()))
     kpis = daily_kpis(flights)
     s = summarize(kpis)
     assert s["flights"] == 6 and s["cancelled"] == 1
