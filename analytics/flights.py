@@ -209,3 +209,59 @@ def by_carrier(kpis: pd.DataFrame, carriers: list[str] | None = None) -> pd.Data
     """Flights, cancellations, mean arrival delay and on-time rate per carrier (bar chart)."""
     g = _rates(_sums(_select(kpis, carriers)).groupby("carrier")[_COUNTS].sum())
     return g[["flights", "cancelled", "mean_arr_delay", "on_time_rate"]].reset_index()
+
+
+# --------------------------------------------------------------------------- monthly aggregate
+
+MONTHLY_KEYS = ["carrier", "origin", "year", "month"]
+_MONTHLY_SUMS = ["flights", "cancelled", "dep_sum", "departed", "arr_sum", "arrived"]
+
+
+def monthly_partials(flights: pa.Table) -> pa.Table:
+    """Per-batch sums and counts per carrier, origin and month (Arrow group_by).
+
+    Partials from many batches combine exactly with :func:`combine_monthly`, so each
+    worker can aggregate the rows it already holds instead of re-reading them.
+    """
+    t = flights.select([*MONTHLY_KEYS, "cancelled", "dep_delay", "arr_delay"])
+    g = t.group_by(MONTHLY_KEYS).aggregate(
+        [
+            ([], "count_all"),
+            ("cancelled", "sum"),
+            ("dep_delay", "sum"),
+            ("dep_delay", "count"),
+            ("arr_delay", "sum"),
+            ("arr_delay", "count"),
+        ]
+    )
+    return g.rename_columns([*MONTHLY_KEYS, *_MONTHLY_SUMS]).cast(
+        pa.schema(
+            [pa.field(k, g.schema.field(k).type) for k in MONTHLY_KEYS]
+            + [
+                pa.field(c, pa.float64() if c.endswith("_sum") else pa.int64())
+                for c in _MONTHLY_SUMS
+            ]
+        )
+    )
+
+
+def combine_monthly(partials: list[pa.Table]) -> pa.Table:
+    """Combine partials into flights, cancelled and mean delays per carrier, origin, month."""
+    t = pa.concat_tables(partials)
+    g = t.group_by(MONTHLY_KEYS).aggregate([(c, "sum") for c in _MONTHLY_SUMS])
+    g = g.rename_columns([*MONTHLY_KEYS, *_MONTHLY_SUMS])
+
+    def mean(total: str, n: str) -> pa.Array:
+        count = pc.if_else(pc.equal(g[n], 0), None, g[n])
+        return pc.divide(g[total], pc.cast(count, pa.float64()))
+
+    out = pa.table(
+        {
+            **{k: g[k] for k in MONTHLY_KEYS},
+            "flights": g["flights"],
+            "cancelled": g["cancelled"],
+            "mean_dep_delay": mean("dep_sum", "departed"),
+            "mean_arr_delay": mean("arr_sum", "arrived"),
+        }
+    )
+    return out.sort_by([(k, "ascending") for k in MONTHLY_KEYS])

@@ -78,17 +78,19 @@ def _days(start: date, end: date) -> list[date]:
 
 @task(name="land-dimensions", retries=2, retry_delay_seconds=2)
 def land_dimensions() -> dict[str, int]:
-    """Land weather, planes, airports and airlines as CSV beside the flights."""
+    """Land weather, planes, airports and airlines as CSV beside the flights; rows per file."""
     settings = get_settings()
     fs = lake.filesystem(settings)
-    counts = {}
-    blobs = {}
+    counts, blobs = {}, {}
     for name in demo_data.DIMENSIONS:
         path = lake.strip_scheme(f"{lake.landing_uri(name, settings)}/{name}.csv")
         data = demo_data.source_path(name).read_bytes()
-        if not fs.exists(path) or fs.size(path) != len(data):
-            blobs[path] = data
-        counts[name] = len(demo_data.load(name))
+        blobs[path] = data
+        counts[name] = len(pacsv.read_csv(io.BytesIO(data)))
+    existing = {p: i["size"] for p, i in fs.glob(
+        lake.strip_scheme(f"{lake.lake_root(settings)}/{lake.LANDING}/*/*.csv"), detail=True
+    ).items()} if fs.exists(lake.strip_scheme(lake.lake_root(settings))) else {}  # fmt: skip
+    blobs = {p: b for p, b in blobs.items() if existing.get(p) != len(b)}
     if blobs:
         if not settings.lake_is_s3:
             for p in {p.rsplit("/", 1)[0] for p in blobs}:

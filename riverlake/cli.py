@@ -153,18 +153,56 @@ def run(
 
 
 @app.command()
-def tables() -> None:
-    """List the lake's tables: rows, files, partitions, version and last commit."""
+def tables(
+    as_json: Annotated[bool, typer.Option("--json", help="Full catalog as JSON.")] = False,
+) -> None:
+    """List the lake's tables: rows, size, files, partitions, version, last commit, batches."""
     from riverlake import lake
 
     settings = _settings()
     lake.check_store(settings)
     rows = lake.list_tables(settings)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
     if not rows:
         typer.echo(f"no tables in {settings.lake_url}")
         return
-    _print_rows(rows, ["name", "rows", "files", "partitions", "size_bytes", "version",
-                       "last_commit", "last_batch"])  # fmt: skip
+    for r in rows:
+        shown = r["batches"][:3]
+        more = len(r["batches"]) - len(shown)
+        r["batch_ids"] = ",".join(shown) + (f" (+{more} more)" if more > 0 else "")
+    _print_rows(rows, ["name", "rows", "size_bytes", "files", "partitions", "version",
+                       "last_commit", "batch_ids"])  # fmt: skip
+
+
+@app.command()
+def optimize(
+    table: Annotated[str, typer.Argument(help="Table to compact.")],
+    target_size: Annotated[int | None, typer.Option(help="Target file size in bytes.")] = None,
+) -> None:
+    """Compact a table's small files (one commit; readers keep their snapshot)."""
+    from riverlake import lake
+
+    metrics = lake.optimize(table, target_size=target_size, settings=_settings())
+    typer.echo(
+        f"{table}: {metrics.get('numFilesRemoved', 0)} files compacted into "
+        f"{metrics.get('numFilesAdded', 0)}"
+    )
+
+
+@app.command()
+def vacuum(
+    table: Annotated[str, typer.Argument(help="Table to vacuum.")],
+    retention_hours: Annotated[int, typer.Option(help="Keep files younger than this.")] = 168,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete unreferenced files (old versions, orphans of failed runs) past the retention."""
+    from riverlake import lake
+
+    removed = lake.vacuum(table, retention_hours, dry_run, settings=_settings())
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{table}: {verb} {len(removed)} files")
 
 
 def panel_command(settings: Settings, port: int, num_procs: int = 1) -> list[str]:

@@ -125,6 +125,12 @@ def check_store(settings: Settings) -> None:
             f"lake bucket of {settings.lake_url} does not exist on {settings.s3_endpoint}"
         ) from None
     except Exception as exc:  # botocore/aiohttp connection errors are not OSErrors
+        if type(exc).__name__ == "NoCredentialsError":
+            raise LakeError(
+                f"no S3 credentials for {settings.lake_url}: set RIVERLAKE_S3_ACCESS_KEY and "
+                f"RIVERLAKE_S3_SECRET_KEY, or point RIVERLAKE_HOME at the state folder of "
+                f"`riverlake up` (now {settings.home.resolve()})"
+            ) from None
         raise LakeError(
             f"lake store {settings.s3_endpoint} is unreachable ({type(exc).__name__}); "
             "is the local stack up? run `riverlake up`"

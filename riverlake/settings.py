@@ -60,11 +60,12 @@ class Settings(BaseSettings):
     threads_per_worker: int = Field(1, ge=1, description="Threads per Dask worker.")
     worker_memory: str = Field("4GiB", description="Memory limit of each Dask worker.")
     local_processes: bool = Field(
-        True,
-        description="Local profile: workers as separate processes (True) or as threads of the "
-        "flow-run process (False). Threads skip each worker's Python start-up and imports "
-        "(several seconds on 2 cores), which dominates small runs; processes avoid the GIL "
-        "for pandas-heavy work.",
+        False,
+        description="Local profile: workers as threads of the flow-run process (False, the "
+        "default) or as separate processes (True). The transforms are Arrow kernels that "
+        "release the GIL, so threads keep up on the ETL benchmark and skip each worker "
+        "process's start-up and imports (several seconds on 2 cores), which dominates "
+        "small runs. Choose processes for GIL-bound Python code.",
     )
     dashboard_port: int = Field(
         8787, description="Port of the local Dask dashboard; 0 picks a free one."

@@ -107,7 +107,11 @@ def test_tables_command_lists_the_catalog(first_run):
     assert res.returncode == 0, res.stderr
     rows = {ln.split()[0]: ln.split() for ln in res.stdout.splitlines()[1:]}
     assert rows["flights"][1] == str(first_run["rows_in"])
-    assert rows["flights"][3] == "2"  # partitions: 2013-01 and 2013-02
+    assert rows["flights"][4] == "2"  # partitions: 2013-01 and 2013-02
+    assert rows["flights"][-1] == f"flights:{first_run['batch']}"
+    catalog = {t["name"]: t for t in json.loads(riverlake_cli("tables", "--json").stdout)}
+    assert catalog["flights"]["batches"] == [f"flights:{first_run['batch']}"]
+    assert catalog["carrier_origin_daily"]["partition_by"] == ["year", "month"]
     assert "carrier_origin_daily" in rows
 
 

@@ -341,3 +341,18 @@ def test_two_processes_overwriting_one_partition_leave_one_whole_batch(name):
     assert got[["who", "i"]].drop_duplicates().shape[0] == 1
     assert version(name) == 15
     assert pa.Table.from_pandas(got).num_rows == 25
+
+
+def test_optimize_and_vacuum_commands(name):
+    from tests.conftest import riverlake_cli
+
+    for i in range(3):
+        lake.write_table(name, frame(months=(1,), n=5, offset=i * 10))
+    res = riverlake_cli("optimize", name)
+    assert res.returncode == 0 and f"{name}: 3 files compacted into 1" in res.stdout, res.stderr
+    res = riverlake_cli("vacuum", name, "--retention-hours", "0", "--dry-run")
+    assert res.returncode == 0 and f"{name}: would delete 3 files" in res.stdout, res.stderr
+    assert len(stored_files(name)) == 4
+    res = riverlake_cli("vacuum", name, "--retention-hours", "0")
+    assert f"{name}: deleted 3 files" in res.stdout
+    assert stored_files(name) == live_files(name) and len(lake.read_pandas(name)) == 15

@@ -106,3 +106,31 @@ def test_rollups_reaggregate_exactly():
     assert carriers.loc["AA", "on_time_rate"] == pytest.approx(1 / 2)
     assert carriers.loc["UA", "cancelled"] == 1
     assert math.isclose(carriers.loc["UA", "mean_arr_delay"], 15.5)
+
+
+def test_monthly_partials_combine_to_the_pandas_answer():
+    from analytics.flights import combine_monthly, monthly_partials
+    from riverlake import demo_data
+
+    raw = demo_data.load("flights")
+    q1 = raw[raw["month"] <= 3]
+    chunks = [prepare_flights(q1.iloc[i : i + 20_000]) for i in range(0, len(q1), 20_000)]
+    got = combine_monthly([monthly_partials(c) for c in chunks]).to_pandas()
+    want = (
+        q1.assign(cancelled=q1["dep_time"].isna())
+        .groupby(["carrier", "origin", "year", "month"])
+        .agg(flights=("flight", "size"), cancelled=("cancelled", "sum"),
+             mean_dep_delay=("dep_delay", "mean"), mean_arr_delay=("arr_delay", "mean"))
+        .reset_index()
+    )  # fmt: skip
+    assert len(got) == len(want)
+    merged = got.merge(want, on=["carrier", "origin", "year", "month"], suffixes=("", "_w"))
+    assert len(merged) == len(want)
+    assert (merged["flights"] == merged["flights_w"]).all()
+    assert (merged["cancelled"] == merged["cancelled_w"]).all()
+    assert np.allclose(
+        merged["mean_dep_delay"], merged["mean_dep_delay_w"].astype(float), equal_nan=True
+    )
+    assert np.allclose(
+        merged["mean_arr_delay"], merged["mean_arr_delay_w"].astype(float), equal_nan=True
+    )

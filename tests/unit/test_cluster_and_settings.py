@@ -64,6 +64,7 @@ def test_local_cluster_workers_get_prefect_and_storage_env(monkeypatch):
 
     monkeypatch.setenv("RIVERLAKE_PREFECT_API_URL", "http://127.0.0.1:1/api")
     monkeypatch.setenv("RIVERLAKE_WORKERS", "1")
+    monkeypatch.setenv("RIVERLAKE_LOCAL_PROCESSES", "true")
     monkeypatch.setenv("RIVERLAKE_DASHBOARD_PORT", "0")
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", "s3://b/p")
     with cluster.get_cluster("local") as c, Client(c) as client:
