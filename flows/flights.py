@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from datetime import date, timedelta
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from prefect import flow, get_run_logger, task
+from prefect_dask import get_dask_client
 
+from analytics.contracts import FLIGHTS_CONTRACT, quality_report, split
 from analytics.flights import (
+    CURATED_SCHEMA,
     DAILY_KPI_SCHEMA,
     FLIGHTS_PARTITION_BY,
-    FLIGHTS_SCHEMA,
+    curate_flights,
     daily_kpis,
+    daily_on_time,
+    delay_by_hour,
+    delay_by_weather,
     prepare_flights,
+    route_stats,
+    to_curated_table,
+    type_strings,
 )
 from flows.runner import dask_task_runner
 from riverlake import demo_data, lake
@@ -32,6 +42,33 @@ from riverlake.settings import get_settings
 
 CURATED = "flights"
 GOLD = "carrier_origin_daily"
+QUARANTINE = "flights_quarantine"
+QUALITY = "quality_report"
+
+#: Rows that failed typing or the contract, with the check and the original record.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("year", pa.int32()),
+        ("month", pa.int32()),
+        ("source_file", pa.string()),
+        ("failed_check", pa.string()),
+        ("record", pa.string()),
+    ]
+)
+
+#: One row per (batch, month, check): rows checked, passed and failed.
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("table", pa.string()),
+        ("year", pa.int32()),
+        ("month", pa.int32()),
+        ("check", pa.string()),
+        ("rows_checked", pa.int64()),
+        ("rows_passed", pa.int64()),
+        ("rows_failed", pa.int64()),
+    ]
+)
 STRING_COLUMNS = ("carrier", "tailnum", "origin", "dest", "time_hour")
 
 
@@ -118,67 +155,198 @@ def batch_id(files: dict[str, int]) -> str:
     return h.hexdigest()[:16]
 
 
-def read_landed_csv(blobs: dict[str, bytes]) -> pa.Table:
+def read_landed_csv(blob: bytes) -> pa.Table:
+    """The fast path: Arrow's CSV reader with the source's types."""
     opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in STRING_COLUMNS})
-    tables = [pacsv.read_csv(io.BytesIO(b), convert_options=opts) for _, b in sorted(blobs.items())]
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pacsv.read_csv(io.BytesIO(blob), convert_options=opts)
+
+
+def read_landed_text(blob: bytes) -> pd.DataFrame:
+    """The careful path: every column as text, so one bad value costs one row, not a file."""
+    raw = pacsv.read_csv(
+        io.BytesIO(blob),
+        read_options=pacsv.ReadOptions(encoding="utf8"),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types={}),
+    )
+    return raw.cast(pa.schema([(n, pa.string()) for n in raw.column_names])).to_pandas()
+
+
+def _quarantine_rows(bad: pd.DataFrame, source: str, year: int, month: int) -> pd.DataFrame:
+    records = bad.drop(columns=["failed_check"]).astype("string")
+    return pd.DataFrame(
+        {
+            "year": pd.array([year] * len(bad), dtype="int32"),
+            "month": pd.array([month] * len(bad), dtype="int32"),
+            "source_file": pd.array([source] * len(bad), dtype="string"),
+            "failed_check": bad["failed_check"].astype("string").to_numpy(),
+            "record": [
+                json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()})
+                for r in records.to_dict("records")
+            ],
+        }
+    )
+
+
+def load_dimensions(settings) -> dict[str, pd.DataFrame]:
+    """Weather, planes and airports from the landing area (small: broadcast to each task)."""
+    fs = lake.filesystem(settings)
+    out = {}
+    for name in ("weather", "planes", "airports"):
+        path = lake.strip_scheme(f"{lake.landing_uri(name, settings)}/{name}.csv")
+        out[name] = pd.read_csv(io.BytesIO(fs.cat(path)))
+    return out
 
 
 @task(name="transform-month", retries=1)
 def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
-    """Read a month of landed CSVs, type and flag the rows, write the Parquet files.
+    """Read a month of landed CSVs; type, dedupe, time, enrich; check the contract; write.
 
-    Runs on a Dask worker; the files stay invisible until the commit task.
+    Runs on a Dask worker. Good rows are written as the curated table's Parquet files
+    (invisible until the commit task); rows that fail a check come back as quarantine
+    records, with the check's name.
     """
     settings = get_settings()
     fs = lake.filesystem(settings)
-    raw = read_landed_csv(fs.cat(files)) if files else None
-    if raw is None or raw.num_rows == 0:
-        return {"adds": [], "rows_in": 0}
-    table = prepare_flights(raw)
-    adds = lake.write_fragments(
-        table, lake.table_uri(CURATED, settings), FLIGHTS_PARTITION_BY, settings
+    blobs = fs.cat(files) if files else {}
+    typed, quarantined, rows_in = [], [], 0
+    for path in sorted(blobs):
+        try:
+            table = prepare_flights(read_landed_csv(blobs[path]))
+            bad = pd.DataFrame()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+            table, bad = type_strings(read_landed_text(blobs[path]))
+        rows_in += table.num_rows + len(bad)
+        typed.append(table)
+        if len(bad):
+            quarantined.append(_quarantine_rows(bad, path, year, month))
+    if not typed:
+        return {"adds": [], "rows_in": 0, "merged": 0, "quarantine": None, "failures": {},
+                "checked": 0, "rows_loaded": 0}  # fmt: skip
+    dims = load_dimensions(settings)
+    curated, merged = curate_flights(
+        pa.concat_tables(typed), dims["weather"], dims["planes"], dims["airports"]
     )
-    cancelled = pc.sum(table["cancelled"].cast(pa.int64())).as_py() or 0
-    return {"adds": adds, "rows_in": raw.num_rows, "cancelled": cancelled}
+    checked = split(curated, FLIGHTS_CONTRACT)
+    if len(checked.bad):
+        quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
+    adds = lake.write_fragments(
+        to_curated_table(checked.good), lake.table_uri(CURATED, settings),
+        FLIGHTS_PARTITION_BY, settings,
+    )  # fmt: skip
+    return {
+        "adds": adds,
+        "rows_in": rows_in,
+        "merged": merged,
+        "rows_loaded": len(checked.good),
+        "quarantine": pd.concat(quarantined, ignore_index=True) if quarantined else None,
+        "failures": checked.failures,
+        "checked": len(curated),
+    }
 
 
 @task(name="commit-flights")
-def commit_flights(results: list[dict[str, Any]], batch: str) -> lake.CommitResult:
+def commit_flights(
+    results: list[dict[str, Any]], months: list[tuple[int, int]], batch: str
+) -> dict[str, Any]:
+    """Quarantine and quality report first, then the curated table (all idempotent).
+
+    Each commit is atomic; the curated commit carries the batch id and comes last, so a
+    run that dies in between is re-run whole, and the earlier commits then replace
+    (quarantine) or skip (quality report) what they already wrote.
+    """
     settings = get_settings()
-    adds = [a for r in results for a in r["adds"]]
-    return lake.commit(
+    rows_in = sum(r["rows_in"] for r in results)
+    loaded = sum(r["rows_loaded"] for r in results)
+    merged = sum(r["merged"] for r in results)
+    q = [r["quarantine"] for r in results if r["quarantine"] is not None]
+    quarantine = pd.concat(q, ignore_index=True) if q else None
+    n_quarantined = 0 if quarantine is None else len(quarantine)
+    if rows_in != loaded + n_quarantined + merged:
+        raise RuntimeError(
+            f"row accounting broken: {rows_in} in != {loaded} loaded + {n_quarantined} "
+            f"quarantined + {merged} merged"
+        )
+    # Quarantine partitions of the touched months are replaced, like the curated ones.
+    uri = lake.table_uri(QUARANTINE, settings)
+    adds = []
+    if quarantine is not None:
+        table = pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False)
+        adds = lake.write_fragments(table, uri, FLIGHTS_PARTITION_BY, settings)
+    lake.commit(
+        uri, adds, QUARANTINE_SCHEMA, FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
+        app_id=f"quarantine:{batch}", settings=settings,
+        replace_partitions=[{"year": y, "month": m} for y, m in months],
+    )  # fmt: skip
+    report = []
+    for (y, m), r in zip(months, results, strict=True):
+        rep = quality_report(r["checked"], r["failures"], FLIGHTS_CONTRACT)
+        report.append(rep.assign(table=CURATED, year=y, month=m, batch=batch))
+    lake.write_table(
+        QUALITY, pd.concat(report, ignore_index=True)[QUALITY_SCHEMA.names],
+        schema=QUALITY_SCHEMA, app_id=f"quality:{batch}", settings=settings,
+    )  # fmt: skip
+    curated = lake.commit(
         lake.table_uri(CURATED, settings),
-        adds,
-        FLIGHTS_SCHEMA,
-        FLIGHTS_PARTITION_BY,
-        mode="overwrite_partitions",
-        app_id=f"flights:{batch}",
-        settings=settings,
-    )
+        [a for r in results for a in r["adds"]],
+        CURATED_SCHEMA, FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
+        app_id=f"flights:{batch}", settings=settings,
+    )  # fmt: skip
+    return {
+        "rows_in": rows_in,
+        "rows_loaded": loaded,
+        "rows_quarantined": n_quarantined,
+        "rows_merged": merged,
+        "curated_version": curated.version,
+        "curated_skipped": curated.skipped,
+        "quarantine_checks": {}
+        if quarantine is None
+        else quarantine["failed_check"].value_counts().to_dict(),
+    }
 
 
 @task(name="build-gold")
-def build_gold(months: list[tuple[int, int]], batch: str) -> lake.CommitResult:
-    """Recompute the carrier/origin/day KPIs of the months this batch touched."""
+def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
+    """Recompute the gold partitions whose inputs changed.
+
+    carrier_origin_daily: the touched months. The yearly tables (routes, delay by hour
+    and by weather, daily on-time rate with its rolling mean): the touched years.
+    """
     settings = get_settings()
     years = sorted({y for y, _ in months})
-    flights = lake.read_table(
-        CURATED,
-        filters=[("year", "in", years), ("month", "in", sorted({m for _, m in months}))],
-        settings=settings,
-    )
-    kpis = daily_kpis(flights)
-    kpis = kpis[[(y, m) in set(months) for y, m in zip(kpis["year"], kpis["month"], strict=True)]]
-    return lake.write_table(
-        GOLD,
-        kpis,
-        partition_by=FLIGHTS_PARTITION_BY,
-        mode="overwrite_partitions",
-        app_id=f"gold:{batch}",
-        schema=DAILY_KPI_SCHEMA,
-        settings=settings,
-    )
+    touched = set(months)
+    cols = ["year", "month", "flight_date", "carrier", "origin", "dest", "flight", "hour",
+            "cancelled", "dep_delay", "arr_delay", "distance", "delayed_15", "visib",
+            "wind_speed", "precip"]  # fmt: skip
+    with get_dask_client():
+        flights = lake.read_table(
+            CURATED, columns=cols, filters=[("year", "in", years)], settings=settings
+        ).persist()
+        monthly = flights[flights["month"].isin(sorted({m for _, m in months}))]
+        kpis = daily_kpis(monthly)
+        kpis = kpis[[(y, m) in touched for y, m in zip(kpis["year"], kpis["month"], strict=True)]]
+        yearly = {
+            "route_stats": route_stats(flights),
+            "delay_by_hour": delay_by_hour(flights),
+            "delay_by_weather": delay_by_weather(flights),
+            "daily_on_time": daily_on_time(flights),
+        }
+    out = {
+        GOLD: lake.write_table(
+            GOLD,
+            kpis,
+            partition_by=FLIGHTS_PARTITION_BY,
+            mode="overwrite_partitions",
+            app_id=f"gold:{batch}",
+            schema=DAILY_KPI_SCHEMA,
+            settings=settings,
+        ).rows
+    }
+    for name, frame in yearly.items():
+        out[name] = lake.write_table(
+            name, frame, partition_by=["year"], mode="overwrite_partitions",
+            app_id=f"{name}:{batch}", settings=settings,
+        ).rows  # fmt: skip
+    return out
 
 
 def _as_date(value: date | str) -> date:
@@ -197,29 +365,23 @@ def flights_flow(
     lake.check_store(get_settings())
     dims = land_dimensions.submit()
     months = extract_flights.submit(start, end).result()
+    dims.result()  # the transforms read the landed dimensions
     files = {ym: month_files(*ym) for ym in months}
     batch = batch_id({p: s for f in files.values() for p, s in f.items()})
     uri = lake.table_uri(CURATED, get_settings())
     if lake.committed(uri, f"flights:{batch}"):
         logger.info("batch %s is already committed; nothing to transform", batch)
-        curated = lake.CommitResult(CURATED, None, skipped=True, app_id=f"flights:{batch}")
-        rows_in = 0
+        counts = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
+                  "curated_skipped": True, "curated_version": None}  # fmt: skip
     else:
         futures = [transform_month.submit(y, m, sorted(files[(y, m)])) for y, m in months]
-        results = [f.result() for f in futures]
-        rows_in = sum(r["rows_in"] for r in results)
-        curated = commit_flights(results, batch)
-    gold = build_gold(months, batch)
+        counts = commit_flights([f.result() for f in futures], months, batch)
+    gold = build_gold.submit(months, batch).result()
     summary = {
         "batch": batch,
         "months": [f"{y}-{m:02d}" for y, m in months],
-        "rows_in": rows_in,
-        "rows_loaded": curated.rows,
-        "curated_version": curated.version,
-        "curated_skipped": curated.skipped,
-        "gold_rows": gold.rows,
-        "gold_version": gold.version,
-        "dimensions": dims.result(),
+        **counts,
+        "gold_rows": gold,
     }
     logger.info("flights run: %s", summary)
     return summary

@@ -324,17 +324,19 @@ def commit(
     settings: Settings | None = None,
     metadata: dict[str, Any] | None = None,
     allow_new_columns: bool = False,
+    replace_partitions: Sequence[dict[str, Any]] = (),
 ) -> CommitResult:
     """Make the written files visible in one atomic commit.
 
     ``overwrite_partitions`` removes, in the same commit, every file of the partitions
-    the batch touches, so a re-computed partition replaces the old one atomically.
+    the batch touches (and of ``replace_partitions``, for partitions that are now
+    empty), so a re-computed partition replaces the old one atomically.
     With ``app_id`` the commit records Delta's application transaction; a batch whose
     id the table already holds is skipped.
     """
     from deltalake import CommitProperties, Transaction
     from deltalake import Schema as DeltaSchema
-    from deltalake.exceptions import CommitFailedError
+    from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
     settings = settings or get_settings()
@@ -356,16 +358,22 @@ def commit(
     ]
     dt = open_table(uri, settings)
     if dt is None:
-        create_table_with_add_actions(
-            uri,
-            DeltaSchema.from_arrow(schema),
-            actions,
-            mode="append",
-            partition_by=list(partition_by) or None,
-            storage_options=opts,
-            commit_properties=props,
-        )
-        return CommitResult(name, 0, len(actions), 0, rows, app_id=app_id)
+        try:
+            create_table_with_add_actions(
+                uri,
+                DeltaSchema.from_arrow(schema),
+                actions,
+                mode="error",
+                partition_by=list(partition_by) or None,
+                storage_options=opts,
+                commit_properties=props,
+            )
+            return CommitResult(name, 0, len(actions), 0, rows, app_id=app_id)
+        except DeltaError:
+            # Another writer created the table first: commit into it like any writer.
+            dt = open_table(uri, settings)
+            if dt is None:
+                raise
     if app_id and dt.transaction_version(app_id) is not None:
         return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
     new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
@@ -373,7 +381,11 @@ def commit(
         _evolve(dt, new)
         dt.update_incremental()
     for attempt in range(COMMIT_RETRIES + 1):
-        removes = _removes(dt, adds, partition_by) if mode == "overwrite_partitions" else []
+        removes = (
+            _removes(dt, adds, partition_by, replace_partitions)
+            if mode == "overwrite_partitions"
+            else []
+        )
         try:
             dt.create_write_transaction(
                 [*actions, *removes],
@@ -395,12 +407,13 @@ def commit(
     return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=app_id)
 
 
-def _removes(dt, adds: Sequence[dict[str, Any]], partition_by: Sequence[str]):
+def _removes(dt, adds, partition_by: Sequence[str], extra: Sequence[dict[str, Any]] = ()):
     """Remove actions for every live file in the partitions that ``adds`` write to."""
     from deltalake.transaction import RemoveAction
 
     now = int(time.time() * 1000)
     touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
+    touched |= {tuple(_partition_value(p.get(c)) for c in partition_by) for p in extra}
     return [
         RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
         for f in current_files(dt)

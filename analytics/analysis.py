@@ -1,0 +1,106 @@
+"""The analysis API: the same calls on pandas and dask DataFrames.
+
+For flows, apps and notebooks. Every function takes a pandas or a dask frame and
+returns the same kind (except where the result is small by construction and is
+returned as pandas, which the docstring says). Exact results: quantiles are computed
+per group after a shuffle, never approximated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+Filter = tuple[str, str, Any]
+
+_OPS = {
+    "=": lambda s, v: s == v,
+    "==": lambda s, v: s == v,
+    "!=": lambda s, v: s != v,
+    "<": lambda s, v: s < v,
+    "<=": lambda s, v: s <= v,
+    ">": lambda s, v: s > v,
+    ">=": lambda s, v: s >= v,
+    "in": lambda s, v: s.isin(list(v)),
+    "not in": lambda s, v: ~s.isin(list(v)),
+    "between": lambda s, v: (s >= v[0]) & (s <= v[1]),
+}
+
+
+def is_dask(df: Any) -> bool:
+    return hasattr(df, "map_partitions") and hasattr(df, "npartitions")
+
+
+def filter_rows(df, filters: Sequence[Filter]):
+    """Rows matching every ``(column, op, value)``; ops: = != < <= > >= in, not in, between."""
+    for col, op, value in filters:
+        if op not in _OPS:
+            raise ValueError(f"unknown filter operator {op!r}")
+        df = df[_OPS[op](df[col], value)]
+    return df
+
+
+def aggregate(df, by: Sequence[str], metrics: Mapping[str, tuple[str, str]]):
+    """Named aggregations per group: ``metrics={"name": (column, "sum"|"mean"|...)}``."""
+    out = df.groupby(list(by), observed=True, dropna=False).agg(**metrics)
+    return out.reset_index()
+
+
+def group_stats(
+    df, by: Sequence[str], column: str, quantiles: Sequence[float] = (0.5, 0.9, 0.99)
+) -> pd.DataFrame:
+    """count, mean, std and exact quantiles of ``column`` per group (pandas result).
+
+    On dask the rows are shuffled so each group sits in one partition, then every
+    partition computes its groups' statistics exactly.
+    """
+    by = list(by)
+
+    def stats(p: pd.DataFrame) -> pd.DataFrame:
+        g = p.groupby(by, observed=True)[column]
+        out = pd.DataFrame({"count": g.count(), "mean": g.mean(), "std": g.std()})
+        for q in quantiles:
+            out[f"p{round(q * 100):g}"] = g.quantile(q)
+        return out.reset_index()
+
+    if not is_dask(df):
+        return stats(df[[*by, column]]).sort_values(by).reset_index(drop=True)
+    small = df[[*by, column]]
+    meta = stats(small._meta)
+    out = small.shuffle(on=by).map_partitions(stats, meta=meta).compute()
+    return out.sort_values(by).reset_index(drop=True)
+
+
+def correlation(df, columns: Sequence[str]) -> pd.DataFrame:
+    """Pearson correlation matrix of ``columns`` (pandas result)."""
+    out = df[list(columns)].astype("float64").corr()
+    return out.compute() if is_dask(out) else out
+
+
+def resample(df, time_column: str, freq: str, metrics: Mapping[str, tuple[str, str]]):
+    """Aggregate into fixed time bins (``freq`` like "h", "D", "7D") of ``time_column``.
+
+    Bins are the floor of each timestamp, so no sorted index is needed on dask.
+    """
+    binned = df.assign(**{time_column: df[time_column].dt.floor(freq)})
+    out = aggregate(binned, [time_column], metrics)
+    if is_dask(out):
+        return out
+    return out.sort_values(time_column).reset_index(drop=True)
+
+
+def rolling(
+    series: pd.DataFrame, time_column: str, columns: Sequence[str], window: str, how: str = "mean"
+) -> pd.DataFrame:
+    """Time-based rolling window (e.g. "7D") over an already aggregated frame.
+
+    A dask frame is computed first: rolling windows run on aggregated time series,
+    which are small. Returns pandas, sorted by time.
+    """
+    if is_dask(series):
+        series = series.compute()
+    s = series.sort_values(time_column).set_index(time_column)
+    rolled = getattr(s[list(columns)].rolling(window), how)()
+    return rolled.add_suffix(f"_{how}_{window}").reset_index()

@@ -1,0 +1,128 @@
+"""Data contracts (pandera) and the split of a batch into good and quarantined rows.
+
+A contract declares types, nullability, ranges, allowed values and key uniqueness.
+:func:`split` checks every row of a pandas partition (on dask, run it per partition
+with ``map_partitions``): rows that break a check leave the batch with the name of
+the first check they failed; the others go on. :func:`quality_report` counts, per
+check, the rows that passed and failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from analytics.flights import NATURAL_KEY
+
+ORIGINS = ["EWR", "JFK", "LGA"]
+
+
+def _col(dtype, *checks, nullable: bool = True) -> pa.Column:
+    return pa.Column(dtype, list(checks), nullable=nullable, coerce=False)
+
+
+#: The curated flights contract.
+FLIGHTS_CONTRACT = pa.DataFrameSchema(
+    {
+        "year": _col("Int32", pa.Check.in_range(2000, 2100), nullable=False),
+        "month": _col("Int32", pa.Check.in_range(1, 12), nullable=False),
+        "day": _col("Int32", pa.Check.in_range(1, 31), nullable=False),
+        "dep_time": _col("Int32", pa.Check.in_range(1, 2400)),
+        "sched_dep_time": _col("Int32", pa.Check.in_range(1, 2359), nullable=False),
+        "dep_delay": _col("float64", pa.Check.in_range(-120, 1800)),
+        "arr_time": _col("Int32", pa.Check.in_range(1, 2400)),
+        "sched_arr_time": _col("Int32", pa.Check.in_range(1, 2359)),
+        "arr_delay": _col("float64", pa.Check.in_range(-180, 1800)),
+        "carrier": _col("string", pa.Check.str_matches(r"^[A-Z0-9]{2}$"), nullable=False),
+        "flight": _col("Int32", pa.Check.in_range(1, 9999), nullable=False),
+        "origin": _col("string", pa.Check.isin(ORIGINS), nullable=False),
+        "dest": _col("string", pa.Check.str_matches(r"^[A-Z0-9]{3}$"), nullable=False),
+        "air_time": _col("float64", pa.Check.in_range(1, 1000)),
+        "distance": _col("float64", pa.Check.in_range(1, 6000), nullable=False),
+        "speed_mph": _col("float64", pa.Check.in_range(0, 800)),
+        "cancelled": _col("bool", nullable=False),
+        "sched_dep_utc": _col("datetime64[us, UTC]", nullable=False),
+    },
+    unique=NATURAL_KEY,
+    strict=False,
+    name="flights",
+)
+
+
+def contract_checks(schema: pa.DataFrameSchema) -> list[str]:
+    """Every check of a contract, named as in the quarantine (``column:check``)."""
+    names = []
+    for col, c in schema.columns.items():
+        names.append(f"{col}:dtype")
+        if not c.nullable:
+            names.append(f"{col}:not_nullable")
+        names += [f"{col}:{check.error or check.name}" for check in c.checks]
+    if schema.unique:
+        names.append(f"{'+'.join(schema.unique)}:unique")
+    return names
+
+
+@dataclass
+class Split:
+    good: pd.DataFrame
+    bad: pd.DataFrame  # the failed rows, plus a ``failed_check`` column
+    failures: dict[str, int]  # check -> rows failed (a row counts once per check it fails)
+
+
+def _check_name(row: pd.Series, unique: list[str]) -> str:
+    if row["check"] == "multiple_fields_uniqueness":
+        return f"{'+'.join(unique)}:unique"
+    check = row["check"]
+    if str(check).startswith("dtype("):
+        check = "dtype"
+    return f"{row['column']}:{check}"
+
+
+def split(df: pd.DataFrame, schema: pa.DataFrameSchema = FLIGHTS_CONTRACT) -> Split:
+    """Check every row of ``df``; return the good rows and the failed rows with their check.
+
+    A column-level failure (a wrong dtype, a missing column) fails every row: the
+    batch is not what the contract describes.
+    """
+    df = df.reset_index(drop=True)
+    try:
+        schema.validate(df, lazy=True)
+        return Split(df, df.iloc[:0].assign(failed_check=pd.Series(dtype="string")), {})
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+    unique = list(schema.unique or [])
+    cases = cases.assign(name=cases.apply(_check_name, axis=1, unique=unique))
+    failures = cases.groupby("name").size().astype(int).to_dict()
+    whole = cases[cases["index"].isna()]
+    first: dict[int, str] = {}
+    if len(whole):
+        first = dict.fromkeys(range(len(df)), whole["name"].iloc[0])
+        failures = {n: len(df) for n in whole["name"]} | failures
+    for idx, name in zip(cases["index"], cases["name"], strict=True):
+        if pd.notna(idx):
+            first.setdefault(int(idx), name)
+    bad_idx = sorted(first)
+    mask = df.index.isin(bad_idx)
+    bad = df[mask].assign(failed_check=pd.Series([first[i] for i in bad_idx], index=bad_idx,
+                                                 dtype="string"))  # fmt: skip
+    return Split(df[~mask].reset_index(drop=True), bad.reset_index(drop=True), failures)
+
+
+def quality_report(
+    checked: int, failures: dict[str, int], schema: pa.DataFrameSchema = FLIGHTS_CONTRACT
+) -> pd.DataFrame:
+    """Per check: rows checked, passed and failed (also for checks nothing failed)."""
+    names = contract_checks(schema)
+    names += [n for n in failures if n not in names]
+    failed = [int(failures.get(n, 0)) for n in names]
+    return pd.DataFrame(
+        {
+            "check": pd.array(names, dtype="string"),
+            "rows_checked": checked,
+            "rows_failed": failed,
+            "rows_passed": [checked - f for f in failed],
+        }
+    )
