@@ -79,7 +79,8 @@ def flight_dates(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array:
         return pc.utf8_lpad(pc.cast(a, pa.string()), width, "0")
 
     iso = pc.binary_join_element_wise(text(year, 4), text(month, 2), text(day, 2), "-")
-    return pc.cast(pc.strptime(iso, format="%Y-%m-%d", unit="s"), pa.date32())
+    # an impossible date (month 13) becomes null; the contract then quarantines its row
+    return pc.cast(pc.strptime(iso, format="%Y-%m-%d", unit="s", error_is_null=True), pa.date32())
 
 
 def prepare_flights(raw: pa.Table | pd.DataFrame) -> pa.Table:

@@ -58,7 +58,7 @@ def generate(rows: int, files: int, seed: int) -> Path:
     from analytics.flights import SOURCE_COLUMNS
     from riverlake import demo_data
 
-    out = DATA / f"flights-{rows}-{files}-seed{seed}"
+    out = DATA / f"flights-v2-{rows}-{files}-seed{seed}"
     if (out / "_DONE").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -73,6 +73,10 @@ def generate(rows: int, files: int, seed: int) -> Path:
     for col in ("dep_delay", "arr_delay"):
         i = t.schema.get_field_index(col)
         t = t.set_column(i, col, pc.add(pc.cast(t[col], pa.float64()), noise))
+    # New flight numbers, so that copies of a real flight are different flights (a
+    # bootstrap would otherwise repeat natural keys, and dedup would fold them).
+    i = t.schema.get_field_index("flight")
+    t = t.set_column(i, "flight", pa.array(rng.integers(1, 10_000, size=rows)))
     per_file = -(-rows // files)
     for n in range(files):
         part = t.slice(n * per_file, per_file)

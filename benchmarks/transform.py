@@ -1,0 +1,150 @@
+"""Transform and gold stage times at the ETL benchmark's scale (6 million rows), with a
+profile of the slowest stage.
+
+Uses the CSVs benchmarks/etl.py generates (same seed and size). Stages, each timed on
+a LocalCluster of the default local profile (a thread worker per core):
+
+* transform: per CSV file, one Dask future: read, type, dedupe, UTC times, derive,
+  enrich (the dimensions are scattered to the workers once: a broadcast join),
+  check the contract, write the curated files; then one commit;
+* gold: each gold table from the curated table (read_table).
+
+Then the slowest stage's per-file work is profiled in-process with pyinstrument.
+Writes benchmarks/results/transform.json and transform_profile.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.etl import CSV_TYPES, DATA, RESULTS, generate  # noqa: E402
+
+
+def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from analytics.contracts import split
+    from analytics.flights import curate_flights, prepare_flights, to_curated_table
+    from riverlake import lake
+
+    types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
+    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+    curated, merged = curate_flights(
+        prepare_flights(raw), dims["weather"], dims["planes"], dims["airports"]
+    )
+    checked = split(curated)
+    adds = lake.write_fragments(to_curated_table(checked.good), uri, ["year", "month"], settings)
+    return {"adds": adds, "rows": raw.num_rows, "loaded": len(checked.good),
+            "quarantined": len(checked.bad), "merged": merged}  # fmt: skip
+
+
+def main() -> None:
+    import pandas as pd
+    from distributed import Client, LocalCluster
+
+    from analytics.flights import (
+        CURATED_SCHEMA,
+        daily_kpis,
+        daily_on_time,
+        delay_by_hour,
+        delay_by_weather,
+        route_stats,
+    )
+    from riverlake import demo_data, lake
+    from riverlake.settings import get_settings
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=6_000_000)
+    p.add_argument("--files", type=int, default=100)
+    p.add_argument("--seed", type=int, default=13)
+    args = p.parse_args()
+    csv_dir = generate(args.rows, args.files, args.seed)
+    files = sorted(str(f) for f in csv_dir.glob("*.csv"))
+    out = DATA / f"transform-lake-{os.getpid()}"
+    settings = get_settings(lake_url=str(out))
+    uri = lake.table_uri("flights", settings)
+    dims = {n: pd.read_csv(demo_data.source_path(n)) for n in ("weather", "planes", "airports")}
+    cores = os.cpu_count() or 1
+    stages: dict[str, float] = {}
+    with (
+        LocalCluster(n_workers=cores, threads_per_worker=1, processes=False,
+                     dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        t0 = time.perf_counter()
+        dims_f = client.scatter(dims, broadcast=True)
+        results = client.gather(client.map(transform_file, files, uri=uri, dims=dims_f,
+                                           settings=settings, pure=False))  # fmt: skip
+        lake.commit(uri, [a for r in results for a in r["adds"]], CURATED_SCHEMA,
+                    ["year", "month"], app_id="bench:transform", settings=settings)  # fmt: skip
+        stages["transform"] = time.perf_counter() - t0
+        # ~130 files of ~46k rows: compact to one file per month before the gold stage
+        # (fewer, larger partitions cost far less scheduling on 2 cores).
+        t0 = time.perf_counter()
+        lake.optimize("flights", settings=settings)
+        stages["optimize"] = time.perf_counter() - t0
+        cols = ["year", "month", "flight_date", "carrier", "origin", "dest", "flight", "hour",
+                "cancelled", "dep_delay", "arr_delay", "distance", "delayed_15", "visib",
+                "wind_speed", "precip"]  # fmt: skip
+        t0 = time.perf_counter()
+        flights = lake.read_table("flights", columns=cols, settings=settings).persist()
+        stages["gold:read_curated"] = time.perf_counter() - t0
+        for name, fn in [("carrier_origin_daily", daily_kpis), ("route_stats", route_stats),
+                         ("delay_by_hour", delay_by_hour), ("delay_by_weather", delay_by_weather),
+                         ("daily_on_time", daily_on_time)]:  # fmt: skip
+            t0 = time.perf_counter()
+            frame = fn(flights)
+            lake.write_table(name, frame, settings=settings)
+            stages[f"gold:{name}"] = time.perf_counter() - t0
+    rows = sum(r["rows"] for r in results)
+    accounted = sum(r["loaded"] + r["quarantined"] + r["merged"] for r in results)
+    assert rows == accounted == args.rows, (rows, accounted)
+    gold_total = sum(v for k, v in stages.items() if k.startswith("gold:"))
+    slowest = max(("transform", stages["transform"]), ("gold", gold_total), key=lambda kv: kv[1])
+
+    # Profile: the slowest stage's work for one file (or the gold calls), in this process.
+    import pyinstrument
+
+    prof = pyinstrument.Profiler()
+    prof.start()
+    if slowest[0] == "transform":
+        transform_file(files[0], lake.table_uri("profile", settings), dims, settings)
+    else:
+        f = lake.read_table("flights", columns=cols, settings=settings).compute()
+        route_stats(f), daily_kpis(f), delay_by_weather(f)
+    prof.stop()
+    profile = prof.output_text(unicode=False, color=False, show_all=False)
+    result = {
+        "benchmark": "transform",
+        "rows": rows,
+        "rows_loaded": sum(r["loaded"] for r in results),
+        "rows_quarantined": sum(r["quarantined"] for r in results),
+        "rows_merged": sum(r["merged"] for r in results),
+        "stages_s": stages,
+        "transform_s": stages["transform"],
+        "gold_s": gold_total,
+        "transform_rows_per_s": rows / stages["transform"],
+        "slowest_stage": slowest[0],
+        "profile": f"benchmarks/results/transform_profile.txt ({slowest[0]}, one file)",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "transform.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "transform_profile.txt").write_text(profile)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(profile[:4000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The whole flights pipeline on the real data, and on bad input: every row accounted for,
+contracts quarantine with reasons, late updates merge, gold values match pandas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from riverlake import demo_data, lake
+from riverlake.settings import get_settings
+from tests.conftest import riverlake_cli
+
+pytestmark = pytest.mark.integration
+
+
+def run(lake_url: str, *args: str) -> dict:
+    res = riverlake_cli("run", "flights", *args, env={"RIVERLAKE_LAKE_URL": lake_url}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def read(name: str, lake_url: str, **kw) -> pd.DataFrame:
+    return lake.read_pandas(name, settings=get_settings(lake_url=lake_url), **kw)
+
+
+# ------------------------------------------------------------------ the whole year
+
+YEAR = "s3://riverlake-test/year"
+
+
+@pytest.fixture(scope="module")
+def year_run(stack_env) -> dict:
+    return run(YEAR)
+
+
+@pytest.fixture(scope="module")
+def source() -> pd.DataFrame:
+    raw = demo_data.load("flights")
+    return pd.DataFrame({c: raw[c].to_numpy() for c in raw.columns}).astype(
+        {"dep_delay": "float64", "arr_delay": "float64"}
+    )
+
+
+def test_every_row_of_2013_is_accounted_for(year_run, source):
+    assert year_run["rows_in"] == len(source) == 336_776
+    assert (
+        year_run["rows_loaded"] + year_run["rows_quarantined"] + year_run["rows_merged"]
+        == year_run["rows_in"]
+    )
+    curated = read("flights", YEAR, columns=["year", "month", "cancelled"])
+    assert len(curated) == year_run["rows_loaded"]
+    assert int(curated["cancelled"].sum()) == int(source["dep_time"].isna().sum()) == 8255
+
+
+def test_route_stats_match_pandas(year_run, source):
+    routes = read("route_stats", YEAR).set_index(["origin", "dest"])
+    for origin, dest in [("JFK", "LAX"), ("LGA", "ATL"), ("EWR", "ORD")]:
+        s = source[(source["origin"] == origin) & (source["dest"] == dest)]
+        r = routes.loc[(origin, dest)]
+        assert r["flights"] == len(s)
+        assert r["distance"] == pytest.approx(s["distance"].mean())
+        assert r["arr_delay_p50"] == pytest.approx(s["arr_delay"].quantile(0.5))
+        assert r["arr_delay_p90"] == pytest.approx(s["arr_delay"].quantile(0.9))
+        assert r["dep_delay_p99"] == pytest.approx(s["dep_delay"].quantile(0.99))
+
+
+def test_daily_on_time_and_hourly_delay_match_pandas(year_run, source):
+    daily = read("daily_on_time", YEAR).set_index("flight_date")
+    s = source.assign(d=pd.to_datetime(source[["year", "month", "day"]].astype("int64")))
+    by_day = s.groupby("d")["arr_delay"].agg(arrived="count", on_time=lambda x: int((x < 15).sum()))
+    day = pd.Timestamp("2013-07-04")
+    assert daily.loc[day, "flights"] == int((s["d"] == day).sum())
+    assert daily.loc[day, "on_time_rate"] == pytest.approx(
+        by_day.loc[day, "on_time"] / by_day.loc[day, "arrived"]
+    )
+    week = by_day.loc[pd.Timestamp("2013-06-28") : day]
+    assert daily.loc[day, "on_time_rate_7d"] == pytest.approx(
+        week["on_time"].sum() / week["arrived"].sum()
+    )
+    hours = read("delay_by_hour", YEAR).set_index("hour")
+    assert hours.loc[18, "flights"] == int((source["hour"] == 18).sum())
+    assert hours.loc[18, "mean_dep_delay"] == pytest.approx(
+        source.loc[source["hour"] == 18, "dep_delay"].mean()
+    )
+    kpis = read("carrier_origin_daily", YEAR, filters=[("month", "=", 12)])
+    k = kpis[(kpis["carrier"] == "UA") & (kpis["origin"] == "EWR")
+             & (kpis["flight_date"] == pd.Timestamp("2013-12-24"))].iloc[0]  # fmt: skip
+    ua = s[(s["carrier"] == "UA") & (s["origin"] == "EWR") & (s["d"] == pd.Timestamp("2013-12-24"))]
+    assert k["flights"] == len(ua)
+    assert k["mean_arr_delay"] == pytest.approx(ua["arr_delay"].mean())
+
+
+def test_delay_by_weather_matches_an_independent_join(year_run, source):
+    weather = pd.read_csv(demo_data.source_path("weather"))
+    w = weather.drop_duplicates(["origin", "year", "month", "day", "hour"])
+    joined = source.merge(w[["origin", "year", "month", "day", "hour", "visib", "wind_speed"]],
+                          on=["origin", "year", "month", "day", "hour"], how="left")  # fmt: skip
+    got = read("delay_by_weather", YEAR).set_index(["condition", "bucket"])
+    fog = joined[joined["visib"] < 1]
+    assert got.loc[("visib", "<1 mi"), "flights"] == len(fog)
+    assert got.loc[("visib", "<1 mi"), "mean_dep_delay"] == pytest.approx(fog["dep_delay"].mean())
+    windy = joined[joined["wind_speed"] >= 30]
+    assert got.loc[("wind_speed", "30+ mph"), "flights"] == len(windy)
+    assert (
+        got.loc[("visib", "<1 mi"), "mean_dep_delay"]
+        > got.loc[("visib", "10+ mi"), "mean_dep_delay"]
+    )
+
+
+def test_quality_report_covers_every_check_of_every_month(year_run):
+    report = read("quality_report", YEAR)
+    assert set(report["month"]) == set(range(1, 13))
+    assert (report["rows_passed"] + report["rows_failed"] == report["rows_checked"]).all()
+    per_month = report.groupby("month")["rows_checked"].first().sum()
+    assert per_month == year_run["rows_loaded"] + year_run["rows_quarantined"]
+
+
+# ------------------------------------------------------------------ bad input, late updates
+
+BAD = "s3://riverlake-test/bad-input"
+
+
+@pytest.fixture(scope="module")
+def bad_run(stack_env) -> dict:
+    """Land a day, then a file of late updates and bad rows for that day, and run again."""
+    first = run(BAD, "--start", "2013-06-01", "--end", "2013-06-01")
+    src = demo_data.load("flights")
+    day = src[(src["month"] == 6) & (src["day"] == 1)].head(6).astype("string")
+    late = day.head(3).assign(arr_delay="500")  # three late updates
+    bad = day.tail(3).copy()
+    bad.iloc[0, bad.columns.get_loc("month")] = "13"  # an impossible month
+    bad.iloc[1, bad.columns.get_loc("origin")] = "XXX"  # not a New York airport
+    bad.iloc[2, bad.columns.get_loc("dep_delay")] = "abc"  # not a number
+    settings = get_settings(lake_url=BAD)
+    fs = lake.filesystem(settings)
+    path = lake.strip_scheme(lake.landing_uri("flights", settings))
+    fs.pipe(f"{path}/year=2013/month=06/2013-06-01.update-1.csv",
+            pd.concat([late, bad]).to_csv(index=False).encode())  # fmt: skip
+    second = run(BAD, "--start", "2013-06-01", "--end", "2013-06-01")
+    return {"first": first, "second": second, "late": late, "n": first["rows_in"]}
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(bad_run):
+    r, n = bad_run["second"], bad_run["n"]
+    assert r["rows_in"] == n + 6
+    assert (r["rows_loaded"], r["rows_quarantined"], r["rows_merged"]) == (n, 3, 3)
+    assert r["rows_in"] == r["rows_loaded"] + r["rows_quarantined"] + r["rows_merged"]
+    q = read("flights_quarantine", BAD)
+    assert sorted(q["failed_check"]) == [
+        "dep_delay:type", "month:in_range(1, 12)", "origin:isin(['EWR', 'JFK', 'LGA'])"
+    ]  # fmt: skip
+    typed_bad = q[q["failed_check"] == "dep_delay:type"].iloc[0]
+    assert typed_bad["source_file"].endswith("2013-06-01.update-1.csv")
+    assert json.loads(typed_bad["record"])["dep_delay"] == "abc"
+
+
+def test_late_updates_replace_the_earlier_records(bad_run):
+    curated = read("flights", BAD, filters=[("month", "=", 6)])
+    assert len(curated) == bad_run["n"]
+    late = bad_run["late"]
+    keys = set(zip(late["carrier"], late["flight"].astype(int), late["sched_dep_time"].astype(int),
+                   strict=True))  # fmt: skip
+    mask = [(c, f, t) in keys for c, f, t in zip(curated["carrier"], curated["flight"],
+                                                  curated["sched_dep_time"], strict=True)]  # fmt: skip
+    assert sum(mask) == 3 and (curated.loc[mask, "arr_delay"] == 500).all()
+
+
+def test_quality_report_counts_the_failures(bad_run):
+    report = read("quality_report", BAD)
+    last = report[report["batch"] == bad_run["second"]["batch"]].set_index("check")
+    assert last.loc["month:in_range(1, 12)", "rows_failed"] == 1
+    assert last.loc["origin:isin(['EWR', 'JFK', 'LGA'])", "rows_failed"] == 1
+    assert last.loc["distance:in_range(1, 6000)", "rows_failed"] == 0
+    assert (last["rows_checked"] == bad_run["n"] + 2).all()
+
+
+def test_rerun_changes_nothing(bad_run):
+    again = run(BAD, "--start", "2013-06-01", "--end", "2013-06-01")
+    assert again["curated_skipped"] is True
+    assert len(read("flights_quarantine", BAD)) == 3
+    assert len(read("flights", BAD)) == bad_run["n"]
+    assert np.isfinite(read("daily_on_time", BAD)["on_time_rate"]).all()
