@@ -1,7 +1,9 @@
-"""Flights dashboard: KPI cards, delay over time and a carrier comparison, filtered by carrier.
+"""Flights dashboard: KPI cards, delay over time, carrier comparison, routes, delay by hour
+and by weather, with linked filters (date range, carriers, origins).
 
-Reads the gold table ``carrier_origin_daily`` (never raw rows). State lives in
-``param`` parameters, so tests drive it by setting them and reading the outputs.
+Reads gold tables only, never raw rows. State lives in ``param`` parameters, so tests
+drive it by setting them and reading the outputs. New commits to the gold tables are
+picked up by a periodic version check, without a page reload.
 """
 
 from __future__ import annotations
@@ -11,90 +13,208 @@ import pandas as pd
 import panel as pn
 import param
 
-from analytics.flights import by_carrier, delay_by_day, summarize
-from riverlake import lake
+from analytics.analysis import filter_rows
+from analytics.flights import DAILY_KPI_SCHEMA, by_carrier, delay_by_day, summarize
+from apps.common import TableWatcher, load_table, page
 
 GOLD = "carrier_origin_daily"
-
-
-def load_kpis() -> pd.DataFrame:
-    """The gold KPIs, or an empty frame with the gold columns when nothing is committed yet."""
-    from analytics.flights import DAILY_KPI_SCHEMA
-
-    try:
-        return lake.read_pandas(GOLD)
-    except lake.LakeError:
-        return DAILY_KPI_SCHEMA.empty_table().to_pandas()
+YEARLY = ("route_stats", "delay_by_hour", "delay_by_weather")
+REFRESH_MS = 10_000
 
 
 class FlightsDashboard(pn.viewable.Viewer):
-    """The flights dashboard over the carrier/origin/day gold table."""
+    """The flights dashboard over the gold tables."""
 
-    carriers = param.ListSelector(default=[], objects=[], doc="Carriers shown; empty means all.")
-    kpis = param.DataFrame(doc="The gold table (loaded once, refreshed on new versions).")
+    carriers = param.ListSelector(default=[], objects=[], doc="Carriers shown; empty: all.")
+    origins = param.ListSelector(default=[], objects=[], doc="Origins shown; empty: all.")
+    date_range = param.DateRange(default=None, doc="Days shown (inclusive).")
+    kpis = param.DataFrame(doc="carrier_origin_daily, refreshed on new versions.")
+    routes = param.DataFrame(doc="route_stats.")
+    hourly = param.DataFrame(doc="delay_by_hour.")
+    weather = param.DataFrame(doc="delay_by_weather.")
 
-    def __init__(self, kpis: pd.DataFrame | None = None, **params):
-        data = load_kpis() if kpis is None else kpis
-        super().__init__(kpis=data, **params)
-        self.param.carriers.objects = sorted(data["carrier"].dropna().unique().tolist())
-        self._picker = pn.widgets.MultiChoice.from_param(
-            self.param.carriers, name="Carriers", placeholder="All carriers", width=320
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._watcher = TableWatcher([GOLD, *YEARLY])
+        self._numbers = {
+            "flights": pn.indicators.Number(label="Flights", value=0, format="{value:,.0f}"),
+            "cancelled": pn.indicators.Number(label="Cancelled", value=0, format="{value:,.0f}"),
+            "delay": pn.indicators.Number(label="Mean arrival delay (min)", value=0),
+            "on_time": pn.indicators.Number(label="On time", value=0, format="{value}%"),
+        }
+        self._cards = pn.Row(*self._numbers.values(), css_classes=["kpi-cards"])
+        self.refresh(force=True)
+        self._update_cards()
+        self._widgets = pn.Column(
+            pn.widgets.DateRangeSlider.from_param(self.param.date_range, label="Days"),
+            pn.widgets.MultiChoice.from_param(
+                self.param.carriers, label="Carriers", placeholder="All carriers"
+            ),
+            pn.widgets.MultiChoice.from_param(
+                self.param.origins, label="Origins", placeholder="All origins"
+            ),
+            width=320,
         )
 
-    def _selection(self) -> list[str] | None:
-        return list(self.carriers) or None
+    # ------------------------------------------------------------------ data
 
-    @param.depends("carriers", "kpis")
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the tables whose version changed; True when anything was reloaded."""
+        changed = self._watcher.changed() if not force else self._watcher.all()
+        if not changed:
+            return False
+        if GOLD in changed:
+            kpis = load_table(GOLD, DAILY_KPI_SCHEMA)
+            carriers = sorted(kpis["carrier"].dropna().unique().tolist())
+            origins = sorted(kpis["origin"].dropna().unique().tolist())
+            self.param.carriers.objects = carriers
+            self.param.origins.objects = origins
+            update: dict = {"kpis": kpis}
+            if len(kpis):
+                lo, hi = kpis["flight_date"].min(), kpis["flight_date"].max()
+                new = (lo.to_pydatetime(), hi.to_pydatetime())
+                # A selection of the whole old range follows the data as it grows.
+                whole = (
+                    self.date_range is None
+                    or force
+                    or (tuple(self.date_range) == tuple(self.param.date_range.bounds or ()))
+                )
+                self.param.date_range.bounds = new
+                if whole:
+                    update["date_range"] = new
+            self.param.update(**update)  # one event: views recompute once
+        for name in YEARLY:
+            if name in changed:
+                setattr(self, {"route_stats": "routes", "delay_by_hour": "hourly",
+                               "delay_by_weather": "weather"}[name], load_table(name))  # fmt: skip
+        return True
+
+    def selected(self) -> pd.DataFrame:
+        """The daily KPIs inside the filters."""
+        k = self.kpis if self.kpis is not None else DAILY_KPI_SCHEMA.empty_table().to_pandas()
+        filters = []
+        if self.carriers:
+            filters.append(("carrier", "in", list(self.carriers)))
+        if self.origins:
+            filters.append(("origin", "in", list(self.origins)))
+        if self.date_range:
+            lo, hi = (pd.Timestamp(d).normalize() for d in self.date_range)
+            filters.append(("flight_date", "between", (lo, hi)))
+        return filter_rows(k, filters) if len(k) else k
+
+    @param.depends("carriers", "origins", "date_range", "kpis")
     def summary(self) -> dict[str, float]:
-        return summarize(self.kpis, self._selection())
+        return summarize(self.selected())
 
-    @param.depends("carriers", "kpis")
+    @param.depends("carriers", "origins", "date_range", "kpis")
     def daily(self) -> pd.DataFrame:
-        return delay_by_day(self.kpis, self._selection())
+        return delay_by_day(self.selected())
 
-    @param.depends("carriers", "kpis")
+    @param.depends("carriers", "origins", "date_range", "kpis")
     def per_carrier(self) -> pd.DataFrame:
-        return by_carrier(self.kpis, self._selection())
+        return by_carrier(self.selected())
 
-    @param.depends("carriers", "kpis")
-    def _cards(self):
+    @param.depends("origins", "routes")
+    def route_table(self) -> pd.DataFrame:
+        r = self.routes if self.routes is not None else pd.DataFrame()
+        if len(r) and self.origins:
+            r = r[r["origin"].isin(list(self.origins))]
+        return r.sort_values("flights", ascending=False) if len(r) else r
+
+    # ------------------------------------------------------------------ views
+
+    @param.depends("carriers", "origins", "date_range", "kpis", watch=True)
+    def _update_cards(self) -> None:
+        """Update the KPI numbers in place (no re-render of the cards)."""
         s = self.summary()
-        return pn.Row(
-            pn.indicators.Number(name="Flights", value=s["flights"], format="{value:,.0f}"),
-            pn.indicators.Number(name="Cancelled", value=s["cancelled"], format="{value:,.0f}"),
-            pn.indicators.Number(
-                name="Mean arrival delay (min)", value=round(s["mean_arr_delay"], 1)
-            ),
-            pn.indicators.Number(
-                name="On time", value=round(100 * s["on_time_rate"], 1), format="{value}%"
-            ),
-        )
+        self._numbers["flights"].value = s["flights"]
+        self._numbers["cancelled"].value = s["cancelled"]
+        delay = s["mean_arr_delay"]
+        self._numbers["delay"].value = round(delay, 1) if delay == delay else 0
+        rate = s["on_time_rate"]
+        self._numbers["on_time"].value = round(100 * rate, 1) if rate == rate else 0
 
-    @param.depends("carriers", "kpis")
+    @param.depends("carriers", "origins", "date_range", "kpis")
     def _timeseries(self):
         return self.daily().hvplot.line(
             x="flight_date", y="mean_arr_delay", title="Mean arrival delay per day (min)",
-            responsive=True, height=300, xlabel="", ylabel="minutes",
+            responsive=True, height=280, xlabel="", ylabel="minutes",
         )  # fmt: skip
 
-    @param.depends("carriers", "kpis")
+    @param.depends("carriers", "origins", "date_range", "kpis")
     def _bars(self):
         return self.per_carrier().hvplot.bar(
             x="carrier", y="on_time_rate", title="On-time rate by carrier",
-            responsive=True, height=300, ylim=(0, 1), ylabel="on-time rate",
+            responsive=True, height=280, ylim=(0, 1), ylabel="on-time rate",
         )  # fmt: skip
 
+    @param.depends("hourly")
+    def _hours(self):
+        h = self.hourly if self.hourly is not None and len(self.hourly) else None
+        if h is None:
+            return pn.pane.Markdown("No delay-by-hour table yet.")
+        # Categorical hours ("05".."23"): one bar per hour, whatever hours exist.
+        h = h.assign(hour=h["hour"].astype("int64").map("{:02d}".format))
+        return h.hvplot.bar(x="hour", y="mean_dep_delay", title="Mean departure delay by hour",
+                            responsive=True, height=260, ylabel="minutes")  # fmt: skip
+
+    @param.depends("weather")
+    def _weather(self):
+        w = self.weather if self.weather is not None and len(self.weather) else None
+        if w is None:
+            return pn.pane.Markdown("No delay-by-weather table yet.")
+        titles = {"visib": "visibility", "wind_speed": "wind", "precip": "precipitation"}
+        return pn.Row(
+            *[
+                pn.pane.HoloViews(
+                    w[w["condition"] == c].hvplot.bar(
+                        x="bucket",
+                        y="mean_dep_delay",
+                        title=f"Departure delay by {t}",
+                        height=240,
+                        responsive=True,
+                        ylabel="minutes",
+                        xlabel="",
+                        rot=20,
+                    ),
+                    sizing_mode="stretch_width",
+                )
+                for c, t in titles.items()
+            ],
+            sizing_mode="stretch_width",
+        )
+
+    @param.depends("origins", "routes")
+    def _routes(self):
+        cols = ["origin", "dest", "flights", "distance", "arr_delay_p50", "arr_delay_p90",
+                "arr_delay_p99"]  # fmt: skip
+        r = self.route_table()
+        r = r[cols] if len(r) else pd.DataFrame(columns=cols)
+        return pn.widgets.Tabulator(r, pagination="remote", page_size=10, disabled=True,
+                                    show_index=False, sizing_mode="stretch_width")  # fmt: skip
+
     def __panel__(self):
-        return pn.Column(
-            pn.pane.Markdown("# Riverlake: NYC flights 2013"),
-            self._picker,
-            self._cards,
-            pn.pane.HoloViews(self._timeseries, sizing_mode="stretch_width"),
-            pn.pane.HoloViews(self._bars, sizing_mode="stretch_width"),
+        return pn.Row(
+            self._widgets,
+            pn.Column(
+                self._cards,
+                pn.pane.HoloViews(self._timeseries, sizing_mode="stretch_width"),
+                pn.Row(
+                    pn.pane.HoloViews(self._bars, sizing_mode="stretch_width"),
+                    pn.pane.HoloViews(self._hours, sizing_mode="stretch_width"),
+                ),
+                self._weather,
+                pn.pane.Markdown("### Routes"),
+                self._routes,
+                sizing_mode="stretch_width",
+            ),
             sizing_mode="stretch_width",
         )
 
 
 if pn.state.served:
-    pn.extension(sizing_mode="stretch_width")
-    FlightsDashboard().servable(title="Riverlake flights")
+    pn.extension("tabulator", sizing_mode="stretch_width")
+    dashboard = FlightsDashboard()
+    pn.state.add_periodic_callback(dashboard.refresh, period=REFRESH_MS)
+
+    page("Riverlake: NYC flights", dashboard).servable(title="Riverlake: NYC flights")

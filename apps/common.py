@@ -1,0 +1,65 @@
+"""What the apps share: reading lake tables and noticing new commits."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+from riverlake import lake
+from riverlake.errors import LakeError
+from riverlake.settings import get_settings
+
+
+def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataFrame:
+    """A (small) lake table as pandas; empty, with ``schema``'s columns, when it does not exist."""
+    try:
+        return lake.read_pandas(name, **kwargs)
+    except LakeError:
+        if schema is None:
+            return pd.DataFrame()
+        return schema.empty_table().to_pandas(date_as_object=False)
+
+
+def table_version(name: str) -> int | None:
+    dt = lake.open_table(lake.table_uri(name, get_settings()))
+    return None if dt is None else dt.version()
+
+
+class TableWatcher:
+    """Remembers the versions of some tables; :meth:`changed` names those that moved."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.versions: dict[str, int | None] = {}
+
+    def all(self) -> set[str]:
+        self.versions = {n: table_version(n) for n in self.names}
+        return set(self.names)
+
+    def changed(self) -> set[str]:
+        now = {n: table_version(n) for n in self.names}
+        moved = {n for n in self.names if now[n] != self.versions.get(n)}
+        self.versions = now
+        return moved
+
+
+NAV = [("flights_dashboard", "Flights"), ("table_explorer", "Tables"),
+       ("pipeline_health", "Pipeline health")]  # fmt: skip
+
+
+def page(title: str, body):
+    """An app page: a header with the apps' navigation, then ``body``.
+
+    No Panel template: templates pull web fonts from the internet, which a closed
+    network (and a strict browser test) refuses; everything here is served locally.
+    """
+    import panel as pn
+
+    links = " · ".join(f'<a href="./{app}" style="color:white">{label}</a>' for app, label in NAV)
+    header = pn.pane.HTML(
+        f'<div style="display:flex;justify-content:space-between;align-items:center">'
+        f'<span style="font-size:1.4em;font-weight:600">{title}</span><span>{links}</span></div>',
+        styles={"background": "#0b5394", "color": "white", "padding": "10px 16px"},
+        sizing_mode="stretch_width",
+    )
+    return pn.Column(header, body, sizing_mode="stretch_width")
