@@ -43,8 +43,8 @@ class TableWatcher:
         return moved
 
 
-NAV = [("flights_dashboard", "Flights"), ("table_explorer", "Tables"),
-       ("pipeline_health", "Pipeline health")]  # fmt: skip
+NAV = [("flights_dashboard", "Flights"), ("big_data", "Every flight"),
+       ("table_explorer", "Tables"), ("pipeline_health", "Pipeline health")]  # fmt: skip
 
 
 def page(title: str, body):

@@ -205,8 +205,12 @@ def vacuum(
     typer.echo(f"{table}: {verb} {len(removed)} files")
 
 
-def panel_command(settings: Settings, port: int, num_procs: int = 1) -> list[str]:
-    """The `panel serve` command line for every app in apps/ (pure)."""
+def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[list[str], dict]:
+    """The `panel serve` command line and extra environment for every app in apps/ (pure).
+
+    Secrets go through the environment (PANEL_*), never the command line, which any
+    local user can read. The basic-auth password goes in a file of mode 600.
+    """
     import apps
 
     app_dir = Path(apps.__file__).parent
@@ -216,7 +220,30 @@ def panel_command(settings: Settings, port: int, num_procs: int = 1) -> list[str
            "--allow-websocket-origin", f"localhost:{port}", "--index", apps.APPS[0]]  # fmt: skip
     if num_procs > 1:
         cmd += ["--num-procs", str(num_procs)]
-    return cmd
+    env: dict[str, str] = {}
+    if settings.app_auth != "none":
+        if settings.cookie_secret is None:
+            raise RiverlakeError(f"app_auth={settings.app_auth} needs RIVERLAKE_COOKIE_SECRET")
+        env["PANEL_COOKIE_SECRET"] = settings.cookie_secret.get_secret_value()
+    if settings.app_auth == "basic":
+        if settings.app_password is None:
+            raise RiverlakeError("app_auth=basic needs RIVERLAKE_APP_PASSWORD")
+        pw = settings.home.resolve() / "run" / "app-password"
+        pw.parent.mkdir(parents=True, exist_ok=True)
+        pw.touch(mode=0o600)
+        # Panel reads a file as JSON {user: password}; a plain string would be the password.
+        pw.write_text(json.dumps({settings.app_user: settings.app_password.get_secret_value()}))
+        cmd += ["--basic-auth", str(pw)]
+    elif settings.app_auth == "oauth":
+        missing = [n for n in ("oauth_key", "oauth_secret", "oauth_encryption_key")
+                   if getattr(settings, n) is None]  # fmt: skip
+        if missing:
+            raise RiverlakeError(f"app_auth=oauth needs RIVERLAKE_{missing[0].upper()}")
+        cmd += ["--oauth-provider", "generic", "--oauth-extra-params", settings.oauth_extra_params]
+        env["PANEL_OAUTH_KEY"] = str(settings.oauth_key)
+        env["PANEL_OAUTH_SECRET"] = settings.oauth_secret.get_secret_value()
+        env["PANEL_OAUTH_ENCRYPTION_KEY"] = settings.oauth_encryption_key.get_secret_value()
+    return cmd, env
 
 
 @app.command()
@@ -237,6 +264,7 @@ def serve(
             f"port {port} (Panel apps) is already in use; pass --port or set RIVERLAKE_PANEL_PORT"
         )
     lake.check_store(settings)
+    cmd, extra_env = panel_command(settings, port, num_procs)  # refuses bad auth settings first
     cluster_obj = None
     if with_cluster:
         from cluster import local_cluster
@@ -248,8 +276,8 @@ def serve(
         (settings.home / "scheduler.json").write_text(
             json.dumps({"address": cluster_obj.scheduler_address})
         )
-    env = {**os.environ, "PREFECT_API_URL": str(settings.prefect_api_url)}
-    proc = subprocess.Popen(panel_command(settings, port, num_procs), env=env)
+    env = {**os.environ, **extra_env, "PREFECT_API_URL": str(settings.prefect_api_url)}
+    proc = subprocess.Popen(cmd, env=env)
     typer.echo(f"Prefect UI:     {ui_url(settings)}")
     if cluster_obj is not None:
         typer.echo(f"Dask dashboard: {cluster_obj.dashboard_link}")

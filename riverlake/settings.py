@@ -82,6 +82,27 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    app_auth: Literal["none", "basic", "oauth"] = Field(
+        "none",
+        description="Authentication of the Panel apps: none (the local stack), basic (one "
+        "shared password, app_password), or oauth (Panel's generic OIDC provider).",
+    )
+    app_user: str = Field("riverlake", description="User name for basic auth.")
+    app_password: SecretStr | None = Field(None, description="Password for basic auth.")
+    cookie_secret: SecretStr | None = Field(
+        None, description="Secret that signs the apps' session cookies (basic and oauth)."
+    )
+    oauth_key: str | None = Field(None, description="OIDC client id.")
+    oauth_secret: SecretStr | None = Field(None, description="OIDC client secret.")
+    oauth_encryption_key: SecretStr | None = Field(
+        None, description="Key that encrypts OAuth tokens in the cookie (Fernet, base64)."
+    )
+    oauth_extra_params: str = Field(
+        "{}",
+        description="JSON of Panel's generic-provider settings, e.g. "
+        '{"TOKEN_URL": ..., "AUTHORIZE_URL": ..., "USER_URL": ...}.',
+    )
+
     @model_validator(mode="after")
     def _fill_from_state(self) -> Settings:
         if self.s3_endpoint is None:

@@ -110,7 +110,7 @@ def january() -> object:
 
 
 @pytest.mark.parametrize(("app", "canvases"), [("flights_dashboard", 4), ("pipeline_health", 1),
-                                                ("table_explorer", 0)])  # fmt: skip
+                                                ("table_explorer", 0), ("big_data", 1)])  # fmt: skip
 def test_app_loads_without_console_errors(served, page, app, canvases):
     open_app(page, f"{served}/{app}", canvases)
     page.wait_for_timeout(1500)
