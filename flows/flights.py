@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from prefect import flow, get_run_logger, task
+from prefect.tasks import exponential_backoff
 from prefect_dask import get_dask_client
 
 from analytics.contracts import FLIGHTS_CONTRACT, quality_report, split
@@ -37,9 +38,12 @@ from analytics.flights import (
     to_curated_table,
     type_strings,
 )
-from flows.runner import dask_task_runner
+from flows.runner import dask_task_runner, export_storage_credentials
 from riverlake import demo_data, lake
 from riverlake.settings import get_settings
+
+#: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
+BACKOFF = exponential_backoff(backoff_factor=2)
 
 CURATED = "flights"
 GOLD = "carrier_origin_daily"
@@ -81,7 +85,13 @@ def _month_glob(root: str, year: int, month: int) -> str:
     return f"{root}/year={year}/month={month:02d}/*.csv"
 
 
-@task(name="extract-flights", retries=2, retry_delay_seconds=2)
+@task(
+    name="extract-flights",
+    persist_result=False,
+    retries=3,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=0.2,
+)
 def extract_flights(start: date, end: date) -> list[tuple[int, int]]:
     """Land one CSV per day into landing/flights; landed files are immutable."""
     settings = get_settings()
@@ -114,7 +124,13 @@ def _days(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-@task(name="land-dimensions", retries=2, retry_delay_seconds=2)
+@task(
+    name="land-dimensions",
+    persist_result=False,
+    retries=3,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=0.2,
+)
 def land_dimensions() -> dict[str, int]:
     """Land weather, planes, airports and airlines as CSV beside the flights; rows per file."""
     settings = get_settings()
@@ -198,7 +214,7 @@ def load_dimensions(settings) -> dict[str, pd.DataFrame]:
     return out
 
 
-@task(name="transform-month", retries=1)
+@task(name="transform-month", persist_result=False, retries=2, retry_delay_seconds=BACKOFF)
 def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
     """Read a month of landed CSVs; type, dedupe, time, enrich; check the contract; write.
 
@@ -245,7 +261,7 @@ def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
     }
 
 
-@task(name="commit-flights")
+@task(name="commit-flights", persist_result=False)
 def commit_flights(
     results: list[dict[str, Any]], months: list[tuple[int, int]], batch: str
 ) -> dict[str, Any]:
@@ -305,7 +321,7 @@ def commit_flights(
     }
 
 
-@task(name="build-gold")
+@task(name="build-gold", persist_result=False)
 def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
     """Recompute the gold partitions whose inputs changed.
 
@@ -350,12 +366,20 @@ def _as_date(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(value)
 
 
-@flow(name="flights", task_runner=dask_task_runner(), log_prints=True)
+@flow(
+    name="flights",
+    task_runner=dask_task_runner(),
+    log_prints=True,
+    retries=1,
+    retry_delay_seconds=30,
+    persist_result=True,  # the run summary, on the lake (see flows.runner.ensure_result_storage)
+)
 def flights_flow(
     start: date | str = "2013-01-01", end: date | str = "2013-12-31"
 ) -> dict[str, Any]:
     """Land the flights of [start, end] and the dimensions; rebuild the touched months."""
     logger = get_run_logger()
+    export_storage_credentials()
     start, end = _as_date(start), _as_date(end)
     if end < start:
         raise ValueError(f"end {end} is before start {start}")

@@ -14,3 +14,46 @@ def dask_task_runner(profile: str | None = None) -> DaskTaskRunner:
     if is_address(profile):
         return DaskTaskRunner(address=profile)
     return DaskTaskRunner(cluster_class="cluster.make_cluster", cluster_kwargs={"profile": profile})
+
+
+def result_storage_block():
+    """The block that stores flow results under ``<lake>/_prefect/results``, and its slug.
+
+    It holds no secret (Prefect keeps blocks in its database): on S3 only the endpoint;
+    the credentials come from the standard AWS variables, which
+    :func:`export_storage_credentials` sets in the flow-run process. One block per lake.
+    """
+    import hashlib
+
+    from prefect.filesystems import RemoteFileSystem
+
+    from riverlake import lake
+
+    settings = get_settings()
+    root = lake.lake_root(settings)
+    base = f"{root}/_prefect/results" if settings.lake_is_s3 else f"file://{root}/_prefect/results"
+    client = {"region_name": settings.s3_region}
+    if settings.s3_endpoint:
+        client["endpoint_url"] = settings.s3_endpoint
+    opts = {"client_kwargs": client} if settings.lake_is_s3 else {}
+    name = "riverlake-results-" + hashlib.sha256(root.encode()).hexdigest()[:10]
+    return RemoteFileSystem(basepath=base, settings=opts), f"remote-file-system/{name}"
+
+
+def ensure_result_storage() -> dict[str, str]:
+    """Save the lake's result-storage block; the Prefect settings that make runs use it."""
+    block, slug = result_storage_block()
+    block.save(slug.split("/", 1)[1], overwrite=True)
+    # Flows that persist their result (persist_result=True) write it there; task results
+    # stay in memory (persisting every task's frames would cost more than it saves).
+    return {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": slug}
+
+
+def export_storage_credentials() -> None:
+    """Expose the lake's S3 credentials as AWS_* variables for Prefect's result storage."""
+    import os
+
+    settings = get_settings()
+    if settings.s3_access_key and settings.s3_secret_key:
+        os.environ["AWS_ACCESS_KEY_ID"] = settings.s3_access_key.get_secret_value()
+        os.environ["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key.get_secret_value()

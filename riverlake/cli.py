@@ -56,6 +56,13 @@ def _prefect_env(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _prefect_settings(values: dict[str, str]) -> dict:
+    """PREFECT_* names -> Prefect setting objects, for temporary_settings."""
+    import prefect.settings as ps
+
+    return {getattr(ps, k): v for k, v in values.items()}
+
+
 def prefect_reachable(settings: Settings, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(f"{settings.prefect_api_url}/health", timeout=timeout) as r:
@@ -127,17 +134,22 @@ def run(
         _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
     lake.check_store(settings)
     _prefect_env(settings)
+    from prefect.settings import temporary_settings
+
     from flows import get_pipeline
-    from flows.runner import dask_task_runner
+    from flows.runner import dask_task_runner, ensure_result_storage, export_storage_credentials
 
     flow = get_pipeline(pipeline).with_options(task_runner=dask_task_runner(profile))
+    export_storage_credentials()
+    results = ensure_result_storage()  # flow results persist on the lake
     if profile == "local":
         typer.echo(
             f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status"
         )
     t0 = time.monotonic()
     try:
-        result = flow(**params)
+        with temporary_settings(updates=_prefect_settings(results)):
+            result = flow(**params)
     except RiverlakeError:
         raise
     except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
@@ -150,6 +162,42 @@ def run(
     typer.echo(
         f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; runs: {ui_url(settings)}/runs"
     )
+
+
+@app.command()
+def deploy(
+    worker: Annotated[bool, typer.Option(help="Start the local process worker.")] = True,
+) -> None:
+    """Register the local deployments of prefect.yaml and start the worker that runs them."""
+    from riverlake import stack
+
+    settings = _settings()
+    if not prefect_reachable(settings):
+        _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
+    _prefect_env(settings)
+    from flows.runner import ensure_result_storage
+
+    root = Path(__file__).resolve().parent.parent
+    results = ensure_result_storage()
+    env = {**os.environ, **results, "RIVERLAKE_ROOT": str(root),
+           "PREFECT_API_URL": str(settings.prefect_api_url)}  # fmt: skip
+    prefect = str(Path(sys.executable).parent / "prefect")
+    pool = subprocess.run([prefect, "work-pool", "create", stack.WORK_POOL, "--type", "process",
+                           "--overwrite"], env=env, capture_output=True, text=True)  # fmt: skip
+    if pool.returncode != 0:
+        _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
+    res = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
+         "--name", "flights-local"],
+        env=env, cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    if res.returncode != 0:
+        _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
+    typer.echo(f"deployed flights/flights-local to work pool {stack.WORK_POOL}")
+    if worker:
+        started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
+        typer.echo("worker started" if started else "worker already running")
+    typer.echo(f"deployments: {ui_url(settings)}/deployments")
 
 
 @app.command()

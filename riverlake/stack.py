@@ -26,6 +26,7 @@ from riverlake.errors import StackError
 from riverlake.settings import CREDENTIALS_FILE, Settings
 
 STARTUP_TIMEOUT_S = 120
+WORK_POOL = "riverlake-local"
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Service:
     url: str
     env: dict[str, str] = field(default_factory=dict)
     setting: str = ""
+    on_up: bool = True  # started by `riverlake up` (the worker is started by `deploy`)
 
     def pid_file(self, home: Path) -> Path:
         return home / "run" / f"{self.name}.pid"
@@ -121,7 +123,19 @@ def services(settings: Settings) -> list[Service]:
         },
         setting="RIVERLAKE_PREFECT_PORT",
     )
-    return [weed, prefect]
+    worker = Service(
+        name="worker",
+        argv=[_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
+        ports={},
+        health_url="",
+        url=f"work pool {WORK_POOL}",
+        env={
+            "PREFECT_API_URL": str(settings.prefect_api_url),
+            "RIVERLAKE_HOME": str(home),
+        },
+        on_up=False,
+    )
+    return [weed, prefect, worker]
 
 
 # --------------------------------------------------------------------------- processes
@@ -166,6 +180,8 @@ def _alive(info: dict | None) -> bool:
 
 
 def healthy(svc: Service, timeout: float = 2.0) -> bool:
+    if not svc.health_url:  # no HTTP endpoint (the worker): running is healthy
+        return True
     try:
         with urllib.request.urlopen(svc.health_url, timeout=timeout) as resp:
             return resp.status < 500
@@ -282,7 +298,7 @@ def up(settings: Settings) -> list[dict]:
     home.mkdir(parents=True, exist_ok=True)
     key, secret = _ensure_credentials(settings)
     _write_s3_config(settings, key, secret)
-    todo = [svc for svc in services(settings) if not _alive(_read_pid(svc, home))]
+    todo = [s for s in services(settings) if s.on_up and not _alive(_read_pid(s, home))]
     for svc in todo:  # every port is checked before anything starts
         _check_ports(svc)
     started = []
@@ -292,7 +308,8 @@ def up(settings: Settings) -> list[dict]:
             started.append(svc)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         for svc in services(settings):
-            _wait_healthy(svc, home, deadline)
+            if svc.on_up:
+                _wait_healthy(svc, home, deadline)
         _ensure_bucket(_with_credentials(settings, key, secret))
     except BaseException:
         for svc in started:
@@ -352,3 +369,18 @@ def status(settings: Settings) -> list[dict]:
             }
         )
     return out
+
+
+def start_worker(settings: Settings, env: dict[str, str]) -> bool:
+    """Start the process worker that runs the local deployments; False if it already runs."""
+    home = settings.home.resolve()
+    (worker,) = [s for s in services(settings) if s.name == "worker"]
+    if _alive(_read_pid(worker, home)):
+        return False
+    worker.env = {**worker.env, **env}
+    _start(worker, home)
+    time.sleep(1.0)
+    if not _alive(_read_pid(worker, home)):
+        raise StackError(f"the Prefect worker exited; see {worker.log_file(home)}: "
+                         f"{_tail(worker.log_file(home), 2)}")  # fmt: skip
+    return True

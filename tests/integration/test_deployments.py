@@ -1,0 +1,55 @@
+"""`riverlake deploy`: the deployment is registered with its schedule and concurrency limit,
+the local worker runs it, and the Dask workers' task logs reach Prefect."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from riverlake import demo_data, lake
+from riverlake.settings import get_settings
+from tests.conftest import riverlake_cli
+
+pytestmark = pytest.mark.integration
+
+
+def api(path: str, body: dict | None = None):
+    url = f"{get_settings().prefect_api_url}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=15).read())
+
+
+def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
+    res = riverlake_cli("deploy")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "deployed flights/flights-local to work pool riverlake-local" in res.stdout
+    (dep,) = api("/deployments/filter", {"deployments": {"name": {"any_": ["flights-local"]}}})
+    assert dep["work_pool_name"] == "riverlake-local"
+    assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 6 * * *"]
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    run = api(f"/deployments/{dep['id']}/create_flow_run",
+              {"parameters": {"start": "2013-05-05", "end": "2013-05-05"}})  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = api(f"/flow_runs/{run['id']}")["state_type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(2)
+    assert state == "COMPLETED"
+    logs = api("/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    assert any("landed 1 new daily files" in log["message"] for log in logs)
+    raw = demo_data.load("flights")
+    want = int(((raw["month"] == 5) & (raw["day"] == 5)).sum())
+    got = lake.read_pandas("flights", filters=[("month", "=", 5)])
+    assert int((got["day"] == 5).sum()) == want
+    # the run's summary is persisted on the lake
+    fs = lake.filesystem(get_settings())
+    assert fs.find(lake.strip_scheme(lake.lake_root(get_settings())) + "/_prefect/results")
+    status = riverlake_cli("status")
+    assert (
+        "worker" in status.stdout and "running" in status.stdout.split("worker")[1].split("\n")[0]
+    )
