@@ -35,6 +35,8 @@ format: install
 ## make bench: benchmarks (print figures, write benchmarks/results/*.json)
 bench: install
 	$(BIN)/python benchmarks/etl.py
+	$(BIN)/python benchmarks/transform.py
+	$(BIN)/python benchmarks/apps.py
 	$(BIN)/python benchmarks/overhead.py
 
 up: install

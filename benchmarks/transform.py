@@ -10,7 +10,8 @@ a LocalCluster of the default local profile (a thread worker per core):
 * gold: each gold table from the curated table (read_table).
 
 Then the slowest stage's per-file work is profiled in-process with pyinstrument.
-Writes benchmarks/results/transform.json and transform_profile.txt.
+Writes benchmarks/results/transform.json and transform_profile.txt, and leaves the lake
+in benchmarks/data/bench-lake for benchmarks/apps.py.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def main() -> None:
     args = p.parse_args()
     csv_dir = generate(args.rows, args.files, args.seed)
     files = sorted(str(f) for f in csv_dir.glob("*.csv"))
-    out = DATA / f"transform-lake-{os.getpid()}"
+    out = DATA / "bench-lake"  # kept: benchmarks/apps.py serves the dashboard from it
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
     settings = get_settings(lake_url=str(out))
     uri = lake.table_uri("flights", settings)
     dims = {n: pd.read_csv(demo_data.source_path(n)) for n in ("weather", "planes", "airports")}
@@ -139,9 +143,6 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "transform.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "transform_profile.txt").write_text(profile)
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(result, indent=2))
     print(profile[:4000])
 
