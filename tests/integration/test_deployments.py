@@ -23,8 +23,11 @@ def api(path: str, body: dict | None = None):
     return json.loads(urllib.request.urlopen(req, timeout=15).read())
 
 
+LAKE = "s3://riverlake-test/deploy"  # its own lake: the other tests count their rows
+
+
 def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
-    res = riverlake_cli("deploy")
+    res = riverlake_cli("deploy", env={"RIVERLAKE_LAKE_URL": LAKE})  # the worker inherits it
     assert res.returncode == 0, res.stderr[-2000:]
     assert "deployed flights/flights-local to work pool riverlake-local" in res.stdout
     (dep,) = api("/deployments/filter", {"deployments": {"name": {"any_": ["flights-local"]}}})
@@ -44,11 +47,12 @@ def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
     assert any("landed 1 new daily files" in log["message"] for log in logs)
     raw = demo_data.load("flights")
     want = int(((raw["month"] == 5) & (raw["day"] == 5)).sum())
-    got = lake.read_pandas("flights", filters=[("month", "=", 5)])
+    settings = get_settings(lake_url=LAKE)
+    got = lake.read_pandas("flights", filters=[("month", "=", 5)], settings=settings)
     assert int((got["day"] == 5).sum()) == want
     # the run's summary is persisted on the lake
-    fs = lake.filesystem(get_settings())
-    assert fs.find(lake.strip_scheme(lake.lake_root(get_settings())) + "/_prefect/results")
+    fs = lake.filesystem(settings)
+    assert fs.find(lake.strip_scheme(lake.lake_root(settings)) + "/_prefect/results")
     status = riverlake_cli("status")
     assert (
         "worker" in status.stdout and "running" in status.stdout.split("worker")[1].split("\n")[0]
