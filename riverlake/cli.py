@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -332,6 +333,11 @@ def serve(
         typer.echo(f"Dask scheduler: {cluster_obj.scheduler_address} (notebooks connect here)")
     typer.echo(f"Panel apps:     http://127.0.0.1:{port}/")
     typer.echo("Ctrl-C to stop serving (the stack stays up: `riverlake down`).")
+
+    def _stop(signum, frame):  # SIGTERM (a supervisor, a test) stops the server too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         proc.wait()
     except KeyboardInterrupt:
