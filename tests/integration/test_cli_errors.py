@@ -83,3 +83,9 @@ def test_status_and_down_touch_only_our_processes(tmp_path, stack_env):
     states = {ln.split()[0]: ln.split()[1] for ln in res.stdout.splitlines()[1:]}
     assert states["seaweedfs"] == states["prefect"] == "running"
     assert states["worker"] in ("running", "stopped")  # started only by `riverlake deploy`
+
+
+def test_no_credentials(stack_env, tmp_path):
+    env = {"RIVERLAKE_HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    res = riverlake_cli("tables", env=env)
+    one_line_error(res, "no S3 credentials for s3://riverlake-test/lake")
