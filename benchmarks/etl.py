@@ -87,13 +87,16 @@ def generate(rows: int, files: int, seed: int) -> Path:
 
 # --------------------------------------------------------------------------- engines
 
-CSV_TYPES = {
-    "year": "int32", "month": "int32", "day": "int32", "dep_time": "int32",
-    "sched_dep_time": "int32", "dep_delay": "float64", "arr_time": "int32",
-    "sched_arr_time": "int32", "arr_delay": "float64", "carrier": "string", "flight": "int32",
-    "tailnum": "string", "origin": "string", "dest": "string", "air_time": "float64",
-    "distance": "float64", "hour": "int32", "minute": "int32", "time_hour": "string",
-}  # fmt: skip
+
+def _csv_types() -> dict[str, str]:
+    """The source columns' types, from analytics.flights' column lists, in source order."""
+    from analytics.flights import FLOAT_COLUMNS, INT_COLUMNS, SOURCE_COLUMNS
+
+    kind = {c: "int32" for c in INT_COLUMNS} | {c: "float64" for c in FLOAT_COLUMNS}
+    return {c: kind.get(c, "string") for c in SOURCE_COLUMNS}
+
+
+CSV_TYPES = _csv_types()
 
 
 def _peak_self() -> int:

@@ -28,6 +28,7 @@ from analytics.flights import (
     CURATED_SCHEMA,
     DAILY_KPI_SCHEMA,
     FLIGHTS_PARTITION_BY,
+    STRING_COLUMNS,
     curate_flights,
     daily_kpis,
     daily_on_time,
@@ -74,7 +75,6 @@ QUALITY_SCHEMA = pa.schema(
         ("rows_failed", pa.int64()),
     ]
 )
-STRING_COLUMNS = ("carrier", "tailnum", "origin", "dest", "time_hour")
 
 
 def _day_path(root: str, d: date) -> str:

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from riverlake.errors import RiverlakeError, StackError
+from riverlake.errors import RiverlakeError
 from riverlake.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -353,7 +353,7 @@ def main() -> None:
     """Entry point: user mistakes are one line on stderr and exit status 1."""
     try:
         app()
-    except (RiverlakeError, StackError) as exc:
+    except RiverlakeError as exc:  # StackError and LakeError are RiverlakeErrors
         typer.echo(f"riverlake: error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
