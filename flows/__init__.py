@@ -7,7 +7,10 @@ import importlib
 from riverlake.errors import RiverlakeError
 
 #: Pipeline name -> "module:flow object". Pipelines are imported only when run.
-PIPELINES = {"flights": "flows.flights:flights_flow"}
+PIPELINES = {
+    "flights": "flows.flights:flights_flow",
+    "flight_events": "flows.events:flight_events_flow",
+}
 
 
 def get_pipeline(name: str):

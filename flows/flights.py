@@ -40,11 +40,19 @@ from analytics.flights import (
     type_strings,
 )
 from flows.runner import dask_task_runner, export_storage_credentials
-from riverlake import demo_data, lake
+from riverlake import lake
 from riverlake.settings import get_settings
+from riverlake.sources import demo
+from riverlake.sources import spec as sources
+from riverlake.sources.ingest import connector_for, ingest
 
 #: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
 BACKOFF = exponential_backoff(backoff_factor=2)
+
+PIPELINE = "flights"
+DROPS = "flight_drops"
+#: The batch sources that load the dimension tables (see flows/pipelines.yaml).
+DIMENSION_SOURCES = ("weather", "planes", "airports", "airlines")
 
 CURATED = "flights"
 GOLD = "carrier_origin_daily"
@@ -77,80 +85,57 @@ QUALITY_SCHEMA = pa.schema(
 )
 
 
-def _day_path(root: str, d: date) -> str:
-    return f"{root}/year={d.year}/month={d.month:02d}/{d.isoformat()}.csv"
-
-
 def _month_glob(root: str, year: int, month: int) -> str:
     return f"{root}/year={year}/month={month:02d}/*.csv"
 
 
-@task(
-    name="extract-flights",
-    persist_result=False,
-    retries=3,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=0.2,
-)
-def extract_flights(start: date, end: date) -> list[tuple[int, int]]:
-    """Land one CSV per day into landing/flights; landed files are immutable."""
+def cluster_map(fn, items):
+    """Map ``fn`` over ``items`` on the Dask cluster, from a task on a worker or the flow."""
+    from distributed import worker_client
+
+    try:
+        with worker_client() as client:  # on a worker: secede while the units run
+            return client.gather(client.map(fn, list(items), pure=False))
+    except ValueError:  # not on a worker
+        with get_dask_client() as client:
+            return client.gather(client.map(fn, list(items), pure=False))
+
+
+@task(name="check-sources", persist_result=False)
+def check_sources(names: list[str]) -> dict[str, int]:
+    """Plan every source before anything is written: an unreachable source or refused
+    credentials fail the run here, with one line naming the source."""
     settings = get_settings()
-    fs = lake.filesystem(settings)
-    root = lake.strip_scheme(lake.landing_uri("flights", settings))
-    src = demo_data.load("flights")
-    days = src["year"] * 10000 + src["month"] * 100 + src["day"]
-    lo, hi = (
-        start.year * 10000 + start.month * 100 + start.day,
-        end.year * 10000 + end.month * 100 + end.day,
-    )
-    src = src[(days >= lo) & (days <= hi)]
-    existing = set(fs.find(root)) if fs.exists(root) else set()
-    blobs: dict[str, bytes] = {}
-    for (y, m, d), rows in src.groupby(["year", "month", "day"], sort=True):
-        path = _day_path(root, date(int(y), int(m), int(d)))
-        if path not in existing:
-            blobs[path] = rows.to_csv(index=False).encode()
-    if blobs:
-        if not settings.lake_is_s3:
-            for p in {p.rsplit("/", 1)[0] for p in blobs}:
-                fs.makedirs(p, exist_ok=True)
-        fs.pipe(blobs)
-    months = sorted({(d.year, d.month) for d in _days(start, end)})
-    get_run_logger().info("landed %d new daily files (%d rows in range)", len(blobs), len(src))
-    return months
+    out = {}
+    for name in names:
+        spec = sources.source(PIPELINE, name, settings)
+        uri = lake.table_uri(spec.table, settings)
+        out[name] = len(connector_for(spec.kind).plan(spec, lake.read_state(uri, name), settings))
+    return out
 
 
-def _days(start: date, end: date) -> list[date]:
-    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-@task(
-    name="land-dimensions",
-    persist_result=False,
-    retries=3,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=0.2,
-)
-def land_dimensions() -> dict[str, int]:
-    """Land weather, planes, airports and airlines as CSV beside the flights; rows per file."""
+@task(name="extract-flights", persist_result=False)
+def extract_flights(start: date, end: date) -> dict[str, Any]:
+    """Ingest the new or changed daily drops into landing; their manifest is returned,
+    to be committed with the curated table the landed files become."""
     settings = get_settings()
-    fs = lake.filesystem(settings)
-    counts, blobs = {}, {}
-    for name in demo_data.DIMENSIONS:
-        path = lake.strip_scheme(f"{lake.landing_uri(name, settings)}/{name}.csv")
-        data = demo_data.source_path(name).read_bytes()
-        blobs[path] = data
-        counts[name] = len(pacsv.read_csv(io.BytesIO(data)))
-    existing = {p: i["size"] for p, i in fs.glob(
-        lake.strip_scheme(f"{lake.lake_root(settings)}/{lake.LANDING}/*/*.csv"), detail=True
-    ).items()} if fs.exists(lake.strip_scheme(lake.lake_root(settings))) else {}  # fmt: skip
-    blobs = {p: b for p, b in blobs.items() if existing.get(p) != len(b)}
-    if blobs:
-        if not settings.lake_is_s3:
-            for p in {p.rsplit("/", 1)[0] for p in blobs}:
-                fs.makedirs(p, exist_ok=True)
-        fs.pipe(blobs)
-    return counts
+    if sources.pipeline_options(PIPELINE).get("demo_drops"):
+        delivered = demo.deliver_drops(settings, start, end)
+        get_run_logger().info("demo upstream delivered %d daily drops", len(delivered))
+    spec = sources.source(PIPELINE, DROPS, settings)
+    res = ingest(spec, settings, mapper=cluster_map, commit_state=False)
+    months = sorted({tuple(int(x) for x in m.split("-")) for ms in res.info.values() for m in ms})
+    get_run_logger().info("drops: %s", res.summary())
+    return {"months": months, "state": res.state, "new": not res.skipped, **res.summary()}
+
+
+@task(name="ingest-source", persist_result=False, task_run_name="ingest-{name}")
+def ingest_source(name: str) -> dict[str, Any]:
+    """Ingest one source into its table, its cursor advancing in the same commit."""
+    settings = get_settings()
+    res = ingest(sources.source(PIPELINE, name, settings), settings, mapper=cluster_map)
+    get_run_logger().info("%s: %s", name, res.summary())
+    return res.summary()
 
 
 def month_files(year: int, month: int) -> dict[str, int]:
@@ -205,12 +190,13 @@ def _quarantine_rows(bad: pd.DataFrame, source: str, year: int, month: int) -> p
 
 
 def load_dimensions(settings) -> dict[str, pd.DataFrame]:
-    """Weather, planes and airports from the landing area (small: broadcast to each task)."""
-    fs = lake.filesystem(settings)
+    """Weather, planes and airports from their lake tables (small: broadcast to each task)."""
     out = {}
     for name in ("weather", "planes", "airports"):
-        path = lake.strip_scheme(f"{lake.landing_uri(name, settings)}/{name}.csv")
-        out[name] = pd.read_csv(io.BytesIO(fs.cat(path)))
+        dt = lake.open_table(lake.table_uri(name, settings), settings)
+        if dt is None:
+            raise RuntimeError(f"dimension table {name!r} is missing; its source never loaded")
+        out[name] = dt.to_pyarrow_table().to_pandas().drop(columns=["id", "updated_at"])
     return out
 
 
@@ -263,7 +249,10 @@ def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
 
 @task(name="commit-flights", persist_result=False)
 def commit_flights(
-    results: list[dict[str, Any]], months: list[tuple[int, int]], batch: str
+    results: list[dict[str, Any]],
+    months: list[tuple[int, int]],
+    batch: str,
+    drops_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quarantine and quality report first, then the curated table (all idempotent).
 
@@ -307,6 +296,7 @@ def commit_flights(
         [a for r in results for a in r["adds"]],
         CURATED_SCHEMA, FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
         app_id=f"flights:{batch}", settings=settings,
+        state={DROPS: drops_state} if drops_state is not None else None,
     )  # fmt: skip
     return {
         "rows_in": rows_in,
@@ -362,6 +352,11 @@ def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
         return dict(zip(writes, pool.map(write, writes), strict=True))
 
 
+def _months(start: date, end: date) -> list[tuple[int, int]]:
+    days = (start + timedelta(days=i) for i in range((end - start).days + 1))
+    return sorted({(d.year, d.month) for d in days})
+
+
 def _as_date(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(value)
 
@@ -383,25 +378,36 @@ def flights_flow(
     start, end = _as_date(start), _as_date(end)
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
-    lake.check_store(get_settings())
-    dims = land_dimensions.submit()
-    months = extract_flights.submit(start, end).result()
-    dims.result()  # the transforms read the landed dimensions
+    settings = get_settings()
+    lake.check_store(settings)
+    check_sources([DROPS, *DIMENSION_SOURCES])
+    dims = [ingest_source.submit(name) for name in DIMENSION_SOURCES]
+    drops = extract_flights.submit(start, end).result()
+    loaded = {d["source"]: d for d in (f.result() for f in dims)}  # transforms read them
+    months = sorted({*map(tuple, drops["months"]), *_months(start, end)})
     files = {ym: month_files(*ym) for ym in months}
-    batch = batch_id({p: s for f in files.values() for p, s in f.items()})
-    uri = lake.table_uri(CURATED, get_settings())
+    landed = {p: s for f in files.values() for p, s in f.items()}
+    # The batch: the landed files it reads and the drop manifest it commits.
+    landed["manifest:" + batch_id(drops["state"]["files"])] = 0
+    batch = batch_id(landed)
+    uri = lake.table_uri(CURATED, settings)
     if lake.committed(uri, f"flights:{batch}"):
         logger.info("batch %s is already committed; nothing to transform", batch)
         counts = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
                   "curated_skipped": True, "curated_version": None}  # fmt: skip
     else:
         futures = [transform_month.submit(y, m, sorted(files[(y, m)])) for y, m in months]
-        counts = commit_flights([f.result() for f in futures], months, batch)
+        counts = commit_flights([f.result() for f in futures], months, batch, drops["state"])
     gold = build_gold.submit(months, batch).result()
     summary = {
         "batch": batch,
         "months": [f"{y}-{m:02d}" for y, m in months],
         **counts,
+        "drops": {k: drops[k] for k in ("units", "rows_in", "rows_loaded", "rows_quarantined")},
+        "sources": {
+            k: {f: v[f] for f in ("rows_in", "rows_loaded", "rows_quarantined")}
+            for k, v in loaded.items()
+        },
         "gold_rows": gold,
     }
     logger.info("flights run: %s", summary)

@@ -116,6 +116,15 @@ def run(
     ] = None,
     start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD.")] = None,
     end: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD.")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the lake current: consume the event stream continuously and re-run "
+            "the pipeline every --interval seconds (the demo upstream drops one more day each "
+            "time). Ctrl-C stops."
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between runs in --watch.")] = 30.0,
 ) -> None:
     """Run a pipeline flow now, on an ephemeral Dask cluster, reporting to Prefect."""
     from cluster import validate_profile
@@ -140,29 +149,79 @@ def run(
     from flows import get_pipeline
     from flows.runner import dask_task_runner, ensure_result_storage, export_storage_credentials
 
-    flow = get_pipeline(pipeline).with_options(task_runner=dask_task_runner(profile))
+    flow = get_pipeline(pipeline)
+    if type(flow.task_runner).__name__ == "DaskTaskRunner":  # the profile chosen here
+        flow = flow.with_options(task_runner=dask_task_runner(profile))
     export_storage_credentials()
     results = ensure_result_storage()  # flow results persist on the lake
     if profile == "local":
         typer.echo(
             f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status"
         )
-    t0 = time.monotonic()
-    try:
-        with temporary_settings(updates=_prefect_settings(results)):
-            result = flow(**params)
-    except RiverlakeError:
-        raise
-    except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _fail(
-            f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
-            f"(logs in the Prefect UI: {ui_url(settings)}/runs)"
+    # Run now and fail fast; scheduled deployment runs keep the flow's retries.
+    flow = flow.with_options(retries=0)
+
+    def once(**kw: object) -> None:
+        t0 = time.monotonic()
+        try:
+            with temporary_settings(updates=_prefect_settings(results)):
+                result = flow(**kw)
+        except RiverlakeError:
+            raise
+        except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(
+                f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
+                f"(logs in the Prefect UI: {ui_url(settings)}/runs)"
+            )
+        typer.echo(json.dumps(result, default=str))
+        typer.echo(
+            f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; "
+            f"runs: {ui_url(settings)}/runs"
         )
-    typer.echo(json.dumps(result, default=str))
-    typer.echo(
-        f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; runs: {ui_url(settings)}/runs"
-    )
+
+    if not watch:
+        once(**params)
+        return
+    _watch(pipeline, once, params, interval, settings)
+
+
+def _watch(pipeline: str, once, params: dict, interval: float, settings: Settings) -> None:
+    """Run ``once`` every ``interval`` s while a thread consumes the event stream."""
+    import threading
+    from datetime import timedelta
+
+    from riverlake.sources import spec as sources
+    from riverlake.sources.stream import consume
+
+    stop = threading.Event()
+    events = sources.pipeline_sources("flight_events", settings)[0]
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                stats = consume(events, settings, idle_s=None, max_seconds=interval, stop=stop)
+                typer.echo(f"stream {events.name}: {json.dumps(stats.summary())}")
+            except RiverlakeError as e:
+                typer.echo(f"stream {events.name}: {e}; retrying in 5s", err=True)
+                stop.wait(5)
+
+    consumer = threading.Thread(target=stream, name="stream-consumer", daemon=True)
+    consumer.start()
+    end = params.get("end")
+    try:
+        while True:
+            once(**params)
+            if stop.wait(interval):
+                break
+            if pipeline == "flights" and isinstance(end, date) and end < date(2013, 12, 31):
+                end = end + timedelta(days=1)  # the demo upstream drops the next day
+                params["end"] = end
+    except KeyboardInterrupt:
+        typer.echo("watch stopped")
+    finally:
+        stop.set()
+        consumer.join(timeout=interval + 10)
 
 
 @app.command()
@@ -187,14 +246,17 @@ def deploy(
                            "--overwrite"], env=env, capture_output=True, text=True)  # fmt: skip
     if pool.returncode != 0:
         _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
+    from flows import PIPELINES
+
+    names = [arg for p in PIPELINES for arg in ("--name", f"{p}-local")]
     res = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
-         "--name", "flights-local"],
+        [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"), *names],
         env=env, cwd=root, capture_output=True, text=True,
     )  # fmt: skip
     if res.returncode != 0:
         _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
-    typer.echo(f"deployed flights/flights-local to work pool {stack.WORK_POOL}")
+    for p in PIPELINES:
+        typer.echo(f"deployed {p}/{p}-local to work pool {stack.WORK_POOL}")
     if worker:
         started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
         typer.echo("worker started" if started else "worker already running")

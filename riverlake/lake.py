@@ -39,6 +39,8 @@ WriteMode = Literal["append", "overwrite_partitions"]
 Filter = tuple[str, str, Any]
 
 TABLES = "tables"
+#: Commit metadata key prefix of a source's state (cursor, manifest, stream sequence).
+STATE_PREFIX = "riverlake.state."
 COMMIT_RETRIES = 5
 LANDING = "landing"
 
@@ -314,6 +316,25 @@ def committed(uri: str, app_id: str, settings: Settings | None = None) -> bool:
     return dt is not None and dt.transaction_version(app_id) is not None
 
 
+def read_state(uri: str, source: str, settings: Settings | None = None, table: Any = None):
+    """The state that ``source`` committed last into the table at ``uri`` (None: never).
+
+    States ride in commit metadata; commits without one (optimize, other writers) are
+    skipped over, newest first.
+    """
+    dt = table if table is not None else open_table(uri, settings)
+    if dt is None:
+        return None
+    key = STATE_PREFIX + source
+    for limit in (20, None):
+        for h in dt.history(limit):
+            if key in h:
+                return json.loads(h[key])
+        if limit is not None and dt.version() < limit:
+            break
+    return None
+
+
 def commit(
     uri: str,
     adds: Sequence[dict[str, Any]],
@@ -325,14 +346,21 @@ def commit(
     metadata: dict[str, Any] | None = None,
     allow_new_columns: bool = False,
     replace_partitions: Sequence[dict[str, Any]] = (),
+    app_version: int = 1,
+    state: dict[str, Any] | None = None,
+    table: Any = None,
 ) -> CommitResult:
     """Make the written files visible in one atomic commit.
 
     ``overwrite_partitions`` removes, in the same commit, every file of the partitions
     the batch touches (and of ``replace_partitions``, for partitions that are now
     empty), so a re-computed partition replaces the old one atomically.
-    With ``app_id`` the commit records Delta's application transaction; a batch whose
-    id the table already holds is skipped.
+    With ``app_id`` the commit records Delta's application transaction at
+    ``app_version``; a batch whose id the table already holds at that version or a later
+    one is skipped (a stream uses its sequence number as the version).
+    ``state`` (source name -> JSON-able cursor or manifest) rides in the same commit, so
+    a source's state advances exactly when the data it describes becomes visible.
+    ``table``: the already open DeltaTable at ``uri`` (saves re-reading its log).
     """
     from deltalake import CommitProperties, Transaction
     from deltalake import Schema as DeltaSchema
@@ -346,17 +374,24 @@ def commit(
     custom = {"riverlake.rows": rows, **(metadata or {})}
     if app_id:
         custom["riverlake.batch"] = app_id
+    for src, value in (state or {}).items():
+        custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
     props = CommitProperties(
         custom_metadata={k: str(v) for k, v in custom.items()},
-        app_transactions=[Transaction(app_id, 1)] if app_id else None,
+        app_transactions=[Transaction(app_id, app_version)] if app_id else None,
     )
+
+    def done(dt) -> bool:
+        got = dt.transaction_version(app_id) if app_id else None
+        return got is not None and got >= app_version
+
     actions = [
         AddAction(
             a["path"], a["size"], a["partition_values"], a["modification_time"], True, a["stats"]
         )
         for a in adds
     ]
-    dt = open_table(uri, settings)
+    dt = table if table is not None else open_table(uri, settings)
     if dt is None:
         try:
             create_table_with_add_actions(
@@ -374,7 +409,7 @@ def commit(
             dt = open_table(uri, settings)
             if dt is None:
                 raise
-    if app_id and dt.transaction_version(app_id) is not None:
+    if done(dt):
         return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
     new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
     if new:
@@ -401,7 +436,7 @@ def commit(
             if attempt == COMMIT_RETRIES:
                 raise
             dt = open_table(uri, settings)
-            if app_id and dt.transaction_version(app_id) is not None:
+            if done(dt):
                 return CommitResult(name, dt.version(), rows=0, skipped=True, app_id=app_id)
     dt.update_incremental()
     return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=app_id)
@@ -501,6 +536,7 @@ def merge_table(
     partition_by: Sequence[str] = (),
     app_id: str | None = None,
     settings: Settings | None = None,
+    state: dict[str, Any] | None = None,
 ) -> CommitResult:
     """Upsert ``data`` into table ``name`` on ``keys`` in one commit (late and repeated rows).
 
@@ -515,19 +551,22 @@ def merge_table(
     missing = [k for k in keys if k not in table.schema.names]
     if missing:
         raise LakeError(f"merge key {missing[0]!r} is not a column of the batch for {name!r}")
-    table = _last_per_key(table, list(keys))
+    table = last_per_key(table, list(keys))
     dt = open_table(uri, settings)
     if dt is None:
         return commit(
             uri, write_fragments(table, uri, partition_by, settings), table.schema,
-            partition_by, "append", app_id, settings,
+            partition_by, "append", app_id, settings, state=state,
         )  # fmt: skip
     if app_id and dt.transaction_version(app_id) is not None:
         return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
     schema_changes(name, table_schema(dt), table.schema)
     table = table.select(table_schema(dt).names).cast(table_schema(dt))
+    custom = {"riverlake.batch": app_id or "", "riverlake.rows": str(table.num_rows)}
+    for src, value in (state or {}).items():
+        custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
     props = CommitProperties(
-        custom_metadata={"riverlake.batch": app_id or "", "riverlake.rows": str(table.num_rows)},
+        custom_metadata=custom,
         app_transactions=[Transaction(app_id, 1)] if app_id else None,
     )
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
@@ -545,7 +584,7 @@ def merge_table(
     )  # fmt: skip
 
 
-def _last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
+def last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
     """Keep the last row of each key (a repeated record's latest version)."""
     idx = pa.array(range(table.num_rows), pa.int64())
     last = table.append_column("__row", idx).group_by(keys).aggregate([("__row", "max")])

@@ -51,6 +51,39 @@ class Settings(BaseSettings):
         None, description="Prefect API URL; defaults to the local server on prefect_port."
     )
 
+    # Sources (issue: extraction). The local stack serves a demo of each kind.
+    nats_port: int = Field(
+        4250,
+        description="Port of the local stack's NATS JetStream server (its monitor is +1). "
+        "Not 4222, so it never collides with a system NATS.",
+    )
+    nats_url: str | None = Field(
+        None, description="NATS server of the event stream; defaults to the local stack's."
+    )
+    api_port: int = Field(
+        8700, description="Port of the local stack's demo HTTP API (the weather source)."
+    )
+    api_url: str | None = Field(
+        None, description="Base URL of the weather API; defaults to the local stack's demo API."
+    )
+    sql_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the dimensions database (planes, airports, airlines); "
+        "defaults to SQLite under the state folder. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
+    )
+    drops_url: str | None = Field(
+        None,
+        description="Where the daily flight CSV drops arrive (local path, s3:// or http://); "
+        "defaults to <lake_url>/drops/flights.",
+    )
+    replay_rate: float = Field(
+        20.0,
+        ge=0,
+        description="Flight events per second that the local stack's replayer publishes "
+        "(0: the replayer is not started).",
+    )
+
     cluster: str = Field(
         "local",
         description="Dask cluster profile: 'local' (LocalCluster), 'kubernetes' (dask-kubernetes "
@@ -109,6 +142,14 @@ class Settings(BaseSettings):
             self.s3_endpoint = f"http://127.0.0.1:{self.s3_port}"
         if self.prefect_api_url is None:
             self.prefect_api_url = f"http://127.0.0.1:{self.prefect_port}/api"
+        if self.nats_url is None:
+            self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        if self.api_url is None:
+            self.api_url = f"http://127.0.0.1:{self.api_port}"
+        if self.sql_url is None:
+            self.sql_url = f"sqlite:///{(self.home / 'demo' / 'dimensions.sqlite').resolve()}"
+        if self.drops_url is None:
+            self.drops_url = f"{self.lake_url.rstrip('/')}/drops/flights"
         creds = self.home / CREDENTIALS_FILE
         if (self.s3_access_key is None or self.s3_secret_key is None) and creds.exists():
             data = json.loads(creds.read_text())
@@ -132,6 +173,10 @@ class Settings(BaseSettings):
             "RIVERLAKE_S3_REGION": self.s3_region,
             "RIVERLAKE_HOME": str(self.home.resolve()),
             "RIVERLAKE_S3_ENDPOINT": self.s3_endpoint or "",
+            "RIVERLAKE_NATS_URL": str(self.nats_url),
+            "RIVERLAKE_API_URL": str(self.api_url),
+            "RIVERLAKE_SQL_URL": str(self.sql_url),
+            "RIVERLAKE_DROPS_URL": str(self.drops_url),
         }
         if self.s3_access_key and self.s3_secret_key:
             env["RIVERLAKE_S3_ACCESS_KEY"] = self.s3_access_key.get_secret_value()

@@ -123,6 +123,49 @@ def services(settings: Settings) -> list[Service]:
         },
         setting="RIVERLAKE_PREFECT_PORT",
     )
+    nats = Service(
+        name="nats",
+        argv=[
+            _bin("nats-server"), "-a", "127.0.0.1", "-p", str(settings.nats_port),
+            "-m", str(settings.nats_port + 1), "-js", "-sd", str(home / "nats"),
+        ],
+        ports={"client": settings.nats_port, "monitor": settings.nats_port + 1},
+        health_url=f"http://127.0.0.1:{settings.nats_port + 1}/healthz?js-enabled-only=true",
+        url=f"nats://127.0.0.1:{settings.nats_port}",
+        setting="RIVERLAKE_NATS_PORT",
+    )  # fmt: skip
+    api = Service(
+        name="weather-api",
+        argv=[
+            sys.executable,
+            "-m",
+            "riverlake.sources.demo",
+            "api",
+            "--port",
+            str(settings.api_port),
+        ],
+        ports={"http": settings.api_port},
+        health_url=f"http://127.0.0.1:{settings.api_port}/health",
+        url=f"http://127.0.0.1:{settings.api_port}/weather",
+        setting="RIVERLAKE_API_PORT",
+    )
+    replayer = Service(
+        name="event-replayer",
+        argv=[
+            sys.executable,
+            "-m",
+            "riverlake.sources.demo",
+            "replay",
+            "--rate",
+            str(settings.replay_rate),
+            "--loop",
+        ],
+        ports={},
+        health_url="",
+        url=f"{settings.replay_rate:g} flight events/s into {settings.nats_url}",
+        env={"RIVERLAKE_NATS_URL": str(settings.nats_url)},
+        on_up=settings.replay_rate > 0,
+    )
     worker = Service(
         name="worker",
         argv=[_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
@@ -135,7 +178,7 @@ def services(settings: Settings) -> list[Service]:
         },
         on_up=False,
     )
-    return [weed, prefect, worker]
+    return [weed, prefect, nats, api, replayer, worker]
 
 
 # --------------------------------------------------------------------------- processes
@@ -292,6 +335,20 @@ def _ensure_bucket(settings: Settings) -> None:
             fs.invalidate_cache()
 
 
+def _seed_sql(settings: Settings) -> None:
+    """Fill the demo dimensions database (SQLite by default) if its tables are empty."""
+    import sqlalchemy as sa
+
+    from riverlake.sources.demo import seed_dimensions
+
+    try:
+        seed_dimensions(str(settings.sql_url))
+    except sa.exc.SQLAlchemyError as e:
+        url = sa.make_url(str(settings.sql_url)).render_as_string(hide_password=True)
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StackError(f"cannot seed the dimensions database {url}: {first}") from e
+
+
 def up(settings: Settings) -> list[dict]:
     """Start every service that is not running yet, wait until all are healthy."""
     home = settings.home.resolve()
@@ -311,6 +368,7 @@ def up(settings: Settings) -> list[dict]:
             if svc.on_up:
                 _wait_healthy(svc, home, deadline)
         _ensure_bucket(_with_credentials(settings, key, secret))
+        _seed_sql(settings)
     except BaseException:
         for svc in started:
             _stop(svc, home)

@@ -51,6 +51,9 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
         "RIVERLAKE_DASHBOARD_PORT": "0",
         "RIVERLAKE_LAKE_URL": "s3://riverlake-test/lake",
         "RIVERLAKE_WORKERS": "2",
+        "RIVERLAKE_API_PORT": str(stack.free_port()),
+        "RIVERLAKE_NATS_PORT": str(_free_port_block(2)),
+        "RIVERLAKE_REPLAY_RATE": "5",  # the replayer runs, gently
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -23,7 +23,8 @@ def one_line_error(res, pattern: str) -> str:
 
 def test_unknown_pipeline(stack_env):
     one_line_error(
-        riverlake_cli("run", "ships"), "unknown pipeline 'ships'; known pipelines: flights"
+        riverlake_cli("run", "ships"),
+        "unknown pipeline 'ships'; known pipelines: flight_events, flights",
     )
 
 

@@ -30,6 +30,10 @@ def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
     res = riverlake_cli("deploy", env={"RIVERLAKE_LAKE_URL": LAKE})  # the worker inherits it
     assert res.returncode == 0, res.stderr[-2000:]
     assert "deployed flights/flights-local to work pool riverlake-local" in res.stdout
+    assert "deployed flight_events/flight_events-local to work pool riverlake-local" in res.stdout
+    (events,) = api("/deployments/filter",
+                    {"deployments": {"name": {"any_": ["flight_events-local"]}}})  # fmt: skip
+    assert [s["schedule"]["interval"] for s in events["schedules"]] == [60.0]
     (dep,) = api("/deployments/filter", {"deployments": {"name": {"any_": ["flights-local"]}}})
     assert dep["work_pool_name"] == "riverlake-local"
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 6 * * *"]
@@ -44,7 +48,7 @@ def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
         time.sleep(2)
     assert state == "COMPLETED"
     logs = api("/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-    assert any("landed 1 new daily files" in log["message"] for log in logs)
+    assert any("demo upstream delivered 1 daily drops" in log["message"] for log in logs)
     raw = demo_data.load("flights")
     want = int(((raw["month"] == 5) & (raw["day"] == 5)).sum())
     settings = get_settings(lake_url=LAKE)

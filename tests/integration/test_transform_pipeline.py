@@ -137,7 +137,7 @@ def bad_run(stack_env) -> dict:
     settings = get_settings(lake_url=BAD)
     fs = lake.filesystem(settings)
     path = lake.strip_scheme(lake.landing_uri("flights", settings))
-    fs.pipe(f"{path}/year=2013/month=06/2013-06-01.update-1.csv",
+    fs.pipe(f"{path}/year=2013/month=06/flights-2013-06-01.update-1.csv",
             pd.concat([late, bad]).to_csv(index=False).encode())  # fmt: skip
     second = run(BAD, "--start", "2013-06-01", "--end", "2013-06-01")
     return {"first": first, "second": second, "late": late, "n": first["rows_in"]}
@@ -153,7 +153,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(bad_run):
         "dep_delay:type", "month:in_range(1, 12)", "origin:isin(['EWR', 'JFK', 'LGA'])"
     ]  # fmt: skip
     typed_bad = q[q["failed_check"] == "dep_delay:type"].iloc[0]
-    assert typed_bad["source_file"].endswith("2013-06-01.update-1.csv")
+    assert typed_bad["source_file"].endswith("flights-2013-06-01.update-1.csv")
     assert json.loads(typed_bad["record"])["dep_delay"] == "abc"
 
 

@@ -27,8 +27,15 @@ def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(deployments):
         assert k8s["work_pool"]["name"] == "riverlake-kubernetes"
         assert k8s["work_pool"]["job_variables"]["env"]["RIVERLAKE_CLUSTER"] == "kubernetes"
         for d in (local, k8s):
-            assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
-            assert d["schedules"][0]["cron"] == "0 6 * * *"
+            assert d["concurrency_limit"]["limit"] == 1
+            assert d["schedules"] == local["schedules"] and d["schedules"][0]["active"]
+    # The batch pipeline runs daily and queues; the stream drains every minute and a run
+    # that finds the previous one still draining is dropped, not queued.
+    assert deployments["flights-local"]["schedules"][0]["cron"] == "0 6 * * *"
+    assert deployments["flights-local"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
+    assert deployments["flight_events-local"]["schedules"][0]["interval"] == 60
+    events_limit = deployments["flight_events-local"]["concurrency_limit"]
+    assert events_limit["collision_strategy"] == "CANCEL_NEW"
 
 
 def test_entrypoints_resolve_to_flows(deployments):
