@@ -17,8 +17,9 @@ from riverlake import lake
 from riverlake.settings import get_settings
 
 #: Expected commit interval per table; older than this is stale. Default: a day.
-EXPECTED_INTERVAL = {"default": pd.Timedelta(days=1)}
+EXPECTED_INTERVAL = {"default": pd.Timedelta(days=1), "flight_events": pd.Timedelta(minutes=10)}
 QUARANTINE = "flights_quarantine"
+SOURCE_QUARANTINE = "source_quarantine"
 QUALITY = "quality_report"
 REFRESH_MS = 15_000
 
@@ -98,6 +99,7 @@ class PipelineHealth(pn.viewable.Viewer):
     tables = param.List(default=[], doc="The lake catalog.")
     quarantine = param.DataFrame(doc="flights_quarantine.")
     quality = param.DataFrame(doc="quality_report.")
+    source_quarantine = param.DataFrame(doc="source_quarantine (files, pages, messages).")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -107,6 +109,7 @@ class PipelineHealth(pn.viewable.Viewer):
         self.tables = lake.list_tables(get_settings())
         self.quarantine = load_table(QUARANTINE)
         self.quality = load_table(QUALITY)
+        self.source_quarantine = load_table(SOURCE_QUARANTINE, columns=["source", "reason"])
 
     def quarantine_by_reason(self) -> pd.DataFrame:
         q = self.quarantine
@@ -121,6 +124,18 @@ class PipelineHealth(pn.viewable.Viewer):
             .reset_index()
             .sort_values("rows", ascending=False)
         )
+
+    def source_quarantine_by_reason(self) -> pd.DataFrame:
+        """Quarantined files, pages, records and messages per source and reason."""
+        q = self.source_quarantine
+        if q is None or not len(q):
+            return pd.DataFrame({"source": pd.Series(dtype="string"),
+                                 "reason": pd.Series(dtype="string"),
+                                 "count": pd.Series(dtype="int64")})  # fmt: skip
+        return (
+            q.groupby(["source", "reason"]).size().rename("count").reset_index()
+            .sort_values("count", ascending=False)
+        )  # fmt: skip
 
     def latest_quality(self) -> pd.DataFrame:
         q = self.quality
@@ -153,6 +168,13 @@ class PipelineHealth(pn.viewable.Viewer):
             self.quarantine_by_reason(), disabled=True, show_index=False, css_classes=["quarantine"]
         )
 
+    @param.depends("source_quarantine")
+    def _source_quarantine(self):
+        return pn.widgets.Tabulator(
+            self.source_quarantine_by_reason(), disabled=True, show_index=False,
+            css_classes=["source-quarantine"], pagination="remote", page_size=10,
+        )  # fmt: skip
+
     @param.depends("quality")
     def _quality(self):
         return pn.widgets.Tabulator(
@@ -176,6 +198,8 @@ class PipelineHealth(pn.viewable.Viewer):
                 pn.pane.HoloViews(self._runs_rows, sizing_mode="stretch_width"),
                 pn.Column(pn.pane.Markdown("## Quarantine by reason"), self._quarantine),
             ),
+            pn.pane.Markdown("## Sources: quarantined files, pages and messages"),
+            self._source_quarantine,
             pn.pane.Markdown("## Quality report (latest per month)"),
             self._quality,
             pn.pane.Markdown("## Latest Prefect flow runs"),

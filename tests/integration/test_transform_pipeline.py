@@ -3,6 +3,7 @@ contracts quarantine with reasons, late updates merge, gold values match pandas.
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -139,14 +140,31 @@ def bad_run(stack_env) -> dict:
     path = lake.strip_scheme(lake.landing_uri("flights", settings))
     fs.pipe(f"{path}/year=2013/month=06/flights-2013-06-01.update-1.csv",
             pd.concat([late, bad]).to_csv(index=False).encode())  # fmt: skip
+    # Two drops arrive too: one corrupt, one late update of a day's delays.
+    drops = lake.strip_scheme(str(settings.drops_url))
+    fs.pipe({f"{drops}/flights-2013-06-01.update-2.csv.gz": b"\x1f\x8b\x08\x00broken",
+             f"{drops}/flights-2013-06-01.update-3.csv.gz": gzip.compress(
+                 late.head(1).assign(arr_delay="700").to_csv(index=False).encode())})  # fmt: skip
     second = run(BAD, "--start", "2013-06-01", "--end", "2013-06-01")
     return {"first": first, "second": second, "late": late, "n": first["rows_in"]}
 
 
+def test_drops_bad_files_are_quarantined_and_late_drops_update(bad_run):
+    r = bad_run["second"]
+    assert r["drops"] == {"units": 2, "rows_in": 2, "rows_loaded": 1, "rows_quarantined": 1}
+    q = read("source_quarantine", BAD)
+    (broken,) = q[q["source"] == "flight_drops"].itertuples()
+    assert broken.unit.split("#")[0].endswith("flights-2013-06-01.update-2.csv.gz")
+    assert broken.reason.startswith("unreadable csv file: corrupt gzip data")
+    assert broken.original == b"\x1f\x8b\x08\x00broken"
+    state = lake.read_state(lake.table_uri("flights", get_settings(lake_url=BAD)), "flight_drops")
+    assert len(state["files"]) == 3  # the day, the late update and the broken drop
+
+
 def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(bad_run):
     r, n = bad_run["second"], bad_run["n"]
-    assert r["rows_in"] == n + 6
-    assert (r["rows_loaded"], r["rows_quarantined"], r["rows_merged"]) == (n, 3, 3)
+    assert r["rows_in"] == n + 7  # + 3 late updates, 3 bad rows, 1 late drop
+    assert (r["rows_loaded"], r["rows_quarantined"], r["rows_merged"]) == (n, 3, 4)
     assert r["rows_in"] == r["rows_loaded"] + r["rows_quarantined"] + r["rows_merged"]
     q = read("flights_quarantine", BAD)
     assert sorted(q["failed_check"]) == [
@@ -165,7 +183,9 @@ def test_late_updates_replace_the_earlier_records(bad_run):
                    strict=True))  # fmt: skip
     mask = [(c, f, t) in keys for c, f, t in zip(curated["carrier"], curated["flight"],
                                                   curated["sched_dep_time"], strict=True)]  # fmt: skip
-    assert sum(mask) == 3 and (curated.loc[mask, "arr_delay"] == 500).all()
+    assert sum(mask) == 3
+    # the late drop (update-3) comes after the landed update-1: its 700 wins for its flight
+    assert sorted(curated.loc[mask, "arr_delay"]) == [500, 500, 700]
 
 
 def test_quality_report_counts_the_failures(bad_run):

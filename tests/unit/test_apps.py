@@ -89,4 +89,7 @@ def test_pipeline_health_without_prefect_says_so(lake_with_gold):
     h = PipelineHealth()
     assert [t["name"] for t in h.tables] == ["carrier_origin_daily"]
     assert h.quarantine_by_reason().empty
+    assert list(h.source_quarantine_by_reason().columns) == ["source", "reason", "count"]
+    h.source_quarantine = pd.DataFrame({"source": ["a", "a", "b"], "reason": ["x", "x", "y"]})
+    assert h.source_quarantine_by_reason().to_numpy().tolist() == [["a", "x", 2], ["b", "y", 1]]
     assert "unreachable" in prefect_runs()["error"].iloc[0]
