@@ -39,7 +39,7 @@ from analytics.flights import (
     to_curated_table,
     type_strings,
 )
-from flows.runner import dask_task_runner, export_storage_credentials
+from flows.runner import dask_task_runner, export_storage_credentials, verify_cluster
 from riverlake import lake
 from riverlake.settings import get_settings
 from riverlake.sources import demo
@@ -103,8 +103,10 @@ def cluster_map(fn, items):
 
 @task(name="check-sources", persist_result=False)
 def check_sources(names: list[str]) -> dict[str, int]:
-    """Plan every source before anything is written: an unreachable source or refused
-    credentials fail the run here, with one line naming the source."""
+    """Check the cluster's versions and plan every source before anything is written: a
+    mismatched cluster, an unreachable source or refused credentials fail the run here,
+    with one line."""
+    verify_cluster()
     settings = get_settings()
     out = {}
     for name in names:
@@ -380,7 +382,7 @@ def flights_flow(
         raise ValueError(f"end {end} is before start {start}")
     settings = get_settings()
     lake.check_store(settings)
-    check_sources([DROPS, *DIMENSION_SOURCES])
+    check_sources.submit([DROPS, *DIMENSION_SOURCES]).result()  # before anything is written
     dims = [ingest_source.submit(name) for name in DIMENSION_SOURCES]
     drops = extract_flights.submit(start, end).result()
     loaded = {d["source"]: d for d in (f.result() for f in dims)}  # transforms read them

@@ -16,6 +16,19 @@ def dask_task_runner(profile: str | None = None) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class="cluster.make_cluster", cluster_kwargs={"profile": profile})
 
 
+def verify_cluster() -> None:
+    """Refuse the run's cluster if its scheduler or workers run other package versions.
+
+    Called in a task (the task runner's client exists once a task has been submitted).
+    """
+    from prefect_dask import get_dask_client
+
+    from cluster import check_versions
+
+    with get_dask_client() as client:
+        check_versions(client)
+
+
 def result_storage_block():
     """The block that stores flow results under ``<lake>/_prefect/results``, and its slug.
 

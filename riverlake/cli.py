@@ -150,6 +150,11 @@ def run(
     from flows.runner import dask_task_runner, ensure_result_storage, export_storage_credentials
 
     flow = get_pipeline(pipeline)
+    from riverlake.sources.spec import pipeline_options
+
+    profile_name = pipeline_options(pipeline).get("profile")
+    if profile_name:  # the pipeline's worker profile, unless the user chose one
+        os.environ.setdefault("RIVERLAKE_WORKER_PROFILE", profile_name)
     if type(flow.task_runner).__name__ == "DaskTaskRunner":  # the profile chosen here
         flow = flow.with_options(task_runner=dask_task_runner(profile))
     export_storage_credentials()
@@ -326,9 +331,12 @@ def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[li
 
     app_dir = Path(apps.__file__).parent
     files = [str(app_dir / f"{name}.py") for name in apps.APPS]
+    origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    origins += [o.strip() for o in settings.app_origins.split(",") if o.strip()]
     cmd = [sys.executable, "-m", "panel", "serve", *files, "--port", str(port),
-           "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
-           "--allow-websocket-origin", f"localhost:{port}", "--index", apps.APPS[0]]  # fmt: skip
+           "--address", settings.app_address, "--index", apps.APPS[0]]  # fmt: skip
+    for origin in origins:
+        cmd += ["--allow-websocket-origin", origin]
     if num_procs > 1:
         cmd += ["--num-procs", str(num_procs)]
     env: dict[str, str] = {}
@@ -409,6 +417,29 @@ def serve(
         if cluster_obj is not None:
             (settings.home / "scheduler.json").unlink(missing_ok=True)
             cluster_obj.close()
+
+
+@app.command()
+def metrics(
+    port: Annotated[int | None, typer.Option(help="Port (default RIVERLAKE_METRICS_PORT).")] = None,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Serve the platform's Prometheus metrics (tables, quarantine, flow runs) until Ctrl-C."""
+    from riverlake import metrics as m
+    from riverlake import stack
+
+    settings = _settings()
+    port = port or settings.metrics_port
+    if not stack.port_free(port, address if address != "0.0.0.0" else "127.0.0.1"):
+        _fail(f"port {port} (metrics) is already in use; set RIVERLAKE_METRICS_PORT")
+    m.serve(port, address)
+    typer.echo(f"metrics: http://{address}:{port}/metrics")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
         "and filer ports are s3_port+1..+3 and their gRPC ports s3_port+11..+13.",
     )
     panel_port: int = Field(5006, description="Port of `riverlake serve` (the Panel apps).")
+    app_address: str = Field(
+        "127.0.0.1", description="Address `riverlake serve` binds (0.0.0.0 in a pod)."
+    )
+    app_origins: str = Field(
+        "",
+        description="Comma-separated extra websocket origins the apps accept "
+        "(the Ingress host, e.g. riverlake.example.com).",
+    )
+    metrics_port: int = Field(
+        9108, description="Port of `riverlake metrics`, the platform's Prometheus exporter."
+    )
     prefect_api_url: str | None = Field(
         None, description="Prefect API URL; defaults to the local server on prefect_port."
     )
@@ -109,7 +120,15 @@ class Settings(BaseSettings):
         description="Container image for the Kubernetes Dask scheduler and workers.",
     )
     namespace: str = Field("riverlake", description="Kubernetes namespace of the Dask clusters.")
-    worker_cpu: str = Field("1", description="CPU request and limit of a Kubernetes Dask worker.")
+    worker_profile: Literal["small", "standard", "large"] = Field(
+        "standard",
+        description="Kubernetes worker resources and adaptive bounds (cluster.WORKER_PROFILES); "
+        "a pipeline's profile in flows/pipelines.yaml sets it for its runs.",
+    )
+    pod_name: str | None = Field(
+        None, description="The flow-run pod's name (downward API); owns the run's DaskCluster."
+    )
+    pod_uid: str | None = Field(None, description="The flow-run pod's uid (downward API).")
     idle_timeout: int = Field(
         600, description="Seconds after which an idle Kubernetes Dask cluster deletes itself."
     )

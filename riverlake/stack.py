@@ -166,6 +166,22 @@ def services(settings: Settings) -> list[Service]:
         env={"RIVERLAKE_NATS_URL": str(settings.nats_url)},
         on_up=settings.replay_rate > 0,
     )
+    metrics = Service(
+        name="metrics",
+        argv=[
+            sys.executable,
+            "-m",
+            "riverlake.cli",
+            "metrics",
+            "--port",
+            str(settings.metrics_port),
+        ],
+        ports={"http": settings.metrics_port},
+        health_url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        env={"RIVERLAKE_HOME": str(home), "PREFECT_API_URL": str(settings.prefect_api_url)},
+        setting="RIVERLAKE_METRICS_PORT",
+    )
     worker = Service(
         name="worker",
         argv=[_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
@@ -178,7 +194,7 @@ def services(settings: Settings) -> list[Service]:
         },
         on_up=False,
     )
-    return [weed, prefect, nats, api, replayer, worker]
+    return [weed, prefect, nats, api, replayer, metrics, worker]
 
 
 # --------------------------------------------------------------------------- processes

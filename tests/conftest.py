@@ -54,6 +54,7 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
         "RIVERLAKE_API_PORT": str(stack.free_port()),
         "RIVERLAKE_NATS_PORT": str(_free_port_block(2)),
         "RIVERLAKE_REPLAY_RATE": "5",  # the replayer runs, gently
+        "RIVERLAKE_METRICS_PORT": str(stack.free_port()),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -26,27 +26,71 @@ def crd_schema(kind: str) -> dict:
     return version["schema"]["openAPIV3Schema"]
 
 
-def test_dask_cluster_spec_is_valid_and_sized_from_settings(monkeypatch):
-    monkeypatch.setenv("RIVERLAKE_WORKERS", "5")
-    monkeypatch.setenv("RIVERLAKE_WORKER_MEMORY", "3GiB")
-    monkeypatch.setenv("RIVERLAKE_WORKER_CPU", "2")
+def test_dask_cluster_spec_is_valid_sized_by_profile_and_owned_by_the_run_pod(monkeypatch):
+    monkeypatch.setenv("RIVERLAKE_WORKER_PROFILE", "large")
     monkeypatch.setenv("RIVERLAKE_IMAGE", "registry.example/riverlake:9")
     monkeypatch.setenv("RIVERLAKE_IDLE_TIMEOUT", "120")
     monkeypatch.setenv("RIVERLAKE_S3_SECRET_KEY", "do-not-leak")
+    monkeypatch.setenv("RIVERLAKE_POD_NAME", "flights-run-abc")
+    monkeypatch.setenv("RIVERLAKE_POD_UID", "0b6c1d1e-1111-2222-3333-444455556666")
     spec = cluster.make_dask_cluster_spec(get_settings(), name="rl-test")
     jsonschema.validate(spec, crd_schema("daskcluster"))
     assert spec["metadata"]["name"] == "rl-test"
+    (owner,) = spec["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Pod", "flights-run-abc", "0b6c1d1e-1111-2222-3333-444455556666")  # fmt: skip
     assert spec["spec"]["idleTimeout"] == 120
     worker = spec["spec"]["worker"]
-    assert worker["replicas"] == 5
+    assert worker["replicas"] == cluster.WORKER_PROFILES["large"]["minimum"] == 2
     (c,) = worker["spec"]["containers"]
     assert c["image"] == "registry.example/riverlake:9"
-    assert c["resources"]["limits"] == {"cpu": "2", "memory": "3072Mi"}
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert c["args"][c["args"].index("--nthreads") + 1] == "2"
     env = {e["name"]: e for e in c["env"]}
     assert env["PREFECT_API_URL"]["value"].endswith("/api")
     assert "valueFrom" in env["RIVERLAKE_S3_SECRET_KEY"]  # from a Secret, never inline
     assert "do-not-leak" not in yaml.safe_dump(spec)
     assert spec["spec"]["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == "rl-test"
+
+
+def test_without_a_pod_there_is_no_owner():
+    spec = cluster.make_dask_cluster_spec(get_settings(), name="rl-test", profile="small")
+    assert "ownerReferences" not in spec["metadata"]
+    assert spec["spec"]["worker"]["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "500m", "memory": "2Gi"}  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", sorted(cluster.WORKER_PROFILES))
+def test_dask_autoscaler_spec_is_valid_with_the_profiles_bounds(profile):
+    spec = cluster.make_dask_autoscaler_spec(get_settings(), "rl-test", profile)
+    jsonschema.validate(spec, crd_schema("daskautoscaler"))
+    bounds = cluster.WORKER_PROFILES[profile]
+    assert spec["spec"] == {"cluster": "rl-test", "minimum": bounds["minimum"],
+                            "maximum": bounds["maximum"]}  # fmt: skip
+
+
+def _versions(**worker_pkgs) -> dict:
+    pk = {"dask": "2025.1.0", "distributed": "2025.1.0", "pyarrow": "19.0.0"}
+    return {
+        "client": {"host": {"python": "3.11.7"}, "packages": pk},
+        "scheduler": {"host": {"python": "3.11.7"}, "packages": pk},
+        "workers": {"tcp://10.0.0.9:4000": {"host": {"python": "3.11.7"},
+                                            "packages": {**pk, **worker_pkgs}}},
+    }  # fmt: skip
+
+
+def test_version_mismatches_name_the_worker_and_the_package():
+    assert cluster.version_mismatches(_versions()) == []
+    assert cluster.version_mismatches(_versions(pyarrow="17.0.0")) == [
+        "tcp://10.0.0.9:4000 has pyarrow 17.0.0 but the client has 19.0.0"
+    ]
+
+
+def test_a_real_cluster_with_one_environment_passes_the_version_check():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=":0") as lc, Client(lc) as c:
+        cluster.check_versions(c)  # raises ClusterError on any mismatch
 
 
 @pytest.mark.parametrize("profile", ["local", "kubernetes", "tcp://10.1.2.3:8786"])

@@ -27,7 +27,7 @@ def test_every_pipeline_source_parses_with_placeholders_filled():
     assert specs["planes"].url == "sqlite:///x.db" and specs["planes"].split_column == "id"
     (events,) = spec.pipeline_sources("flight_events", s)
     assert events.kind == "stream" and "stream_seq" in events.arrow_schema().names
-    assert spec.pipeline_options("flights") == {"demo_drops": True}
+    assert spec.pipeline_options("flights") == {"demo_drops": True, "profile": "standard"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,45 @@
+# One image for everything that runs Riverlake code: Prefect flow runs, the Dask
+# scheduler and workers, and the Panel apps. One image means one set of versions, so a
+# client, its scheduler and its workers always match (cluster.check_versions refuses a
+# cluster that does not).
+#
+#   docker build -t ghcr.io/riverlake/riverlake:0.1.0 .
+#
+# Runs as a non-root user (uid 10001) and works with a read-only root filesystem: the
+# only writable paths are /tmp and $RIVERLAKE_HOME, mounted as emptyDir volumes.
+
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY riverlake riverlake
+COPY flows flows
+COPY cluster cluster
+COPY analytics analytics
+COPY apps apps
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip install --no-cache-dir "prometheus-client>=0.20,<1"
+
+FROM python:3.11.11-slim-bookworm
+LABEL org.opencontainers.image.title="riverlake" \
+      org.opencontainers.image.description="Riverlake flows, Dask scheduler and workers, Panel apps" \
+      org.opencontainers.image.source="https://github.com/riverlake/riverlake"
+RUN groupadd --gid 10001 riverlake \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin riverlake
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /opt/riverlake
+# Prefect deployments pull nothing: they set this directory and import the flows from it.
+COPY prefect.yaml ./
+COPY flows flows
+COPY apps apps
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    RIVERLAKE_HOME=/tmp/riverlake \
+    MPLCONFIGDIR=/tmp/matplotlib
+USER 10001:10001
+EXPOSE 5006 8786 8787 8788 9108
+HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import riverlake, distributed"]
+CMD ["riverlake", "--help"]

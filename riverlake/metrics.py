@@ -1,0 +1,152 @@
+"""The platform's Prometheus metrics, computed at scrape time from the lake and Prefect.
+
+``riverlake metrics`` serves them (the local stack runs it; in Kubernetes it is a
+container of the apps pod). The Dask scheduler and workers export their own metrics at
+``/metrics`` on their dashboard ports; Prometheus scrapes both (deploy/kubernetes).
+
+Metrics (every one is used by an alert rule or the Grafana dashboard):
+
+- ``riverlake_table_rows{table}``: rows in the current version (rows committed);
+- ``riverlake_table_version{table}``;
+- ``riverlake_table_last_commit_timestamp_seconds{table}``;
+- ``riverlake_table_freshness_seconds{table}``: age of the last commit;
+- ``riverlake_table_expected_interval_seconds{table}``: older than this is stale;
+- ``riverlake_quarantined_rows{source}``: rows (or files, pages, messages) quarantined;
+- ``riverlake_flow_runs{flow,state}``: flow runs started in the last 24 hours by state;
+- ``riverlake_flow_run_duration_seconds{flow}``: the latest finished run's duration;
+- ``riverlake_up{component}``: 1 when the lake / the Prefect API answered this scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from riverlake import lake
+from riverlake.settings import Settings, get_settings
+
+#: Expected commit interval per table; older is stale. Default: a day.
+EXPECTED_INTERVAL_S: dict[str, float] = {"default": 86400.0, "flight_events": 600.0}
+QUARANTINE_TABLES = {"flights_quarantine": None, "source_quarantine": "source"}
+
+
+def table_stats(settings: Settings) -> list[dict[str, Any]]:
+    """Rows, version and last commit time of every table (reads only the log's tail)."""
+    fs = lake.filesystem(settings)
+    root = lake.strip_scheme(f"{lake.lake_root(settings)}/{lake.TABLES}")
+    fs.invalidate_cache()
+    try:
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        dt = lake.open_table(lake.table_uri(name, settings), settings)
+        if dt is None:
+            continue
+        files = lake.current_files(dt)
+        out.append({"name": name, "version": dt.version(),
+                    "rows": sum(f["rows"] or 0 for f in files),
+                    "last_commit": dt.history(1)[0]["timestamp"] / 1000})  # fmt: skip
+    return out
+
+
+def quarantined(settings: Settings) -> dict[str, int]:
+    """Quarantined rows per source: the flights contracts and every extraction source."""
+    out: dict[str, int] = {}
+    for table, column in QUARANTINE_TABLES.items():
+        dt = lake.open_table(lake.table_uri(table, settings), settings)
+        if dt is None:
+            continue
+        if column is None:
+            out[table.removesuffix("_quarantine")] = sum(
+                f["rows"] or 0 for f in lake.current_files(dt)
+            )
+            continue
+        counts = dt.to_pyarrow_table(columns=[column])[column].value_counts().to_pylist()
+        out.update({c["values"]: int(c["counts"]) for c in counts})
+    return out
+
+
+def flow_runs(settings: Settings, hours: int = 24) -> list[dict[str, Any]]:
+    """Flow runs started in the last ``hours`` (name, state, duration) from the Prefect API."""
+    since = (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
+    body = {"flow_runs": {"start_time": {"after_": since}}, "limit": 200, "sort": "START_TIME_DESC"}
+    req = urllib.request.Request(
+        f"{settings.prefect_api_url}/flow_runs/filter", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=5) as r:
+        runs = json.loads(r.read())
+    flows = {}
+    for fid in {r["flow_id"] for r in runs}:
+        with urllib.request.urlopen(f"{settings.prefect_api_url}/flows/{fid}", timeout=5) as r:
+            flows[fid] = json.loads(r.read())["name"]
+    return [{"flow": flows[r["flow_id"]], "state": r["state_type"],
+             "duration": r.get("total_run_time") or 0.0, "end": r.get("end_time")}
+            for r in runs]  # fmt: skip
+
+
+class PlatformCollector(Collector):
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings
+
+    def collect(self):
+        settings = self.settings or get_settings()
+
+        def g(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"riverlake_{name}", doc, labels=list(labels))
+
+        up = g("up", "1 when the component answered this scrape.", "component")
+        rows = g("table_rows", "Rows in the table's current version.", "table")
+        version = g("table_version", "Table version.", "table")
+        last = g("table_last_commit_timestamp_seconds", "Unix time of the last commit.", "table")
+        fresh = g("table_freshness_seconds", "Seconds since the table's last commit.", "table")
+        expected = g("table_expected_interval_seconds", "Older than this is stale.", "table")
+        quar = g("quarantined_rows", "Rows, files, pages or messages quarantined.", "source")
+        runs = g("flow_runs", "Flow runs started in the last 24 h, by state.", "flow", "state")
+        duration = g("flow_run_duration_seconds", "The latest finished run's duration.", "flow")
+        now = time.time()
+        try:
+            for t in table_stats(settings):
+                rows.add_metric([t["name"]], t["rows"])
+                version.add_metric([t["name"]], t["version"])
+                last.add_metric([t["name"]], t["last_commit"])
+                fresh.add_metric([t["name"]], now - t["last_commit"])
+                interval = EXPECTED_INTERVAL_S.get(t["name"], EXPECTED_INTERVAL_S["default"])
+                expected.add_metric([t["name"]], interval)
+            for source, n in quarantined(settings).items():
+                quar.add_metric([source], n)
+            up.add_metric(["lake"], 1)
+        except Exception:  # a scrape never fails; riverlake_up says what did not answer
+            up.add_metric(["lake"], 0)
+        try:
+            counts: dict[tuple[str, str], int] = {}
+            latest: dict[str, float] = {}
+            for r in flow_runs(settings):
+                counts[(r["flow"], r["state"])] = counts.get((r["flow"], r["state"]), 0) + 1
+                if r["end"] and r["flow"] not in latest:
+                    latest[r["flow"]] = r["duration"]
+            for (flow, state), n in sorted(counts.items()):
+                runs.add_metric([flow, state], n)
+            for flow, secs in latest.items():
+                duration.add_metric([flow], secs)
+            up.add_metric(["prefect"], 1)
+        except Exception:
+            up.add_metric(["prefect"], 0)
+        yield from (rows, version, last, fresh, expected, quar, runs, duration, up)
+
+
+def serve(port: int, address: str = "127.0.0.1", settings: Settings | None = None):
+    """Start the exporter's HTTP server in a thread; returns (server, thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(PlatformCollector(settings))
+    return start_http_server(port, addr=address, registry=registry)
