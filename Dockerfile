@@ -18,8 +18,7 @@ COPY cluster cluster
 COPY analytics analytics
 COPY apps apps
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/pip install --no-cache-dir "prometheus-client>=0.20,<1"
+    && /opt/venv/bin/pip install --no-cache-dir .
 
 FROM python:3.11.11-slim-bookworm
 LABEL org.opencontainers.image.title="riverlake" \

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint format bench up down clean
+.PHONY: run test install tools lint format bench up down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
+# checkov pins its own dependencies: it gets a virtualenv of its own.
+TOOLS  := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+	touch $(TOOLS_STAMP)
+
 install: $(STAMP)
+
+tools: $(TOOLS_STAMP)
 
 ## make run: install, start the local stack, run the flights pipeline, serve the apps until Ctrl-C
 run: install
@@ -21,7 +33,7 @@ run: install
 	$(BIN)/riverlake serve --with-cluster
 
 ## make test: the whole test suite (unit, integration against the real local stack)
-test: install
+test: install tools
 	$(BIN)/python -m pytest
 
 lint: install

@@ -58,6 +58,7 @@ data "kustomization_overlay" "platform" {
       "RIVERLAKE_APP_ORIGINS=${var.apps_host}",
       "PREFECT_API_URL=${var.prefect_api_url}",
       "RIVERLAKE_IMAGE=${var.image}",
+      "RIVERLAKE_ENVIRONMENT=${var.environment}",
     ]
   }
 
