@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import pyarrow as pa
 
@@ -9,15 +11,38 @@ from riverlake import lake
 from riverlake.errors import LakeError
 from riverlake.settings import get_settings
 
+#: Tables already read, per (lake, table, version, read options): every session of a
+#: server process shares them, so only the first session after a commit reads the lake.
+#: Frames in here are never modified in place (the apps derive new frames from them).
+_CACHE: dict[tuple, tuple[int, pd.DataFrame]] = {}
+_CACHE_LOCK = threading.Lock()
+
 
 def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataFrame:
-    """A (small) lake table as pandas; empty, with ``schema``'s columns, when it does not exist."""
+    """A (small) lake table as pandas; empty, with ``schema``'s columns, when it does not exist.
+
+    The current version is read once per server process and shared by its sessions.
+    """
+    settings = get_settings()
+    version = table_version(name)
+    if version is None:
+        if schema is None:
+            return pd.DataFrame()
+        return schema.empty_table().to_pandas(date_as_object=False)
+    key = (settings.lake_url, name, repr(sorted(kwargs.items())))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
     try:
-        return lake.read_pandas(name, **kwargs)
+        frame = lake.read_pandas(name, version=version, settings=settings, **kwargs)
     except LakeError:
         if schema is None:
             return pd.DataFrame()
         return schema.empty_table().to_pandas(date_as_object=False)
+    with _CACHE_LOCK:
+        _CACHE[key] = (version, frame)  # the older version of this table is dropped
+    return frame
 
 
 def table_version(name: str) -> int | None:

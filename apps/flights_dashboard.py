@@ -150,7 +150,11 @@ class FlightsDashboard(pn.viewable.Viewer):
 
     @param.depends("carriers", "origins", "date_range", "kpis")
     def _bars(self):
-        return self.per_carrier().hvplot.bar(
+        # One bar slot per known carrier, empty when filtered out: the plot's data keeps
+        # its length, which an in-place update needs (BokehJS refuses a shrinking source
+        # under a stale view: "Size mismatch").
+        per = self.per_carrier().set_index("carrier").reindex(self.param.carriers.objects)
+        return per.rename_axis("carrier").reset_index().hvplot.bar(
             x="carrier", y="on_time_rate", title="On-time rate by carrier",
             responsive=True, height=280, ylim=(0, 1), ylabel="on-time rate",
         )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -20,7 +21,13 @@ def api(path: str, body: dict | None = None):
     url = f"{get_settings().prefect_api_url}{path}"
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=15).read())
+    for attempt in range(5):  # Prefect answers 503 while its SQLite database is busy
+        try:
+            return json.loads(urllib.request.urlopen(req, timeout=15).read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 4:
+                raise
+            time.sleep(2)
 
 
 LAKE = "s3://riverlake-test/deploy"  # its own lake: the other tests count their rows

@@ -93,3 +93,15 @@ def test_pipeline_health_without_prefect_says_so(lake_with_gold):
     h.source_quarantine = pd.DataFrame({"source": ["a", "a", "b"], "reason": ["x", "x", "y"]})
     assert h.source_quarantine_by_reason().to_numpy().tolist() == [["a", "x", 2], ["b", "y", 1]]
     assert "unreachable" in prefect_runs()["error"].iloc[0]
+
+
+def test_sessions_share_a_table_until_it_gets_a_new_version(lake_with_gold):
+    from apps.common import load_table
+
+    first = load_table("carrier_origin_daily")
+    assert load_table("carrier_origin_daily") is first  # the second session reads nothing
+    lake.write_table("carrier_origin_daily", kpis(4), partition_by=["year", "month"],
+                     mode="overwrite_partitions", schema=DAILY_KPI_SCHEMA)  # fmt: skip
+    second = load_table("carrier_origin_daily")
+    assert second is not first and len(second) == len(kpis(4)) != len(first)
+    assert load_table("no_such_table").empty
