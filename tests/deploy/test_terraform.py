@@ -50,22 +50,25 @@ def folders() -> list[Path]:
 
 
 def test_the_layout_is_modules_plus_environments():
-    assert MODULES == ["eks", "irsa", "lake", "network", "platform"]
+    assert MODULES == ["aws", "eks", "irsa", "lake", "network", "platform"]
     assert ENVS == ["dev", "existing-cluster", "prod"]
-
-
-def test_every_module_is_used_by_an_environment():
-    used = {
-        Path(m["source"]).name
-        for e in ENVS
-        for m in blocks(TF / "envs" / e, "module").values()
-        if m["source"].startswith("../../modules/")
-    }
-    assert used == set(MODULES)
-    # AWS environments build everything; the existing cluster only the platform.
+    # dev and prod share their root module (linked files); only their main.tf differs
     for env in ("dev", "prod"):
-        assert set(blocks(TF / "envs" / env, "module")) == set(MODULES)
-    assert set(blocks(TF / "envs" / "existing-cluster", "module")) == {"platform"}
+        linked = sorted(p.name for p in (TF / "envs" / env).glob("*.tf") if p.is_symlink())
+        assert linked == ["outputs.tf", "stack.tf", "variables.tf", "versions.tf"]
+
+
+def test_every_module_is_used_and_aws_environments_build_everything():
+    def used_by(folder: Path) -> set[str]:
+        return {Path(m["source"]).name for m in blocks(folder, "module").values()
+                if m["source"].startswith("../")}  # fmt: skip
+
+    used = set().union(*(used_by(f) for f in folders()))
+    assert used == set(MODULES)
+    for env in ("dev", "prod"):
+        assert used_by(TF / "envs" / env) == {"aws", "platform"}
+    assert used_by(TF / "modules" / "aws") == {"network", "eks", "lake", "irsa"}
+    assert used_by(TF / "envs" / "existing-cluster") == {"platform"}  # Helm and manifests only
 
 
 @pytest.mark.parametrize("folder", folders(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -106,10 +109,14 @@ def test_the_lake_bucket_is_versioned_encrypted_private_tls_only_and_tiered():
             for kind, named in block.items():
                 for name in named:
                     res[(unq(kind), unq(name))] = named[name]
-    assert ("aws_s3_bucket_versioning", "lake") in res
-    sse = json.dumps(res[("aws_s3_bucket_server_side_encryption_configuration", "lake")])
+    buckets = (TF / "modules" / "lake" / "main.tf").read_text()
+    assert "buckets = { lake = aws_s3_bucket.lake.id, logs = aws_s3_bucket.logs.id }" in buckets
+    for kind in ("aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
+                 "aws_s3_bucket_public_access_block"):  # fmt: skip
+        assert res[(kind, "this")]["for_each"] == "${local.buckets}"
+    sse = json.dumps(res[("aws_s3_bucket_server_side_encryption_configuration", "this")])
     assert "aws:kms" in sse and "aws_kms_key.lake.arn" in sse
-    pab = res[("aws_s3_bucket_public_access_block", "lake")]
+    pab = res[("aws_s3_bucket_public_access_block", "this")]
     assert all(pab[k] is True for k in ("block_public_acls", "block_public_policy",
                                         "ignore_public_acls", "restrict_public_buckets"))  # fmt: skip
     assert res[("aws_kms_key", "lake")]["enable_key_rotation"] is True

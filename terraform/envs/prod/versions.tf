@@ -1,17 +1,1 @@
-terraform {
-  required_version = ">= 1.6.0, < 2.0.0"
-  required_providers {
-    aws = {
-      source  = "hashicorp/aws"
-      version = "5.82.2"
-    }
-    helm = {
-      source  = "hashicorp/helm"
-      version = "2.17.0"
-    }
-    kustomization = {
-      source  = "kbst/kustomization"
-      version = "0.9.6"
-    }
-  }
-}
+../../shared/aws-env/versions.tf

@@ -46,15 +46,22 @@ resource "aws_s3_bucket" "lake" {
   tags   = var.tags
 }
 
-resource "aws_s3_bucket_versioning" "lake" {
-  bucket = aws_s3_bucket.lake.id
+locals {
+  # Both buckets (the lake and its access logs) are versioned, KMS-encrypted and private.
+  buckets = { lake = aws_s3_bucket.lake.id, logs = aws_s3_bucket.logs.id }
+}
+
+resource "aws_s3_bucket_versioning" "this" {
+  for_each = local.buckets
+  bucket   = each.value
   versioning_configuration {
     status = "Enabled"
   }
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "lake" {
-  bucket = aws_s3_bucket.lake.id
+resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
+  for_each = local.buckets
+  bucket   = each.value
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
@@ -64,8 +71,9 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "lake" {
   }
 }
 
-resource "aws_s3_bucket_public_access_block" "lake" {
-  bucket                  = aws_s3_bucket.lake.id
+resource "aws_s3_bucket_public_access_block" "this" {
+  for_each                = local.buckets
+  bucket                  = each.value
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
@@ -73,11 +81,12 @@ resource "aws_s3_bucket_public_access_block" "lake" {
 }
 
 data "aws_iam_policy_document" "tls_only" {
+  for_each = { lake = aws_s3_bucket.lake.arn, logs = aws_s3_bucket.logs.arn }
   statement {
     sid       = "DenyInsecureTransport"
     effect    = "Deny"
     actions   = ["s3:*"]
-    resources = [aws_s3_bucket.lake.arn, "${aws_s3_bucket.lake.arn}/*"]
+    resources = [each.value, "${each.value}/*"]
     principals {
       type        = "*"
       identifiers = ["*"]
@@ -92,8 +101,8 @@ data "aws_iam_policy_document" "tls_only" {
 
 resource "aws_s3_bucket_policy" "lake" {
   bucket     = aws_s3_bucket.lake.id
-  policy     = data.aws_iam_policy_document.tls_only.json
-  depends_on = [aws_s3_bucket_public_access_block.lake]
+  policy     = data.aws_iam_policy_document.tls_only["lake"].json
+  depends_on = [aws_s3_bucket_public_access_block.this]
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "lake" {
@@ -159,32 +168,6 @@ resource "aws_s3_bucket" "logs" {
   tags   = var.tags
 }
 
-resource "aws_s3_bucket_versioning" "logs" {
-  bucket = aws_s3_bucket.logs.id
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
-  bucket = aws_s3_bucket.logs.id
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.lake.arn
-    }
-    bucket_key_enabled = true
-  }
-}
-
-resource "aws_s3_bucket_public_access_block" "logs" {
-  bucket                  = aws_s3_bucket.logs.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
-}
-
 resource "aws_s3_bucket_lifecycle_configuration" "logs" {
   bucket = aws_s3_bucket.logs.id
   rule {
@@ -210,6 +193,7 @@ resource "aws_s3_bucket_logging" "lake" {
 }
 
 data "aws_iam_policy_document" "logs" {
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["logs"].json]
   statement {
     sid       = "S3ServerAccessLogs"
     actions   = ["s3:PutObject"]
@@ -224,25 +208,10 @@ data "aws_iam_policy_document" "logs" {
       values   = [aws_s3_bucket.lake.arn]
     }
   }
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
 }
 
 resource "aws_s3_bucket_policy" "logs" {
   bucket     = aws_s3_bucket.logs.id
   policy     = data.aws_iam_policy_document.logs.json
-  depends_on = [aws_s3_bucket_public_access_block.logs]
+  depends_on = [aws_s3_bucket_public_access_block.this]
 }

@@ -1,0 +1,1 @@
+../../shared/aws-env/stack.tf
