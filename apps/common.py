@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pandas as pd
 import pyarrow as pa
@@ -45,9 +46,26 @@ def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataF
     return frame
 
 
+#: How long a table's version, once read, is trusted by every session of the process.
+VERSION_TTL_S = 5.0
+_VERSIONS: dict[tuple[str, str], tuple[float, int | None]] = {}
+
+
 def table_version(name: str) -> int | None:
-    dt = lake.open_table(lake.table_uri(name, get_settings()))
-    return None if dt is None else dt.version()
+    """The table's current version, read at most once per VERSION_TTL_S per process (every
+    session's periodic check would otherwise open the table's log)."""
+    settings = get_settings()
+    key = (settings.lake_url, name)
+    now = time.monotonic()
+    with _CACHE_LOCK:
+        hit = _VERSIONS.get(key)
+    if hit is not None and now - hit[0] < VERSION_TTL_S:
+        return hit[1]
+    dt = lake.open_table(lake.table_uri(name, settings), settings)
+    version = None if dt is None else dt.version()
+    with _CACHE_LOCK:
+        _VERSIONS[key] = (now, version)
+    return version
 
 
 class TableWatcher:

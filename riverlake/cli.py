@@ -211,11 +211,17 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
                 typer.echo(f"stream {events.name}: {e}; retrying in 5s", err=True)
                 stop.wait(5)
 
+    def ctrl_c(signum, frame) -> None:  # the first Ctrl-C: finish the current run, then stop
+        typer.echo("stopping after the current run (Ctrl-C again to abort)", err=True)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, ctrl_c)
     consumer = threading.Thread(target=stream, name="stream-consumer", daemon=True)
     consumer.start()
     end = params.get("end")
     try:
-        while True:
+        while not stop.is_set():
             once(**params)
             if stop.wait(interval):
                 break
@@ -223,10 +229,11 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
                 end = end + timedelta(days=1)  # the demo upstream drops the next day
                 params["end"] = end
     except KeyboardInterrupt:
-        typer.echo("watch stopped")
+        pass
     finally:
         stop.set()
         consumer.join(timeout=interval + 10)
+    typer.echo("watch stopped")
 
 
 @app.command()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ class Consumer:
     def __init__(self, spec: StreamSource, settings: Settings):
         self.spec, self.settings = spec, settings
         self.uri = lake.table_uri(spec.table, settings)
+        # One durable consumer per (stream, table): two lakes reading one stream never
+        # move each other's position.
+        self.durable = f"{spec.durable}-{hashlib.sha256(self.uri.encode()).hexdigest()[:8]}"
         self.schema = spec.arrow_schema()
         self.stats = StreamStats()
         self.dt = None
@@ -148,10 +152,10 @@ class Consumer:
         # had fetched but not committed come again at once, in order.
         start = self.committed_seq() + 1
         with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(self.spec.stream, self.spec.durable)
+            await self.js.delete_consumer(self.spec.stream, self.durable)
         self.sub = await self.js.pull_subscribe(
             "",
-            durable=self.spec.durable,
+            durable=self.durable,
             stream=self.spec.stream,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.ALL, ack_wait=ACK_WAIT_S, max_ack_pending=-1,
@@ -194,7 +198,7 @@ class Consumer:
             if info.state.first_seq <= done + 1:  # not expired: someone else has them
                 raise SourceError(
                     f"source {self.spec.name!r}: sequence gap after {done} (another consumer "
-                    f"of {self.spec.durable} is running?); nothing acknowledged"
+                    f"of {self.durable} is running?); nothing acknowledged"
                 )
         if fresh:
             self._commit(fresh)
@@ -217,7 +221,7 @@ class Consumer:
         )  # fmt: skip
         if res.skipped:  # a concurrent consumer committed past us: acknowledging would lose
             raise SourceError(f"source {spec.name!r}: batch {first}-{last} raced another "
-                              f"consumer of {spec.durable}; nothing acknowledged")  # fmt: skip
+                              f"consumer of {self.durable}; nothing acknowledged")  # fmt: skip
         if self.dt is None:
             self.dt = lake.open_table(self.uri, self.settings)
         else:

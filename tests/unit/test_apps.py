@@ -27,6 +27,14 @@ def kpis(days: int, carriers=("AA", "UA")) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.fixture(autouse=True)
+def _versions_read_every_time(monkeypatch):
+    """These tests commit and look at once: no version is trusted for any time."""
+    from apps import common
+
+    monkeypatch.setattr(common, "VERSION_TTL_S", 0.0)
+
+
 @pytest.fixture
 def lake_with_gold(tmp_path, monkeypatch):
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "lake"))
