@@ -195,7 +195,7 @@ class PipelineHealth(pn.viewable.Viewer):
             pn.pane.Markdown("## Table freshness"),
             self._freshness,
             pn.Row(
-                pn.pane.HoloViews(self._runs_rows, sizing_mode="stretch_width"),
+                pn.panel(self._runs_rows, sizing_mode="stretch_width"),
                 pn.Column(pn.pane.Markdown("## Quarantine by reason"), self._quarantine),
             ),
             pn.pane.Markdown("## Sources: quarantined files, pages and messages"),

@@ -366,6 +366,8 @@ def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[li
         if missing:
             raise RiverlakeError(f"app_auth=oauth needs RIVERLAKE_{missing[0].upper()}")
         cmd += ["--oauth-provider", "generic", "--oauth-extra-params", settings.oauth_extra_params]
+        if settings.oauth_redirect_uri:
+            cmd += ["--oauth-redirect-uri", settings.oauth_redirect_uri]
         env["PANEL_OAUTH_KEY"] = str(settings.oauth_key)
         env["PANEL_OAUTH_SECRET"] = settings.oauth_secret.get_secret_value()
         env["PANEL_OAUTH_ENCRYPTION_KEY"] = settings.oauth_encryption_key.get_secret_value()

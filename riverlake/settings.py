@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     oauth_encryption_key: SecretStr | None = Field(
         None, description="Key that encrypts OAuth tokens in the cookie (Fernet, base64)."
     )
+    oauth_redirect_uri: str | None = Field(
+        None,
+        description="The apps' OAuth callback as the identity provider knows it, "
+        "e.g. https://riverlake.example.com/login (default: the request's own host).",
+    )
     oauth_extra_params: str = Field(
         "{}",
         description="JSON of Panel's generic-provider settings, e.g. "

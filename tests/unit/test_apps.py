@@ -113,3 +113,17 @@ def test_sessions_share_a_table_until_it_gets_a_new_version(lake_with_gold):
     second = load_table("carrier_origin_daily")
     assert second is not first and len(second) == len(kpis(4)) != len(first)
     assert load_table("no_such_table").empty
+
+
+def test_pipeline_health_renders_on_an_empty_lake(tmp_path, monkeypatch):
+    import panel as pn
+    from bokeh.document import Document
+
+    from apps.pipeline_health import PipelineHealth
+
+    monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "empty"))
+    monkeypatch.setenv("RIVERLAKE_PREFECT_API_URL", "http://127.0.0.1:1/api")
+    h = PipelineHealth()
+    assert h.tables == []
+    pn.panel(h).get_root(Document())  # a fresh deployment's first page renders
+    assert h._runs_rows().object == "No runs yet."
