@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DAY = "2013-03-05"
+NEXT_DAY = "2013-03-06"
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 TARGET_S = 6.0
 
 
-def run_cli(lake_url: str) -> tuple[float, float]:
+def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
     env = {**os.environ, "RIVERLAKE_LAKE_URL": lake_url, "RIVERLAKE_DASHBOARD_PORT": "0"}
     t0 = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-m", "riverlake.cli", "run", "flights", "--start", DAY, "--end", DAY],
+        [sys.executable, "-m", "riverlake.cli", "run", "flights", "--start", day, "--end", day],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     wall = time.perf_counter() - t0
@@ -91,11 +92,15 @@ def main() -> None:
     bucket = settings.lake_url.split("/")[2] if settings.lake_is_s3 else None
     prefix = f"s3://{bucket}/bench-overhead" if bucket else str(ROOT / "benchmarks/data/lake")
     run_cli(f"{prefix}/warmup-{uuid.uuid4().hex[:6]}")  # first-import and disk caches
-    walls, flows, bases = [], [], []
+    walls, flows, bases, next_walls, next_flows = [], [], [], [], []
     for _ in range(REPEATS):
-        w, f = run_cli(f"{prefix}/{uuid.uuid4().hex[:8]}")
+        lake_url = f"{prefix}/{uuid.uuid4().hex[:8]}"
+        w, f = run_cli(lake_url)  # a new lake: the dimensions are ingested too
         walls.append(w)
         flows.append(f)
+        w, f = run_cli(lake_url, NEXT_DAY)  # the next day's run: only the new drop is read
+        next_walls.append(w)
+        next_flows.append(f)
         bases.append(baseline(f"{prefix}/base-{uuid.uuid4().hex[:8]}"))
     result = {
         "benchmark": "overhead",
@@ -105,6 +110,8 @@ def main() -> None:
         "repeats": REPEATS,
         "command_wall_s": {"median": statistics.median(walls), "all": walls},
         "flow_run_s": {"median": statistics.median(flows), "all": flows},
+        "next_day_command_wall_s": {"median": statistics.median(next_walls), "all": next_walls},
+        "next_day_flow_run_s": {"median": statistics.median(next_flows), "all": next_flows},
         "baseline_in_process_s": {"median": statistics.median(bases), "all": bases},
         "ratio_command_to_baseline": statistics.median(walls) / statistics.median(bases),
         "target_s": TARGET_S,
