@@ -44,7 +44,8 @@ from riverlake import lake
 from riverlake.settings import get_settings
 from riverlake.sources import demo
 from riverlake.sources import spec as sources
-from riverlake.sources.ingest import connector_for, ingest
+from riverlake.sources.ingest import check_sources as reach_sources
+from riverlake.sources.ingest import ingest
 
 #: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
 BACKOFF = exponential_backoff(backoff_factor=2)
@@ -103,17 +104,12 @@ def cluster_map(fn, items):
 
 @task(name="check-sources", persist_result=False)
 def check_sources(names: list[str]) -> dict[str, int]:
-    """Check the cluster's versions and plan every source before anything is written: a
+    """Check the cluster's versions and reach every source before anything is written: a
     mismatched cluster, an unreachable source or refused credentials fail the run here,
     with one line."""
     verify_cluster()
     settings = get_settings()
-    out = {}
-    for name in names:
-        spec = sources.source(PIPELINE, name, settings)
-        uri = lake.table_uri(spec.table, settings)
-        out[name] = len(connector_for(spec.kind).plan(spec, lake.read_state(uri, name), settings))
-    return out
+    return reach_sources([sources.source(PIPELINE, n, settings) for n in names], settings)
 
 
 @task(name="extract-flights", persist_result=False)

@@ -158,6 +158,14 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
         rows = current(since)
         return {"data": rows[offset : offset + limit], "total": len(rows)}
 
+    @app.get("/weather/pages")
+    def weather_pages(request: Request, limit: int = 500, page: int = 1,
+                      since: str | None = None):  # fmt: skip
+        if (r := guard(request)) is not None:
+            return r
+        rows = current(since)
+        return {"data": rows[(page - 1) * limit : page * limit], "total": len(rows)}
+
     @app.post("/weather/{rid}/touch")
     def touch(rid: int, request: Request) -> dict:
         if token and request.headers.get("authorization") != f"Bearer {token}":

@@ -231,6 +231,31 @@ def connector_for(kind: str):
     return connectors[kind]
 
 
+def check_sources(specs, settings: Settings) -> dict[str, int]:
+    """Reach every source before anything is written: plan each batch source (files
+    listed, the API probed, the SQL table counted) and connect to each stream. An
+    unreachable source or refused credentials raise SourceError naming it; the result
+    is the number of units each batch source would read now."""
+    import asyncio
+
+    from riverlake.sources import stream
+
+    out = {}
+    for spec in specs:
+        if spec.kind == "stream":
+
+            async def probe(spec=spec) -> None:
+                nc = await stream.connect(spec)
+                await nc.close()
+
+            asyncio.run(probe())
+            continue
+        uri = lake.table_uri(spec.table, settings)
+        out[spec.name] = len(connector_for(spec.kind).plan(spec, lake.read_state(uri, spec.name),
+                                                            settings))  # fmt: skip
+    return out
+
+
 def ingest(
     spec,
     settings: Settings | None = None,

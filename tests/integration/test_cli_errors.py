@@ -90,3 +90,22 @@ def test_no_credentials(stack_env, tmp_path):
     env = {"RIVERLAKE_HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
     res = riverlake_cli("tables", env=env)
     one_line_error(res, "no S3 credentials for s3://riverlake-test/lake")
+
+
+def test_an_unreachable_source_fails_the_run_before_anything_is_written(stack_env):
+    from riverlake import lake
+    from riverlake.settings import get_settings
+
+    dead = f"http://127.0.0.1:{_free_port_block(1)}"
+    lake_url = "s3://riverlake-test/unreachable-source"
+    res = riverlake_cli("run", "flights", "--start", "2013-01-01", "--end", "2013-01-01",
+                        env={"RIVERLAKE_API_URL": dead, "RIVERLAKE_LAKE_URL": lake_url})  # fmt: skip
+    one_line_error(res, f"source 'weather': {dead}/weather unreachable after 5 retries")
+    settings = get_settings(lake_url=lake_url)
+    assert lake.list_tables(settings) == []  # nothing committed, no state advanced
+
+
+def test_an_unreachable_broker_fails_the_stream_run_in_one_line(stack_env):
+    dead = f"nats://127.0.0.1:{_free_port_block(1)}"
+    res = riverlake_cli("run", "flight_events", env={"RIVERLAKE_NATS_URL": dead})
+    one_line_error(res, f"source 'flight_events': cannot connect to {dead}")

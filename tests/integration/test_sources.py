@@ -252,6 +252,14 @@ def test_http_offset_pages_are_read_in_parallel_units(tmp_path, api):
     assert res.units == 9 and res.rows_loaded == 26115
 
 
+def test_http_page_numbers_without_a_total_are_read_in_one_unit(tmp_path, api):
+    s = local(tmp_path)
+    spec = weather_spec(s, f"{api.url}/weather/pages", pagination="page", page_size=4000)
+    res = ingest.ingest(spec, s)  # pages 1..7, the last one short: paging stops there
+    assert res.units == 1 and res.rows_loaded == 26115
+    assert len({r["id"] for r in rows(s, "weather")}) == 26115
+
+
 @pytest.mark.parametrize("api", [{"fault_every": 2}], indirect=True)
 def test_http_retries_429_and_5xx_honouring_retry_after(tmp_path, api):
     s = local(tmp_path)
@@ -358,9 +366,9 @@ def test_sql_postgresql_ranges_and_cursor(tmp_path, pg_url):
 
 def test_sql_bad_credentials_and_unreachable_fail_in_one_line(tmp_path, pg_url):
     s = local(tmp_path)
-    bad_db = pg_url.replace("/test?", "/no_such_db?")
+    wrong_user = pg_url.replace("postgres@", "nobody@")  # a role the server refuses
     with pytest.raises(SourceError, match=r"^source 'planes': cannot read planes at postgresql"):
-        ingest.ingest(planes_spec(s, bad_db), s)
+        ingest.ingest(planes_spec(s, wrong_user), s)
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/test"
     with pytest.raises(SourceError) as e:
         ingest.ingest(planes_spec(s, dead), s)
