@@ -39,6 +39,8 @@ WriteMode = Literal["append", "overwrite_partitions"]
 Filter = tuple[str, str, Any]
 
 TABLES = "tables"
+#: How many of a table's latest commits the catalog lists batch ids from.
+CATALOG_HISTORY = 100
 #: Commit metadata key prefix of a source's state (cursor, manifest, stream sequence).
 STATE_PREFIX = "riverlake.state."
 COMMIT_RETRIES = 5
@@ -801,7 +803,12 @@ def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
                     timespec="seconds"
                 ),
                 "last_batch": (last.get("riverlake.batch") or ""),
-                "batches": [h["riverlake.batch"] for h in dt.history() if h.get("riverlake.batch")],
+                # the latest commits' batch ids, newest first (a stream has thousands)
+                "batches": [
+                    h["riverlake.batch"]
+                    for h in dt.history(CATALOG_HISTORY)
+                    if h.get("riverlake.batch")
+                ],
             }
         )
     return out
