@@ -149,6 +149,9 @@ def test_the_flow_run_job_template_owns_its_dask_cluster_through_the_downward_ap
     assert env == {"RIVERLAKE_POD_NAME": "metadata.name", "RIVERLAKE_POD_UID": "metadata.uid",
                    "RIVERLAKE_NAMESPACE": "metadata.namespace"}  # fmt: skip
     assert tpl["variables"]["properties"]["service_account_name"]["default"] == "riverlake-runner"
+    # the run's Dask cluster uses the flow-run pod's own image
+    assert {"name": "RIVERLAKE_IMAGE", "value": "{{ image }}"} in c["env"]
+    assert c["image"] == "{{ image }}"
     _restricted("job template", {**pod["spec"], "containers": [
         {**c, "resources": {"requests": {"cpu": 1, "memory": 1}, "limits": {"cpu": 1, "memory": 1}}}
     ]})  # fmt: skip
