@@ -143,13 +143,13 @@ def run(
     if not prefect_reachable(settings):
         _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
     lake.check_store(settings)
+    _prefect_env(settings)  # before Prefect is imported: it reads its settings once
     from flows import get_pipeline
     from riverlake.sources import spec as source_specs
     from riverlake.sources.ingest import check_sources
 
     get_pipeline(pipeline)  # an unknown pipeline is refused first
     check_sources(source_specs.pipeline_sources(pipeline, settings), settings)  # before any run
-    _prefect_env(settings)
     from prefect.settings import temporary_settings
 
     from flows.runner import dask_task_runner, ensure_result_storage, export_storage_credentials

@@ -80,6 +80,10 @@ def riverlake_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        # A user's shell: no PREFECT_* the test process may have picked up.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+            **(env or {}),
+        },
         cwd=ROOT,
     )
