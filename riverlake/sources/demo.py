@@ -289,8 +289,12 @@ async def _publish(url: str, rate: float, count: int | None, seconds: float | No
     try:
         await js.stream_info(stream)
     except NotFoundError:
-        config = StreamConfig(
-            name=stream, subjects=[subject], max_age=7 * 24 * 3600.0, duplicate_window=600.0
+        config = StreamConfig(  # bounded: a replayer left running for days fills no disk
+            name=stream,
+            subjects=[subject],
+            max_age=7 * 24 * 3600.0,
+            max_bytes=1 << 30,
+            duplicate_window=600.0,
         )
         await js.add_stream(config)
     sent, round_, start = 0, 0, time.monotonic()

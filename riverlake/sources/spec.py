@@ -157,6 +157,9 @@ class StreamSource(_Source):
     id_field: str = Field("event_id", description="Message id: duplicates within a batch drop.")
     time_field: str | None = Field(None, description="Event time field (a UTC timestamp).")
     max_age_s: int = Field(7 * 24 * 3600, description="How long the stream keeps messages.")
+    max_bytes: int = Field(
+        1 << 30, description="Most bytes the stream keeps (the oldest messages go first)."
+    )
 
 
 SourceSpec = Annotated[

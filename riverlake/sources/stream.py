@@ -98,6 +98,7 @@ async def ensure_stream(js, spec: StreamSource) -> None:
                 name=spec.stream,
                 subjects=spec.subjects,
                 max_age=float(spec.max_age_s),
+                max_bytes=spec.max_bytes,
                 duplicate_window=DUPLICATE_WINDOW_S,
             )
         )
