@@ -337,6 +337,28 @@ def read_state(uri: str, source: str, settings: Settings | None = None, table: A
     return None
 
 
+def commit_properties(
+    rows: int,
+    app_id: str | None = None,
+    app_version: int = 1,
+    state: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+):
+    """What every commit of ours records: its rows, its batch (Delta's application
+    transaction ``app_id`` at ``app_version``) and the sources' new ``state``."""
+    from deltalake import CommitProperties, Transaction
+
+    custom = {"riverlake.rows": rows, **(metadata or {})}
+    if app_id:
+        custom["riverlake.batch"] = app_id
+    for src, value in (state or {}).items():
+        custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
+    return CommitProperties(
+        custom_metadata={k: str(v) for k, v in custom.items()},
+        app_transactions=[Transaction(app_id, app_version)] if app_id else None,
+    )
+
+
 def commit(
     uri: str,
     adds: Sequence[dict[str, Any]],
@@ -364,7 +386,6 @@ def commit(
     a source's state advances exactly when the data it describes becomes visible.
     ``table``: the already open DeltaTable at ``uri`` (saves re-reading its log).
     """
-    from deltalake import CommitProperties, Transaction
     from deltalake import Schema as DeltaSchema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -373,15 +394,7 @@ def commit(
     opts = storage_options(settings)
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     rows = sum(a.get("rows", 0) for a in adds)
-    custom = {"riverlake.rows": rows, **(metadata or {})}
-    if app_id:
-        custom["riverlake.batch"] = app_id
-    for src, value in (state or {}).items():
-        custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
-    props = CommitProperties(
-        custom_metadata={k: str(v) for k, v in custom.items()},
-        app_transactions=[Transaction(app_id, app_version)] if app_id else None,
-    )
+    props = commit_properties(rows, app_id, app_version, state, metadata)
 
     def done(dt) -> bool:
         got = dt.transaction_version(app_id) if app_id else None
@@ -545,8 +558,6 @@ def merge_table(
     Rows whose key exists are updated, the others inserted; the table is created when it
     does not exist. Keys must be unique within ``data`` (the last row of a key wins).
     """
-    from deltalake import CommitProperties, Transaction
-
     settings = settings or get_settings()
     uri = table_uri(name, settings)
     table = _to_arrow(data, None)
@@ -564,13 +575,7 @@ def merge_table(
         return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
     schema_changes(name, table_schema(dt), table.schema)
     table = table.select(table_schema(dt).names).cast(table_schema(dt))
-    custom = {"riverlake.batch": app_id or "", "riverlake.rows": str(table.num_rows)}
-    for src, value in (state or {}).items():
-        custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
-    props = CommitProperties(
-        custom_metadata=custom,
-        app_transactions=[Transaction(app_id, 1)] if app_id else None,
-    )
+    props = commit_properties(table.num_rows, app_id, state=state)
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     metrics = (
         dt.merge(table, on, source_alias="s", target_alias="t", commit_properties=props)
@@ -770,8 +775,9 @@ def vacuum(
 # --------------------------------------------------------------------------- catalog
 
 
-def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
-    """Every table in the lake with rows, files, size, partitions, version and last commit."""
+def list_tables(settings: Settings | None = None, batches: bool = True) -> list[dict[str, Any]]:
+    """Every table in the lake with rows, files, size, partitions, version and last commit;
+    with ``batches``, the batch ids of its latest commits too (more of its log to read)."""
     settings = settings or get_settings()
     fs = filesystem(settings)
     root = strip_scheme(f"{lake_root(settings)}/{TABLES}")
@@ -803,12 +809,11 @@ def list_tables(settings: Settings | None = None) -> list[dict[str, Any]]:
                     timespec="seconds"
                 ),
                 "last_batch": (last.get("riverlake.batch") or ""),
-                # the latest commits' batch ids, newest first (a stream has thousands)
-                "batches": [
-                    h["riverlake.batch"]
-                    for h in dt.history(CATALOG_HISTORY)
-                    if h.get("riverlake.batch")
-                ],
             }
         )
+        if batches:  # the latest commits' batch ids, newest first (a stream has thousands)
+            out[-1]["batches"] = [
+                h["riverlake.batch"] for h in dt.history(CATALOG_HISTORY)
+                if h.get("riverlake.batch")
+            ]  # fmt: skip
     return out

@@ -36,27 +36,6 @@ EXPECTED_INTERVAL_S: dict[str, float] = {"default": 86400.0, "flight_events": 60
 QUARANTINE_TABLES = {"flights_quarantine": None, "source_quarantine": "source"}
 
 
-def table_stats(settings: Settings) -> list[dict[str, Any]]:
-    """Rows, version and last commit time of every table (reads only the log's tail)."""
-    fs = lake.filesystem(settings)
-    root = lake.strip_scheme(f"{lake.lake_root(settings)}/{lake.TABLES}")
-    fs.invalidate_cache()
-    try:
-        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        dt = lake.open_table(lake.table_uri(name, settings), settings)
-        if dt is None:
-            continue
-        files = lake.current_files(dt)
-        out.append({"name": name, "version": dt.version(),
-                    "rows": sum(f["rows"] or 0 for f in files),
-                    "last_commit": dt.history(1)[0]["timestamp"] / 1000})  # fmt: skip
-    return out
-
-
 def quarantined(settings: Settings) -> dict[str, int]:
     """Quarantined rows per source: the flights contracts and every extraction source."""
     out: dict[str, int] = {}
@@ -114,11 +93,12 @@ class PlatformCollector(Collector):
         duration = g("flow_run_duration_seconds", "The latest finished run's duration.", "flow")
         now = time.time()
         try:
-            for t in table_stats(settings):
+            for t in lake.list_tables(settings, batches=False):
+                committed = datetime.fromisoformat(t["last_commit"]).timestamp()
                 rows.add_metric([t["name"]], t["rows"])
                 version.add_metric([t["name"]], t["version"])
-                last.add_metric([t["name"]], t["last_commit"])
-                fresh.add_metric([t["name"]], now - t["last_commit"])
+                last.add_metric([t["name"]], committed)
+                fresh.add_metric([t["name"]], now - committed)
                 interval = EXPECTED_INTERVAL_S.get(t["name"], EXPECTED_INTERVAL_S["default"])
                 expected.add_metric([t["name"]], interval)
             for source, n in quarantined(settings).items():
