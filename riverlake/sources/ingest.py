@@ -109,15 +109,6 @@ def thread_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-def dask_map(client) -> Mapper:
-    """A mapper that runs each unit as a task on the Dask cluster behind ``client``."""
-
-    def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        return client.gather(client.map(fn, list(items), pure=False))
-
-    return run
-
-
 def batch_id(source: str, state: Any, units: Sequence[Any]) -> str:
     h = hashlib.sha256(
         json.dumps([source, state, list(units)], sort_keys=True, default=str).encode()
@@ -137,48 +128,42 @@ def conform(table: pa.Table, schema: pa.Schema | None, unit: str) -> tuple[pa.Ta
     """Cast ``table`` to ``schema``; the rows that do not cast are quarantined, one by one."""
     if schema is None:
         return table, []
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing and table.num_rows:
-        reason = f"missing field {missing[0]!r}"
-        return schema.empty_table(), [
-            Bad(unit, reason, json.dumps(r, default=str).encode()) for r in table.to_pylist()
-        ]
-    if missing:
-        return schema.empty_table(), []
     try:
         return table.select(schema.names).cast(schema), []
+    except KeyError:  # a declared column is missing: every row is quarantined, whole
+        rows = table.to_pylist()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
-    good, bad = [], []
-    for rec in table.select(schema.names).to_pylist():
-        try:
-            good.append(pa.Table.from_pylist([rec]).cast(schema))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            bad.append(Bad(unit, one_line(e), json.dumps(rec, default=str).encode()))
-    return (pa.concat_tables(good) if good else schema.empty_table()), bad
+        rows = table.select(schema.names).to_pylist()
+    return records_to_table(rows, schema, unit)
 
 
 def records_to_table(
     records: Sequence[dict[str, Any]], schema: pa.Schema | None, unit: str
 ) -> tuple[pa.Table, list[Bad]]:
-    """JSON-like records as a table of ``schema``; records that do not fit are quarantined."""
+    """JSON-like records as a table of ``schema``; records that do not fit are quarantined.
+
+    A record that lacks a declared field does not fit (it is never loaded with a null).
+    """
     if schema is None:
         return pa.Table.from_pylist(list(records)), []
-    try:
-        return pa.Table.from_pylist(list(records), schema=schema), []
-    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError):
-        pass
+    names = schema.names
+    if all(n in rec for rec in records for n in names):
+        try:
+            return pa.Table.from_pylist(list(records), schema=schema), []
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            pass
     good, bad = [], []
     for rec in records:
-        try:
-            missing = [n for n in schema.names if n not in rec]
-            if missing:
-                raise KeyError(f"missing field {missing[0]!r}")
-            good.append(pa.Table.from_pylist([rec]).select(schema.names).cast(schema))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            bad.append(Bad(unit, one_line(e), json.dumps(rec, default=str).encode()))
-        except KeyError as e:
-            bad.append(Bad(unit, e.args[0], json.dumps(rec, default=str).encode()))
+        missing = [n for n in names if n not in rec]
+        if missing:
+            reason = f"missing field {missing[0]!r}"
+        else:
+            try:
+                good.append(pa.Table.from_pylist([rec]).select(names).cast(schema))
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                reason = one_line(e)
+        bad.append(Bad(unit, reason, json.dumps(rec, default=str).encode()))
     return (pa.concat_tables(good) if good else schema.empty_table()), bad
 
 

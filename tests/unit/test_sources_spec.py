@@ -80,3 +80,14 @@ def test_batch_ids_depend_on_state_and_plan():
     assert batch_id("s", {"c": 1}, [1]) == batch_id("s", {"c": 1}, [1])
     assert batch_id("s", {"c": 1}, [1]) != batch_id("s", {"c": 2}, [1])
     assert batch_id("s", None, [1]) != batch_id("s", None, [2])
+
+
+def test_a_record_without_a_declared_field_is_quarantined_never_loaded_with_a_null():
+    from riverlake.sources.ingest import records_to_table
+
+    schema = pa.schema([("id", pa.int64()), ("v", pa.float64())])
+    good, bad = records_to_table([{"id": 1, "v": 1.5}, {"id": 2}], schema, "page1")
+    assert good.to_pylist() == [{"id": 1, "v": 1.5}]
+    assert [(b.reason, b.original) for b in bad] == [("missing field 'v'", b'{"id": 2}')]
+    table, bad = conform(pa.table({"id": ["1", "2"]}), schema, "f.csv")
+    assert table.num_rows == 0 and [b.reason for b in bad] == ["missing field 'v'"] * 2
