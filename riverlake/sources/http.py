@@ -127,8 +127,8 @@ def plan(spec: HttpSource, state: dict | None, settings: Settings) -> list[dict[
         with _client(spec) as c:  # reachability and credentials, before anything is read
             get(c, spec, {**params, spec.limit_param: 1})
         return [{"name": spec.url, "params": params, "pages": "all"}]
-    with _client(spec) as c:
-        first = get(c, spec, {**params, **_page(spec, 0)})
+    with _client(spec) as c:  # one record is enough to learn the total
+        first = get(c, spec, {**params, **_page(spec, 0), spec.limit_param: 1})
     try:
         total = int(_path(json.loads(first.content), spec.total_path))
     except (MalformedPage, ValueError, TypeError) as e:
@@ -147,24 +147,23 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
     records: list[dict] = []
     bad: list[Bad] = []
     with _client(spec) as c:
-        pages = [unit["pages"]] if unit["pages"] != "all" else None
         params = dict(unit["params"])
-        i = 0
+        one_page = unit["pages"] != "all"  # a unit of an offset/page API with a total
+        i = unit["pages"] if one_page else 0
         while True:
-            p = {**params, **(_page(spec, pages[0]) if pages else {})}
-            if pages is None and spec.pagination != "cursor":
-                p.update(_page(spec, i))
-            r = get(c, spec, p)
+            r = get(
+                c, spec, params if spec.pagination == "cursor" else {**params, **_page(spec, i)}
+            )
             try:
                 page, doc = parse_page(spec, r.content)
             except MalformedPage as e:
                 bad.append(Bad(f"{spec.url}?{r.request.url.query.decode()}", str(e), r.content))
                 break
             records.extend(page)
-            if pages is not None or not page:
+            if one_page or not page:
                 break
             if spec.pagination == "cursor":
-                nxt = doc.get(spec.next_cursor_path) if isinstance(doc, dict) else None
+                nxt = doc.get(spec.next_cursor_path)
                 if not nxt:
                     break
                 params[spec.cursor_param] = nxt
