@@ -124,7 +124,7 @@ def extract_flights(start: date, end: date) -> dict[str, Any]:
     res = ingest(spec, settings, mapper=cluster_map, commit_state=False)
     months = sorted({tuple(int(x) for x in m.split("-")) for ms in res.info.values() for m in ms})
     get_run_logger().info("drops: %s", res.summary())
-    return {"months": months, "state": res.state, "new": not res.skipped, **res.summary()}
+    return {"months": months, "state": res.state or {"files": {}}, **res.summary()}
 
 
 @task(name="ingest-source", persist_result=False, task_run_name="ingest-{name}")
