@@ -223,16 +223,15 @@ class Consumer:
         if res.skipped:  # a concurrent consumer committed past us: acknowledging would lose
             raise SourceError(f"source {spec.name!r}: batch {first}-{last} raced another "
                               f"consumer of {self.durable}; nothing acknowledged")  # fmt: skip
-        if self.dt is None:
+        if self.dt is None:  # the first commit created the table
             self.dt = lake.open_table(self.uri, self.settings)
-        else:
-            self.dt.update_incremental()
+        # (an open table is brought up to date at the start of the next batch)
         now = time.time()
         st.batches += 1
         st.rows_in += len(msgs)
         st.rows_quarantined += len(bad)
         st.rows_deduplicated += dupes
-        st.rows_loaded += 0 if res.skipped else table.num_rows
+        st.rows_loaded += table.num_rows
         st.last_seq = last
         if spec.time_field is None and "published_at" in table.column_names:
             st.latencies_s.extend(now - t for t in table["published_at"].to_pylist() if t)
