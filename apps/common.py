@@ -19,6 +19,12 @@ _CACHE: dict[tuple, tuple[int, pd.DataFrame]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _empty(schema: pa.Schema | None) -> pd.DataFrame:
+    return (
+        pd.DataFrame() if schema is None else schema.empty_table().to_pandas(date_as_object=False)
+    )
+
+
 def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataFrame:
     """A (small) lake table as pandas; empty, with ``schema``'s columns, when it does not exist.
 
@@ -27,9 +33,7 @@ def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataF
     settings = get_settings()
     version = table_version(name)
     if version is None:
-        if schema is None:
-            return pd.DataFrame()
-        return schema.empty_table().to_pandas(date_as_object=False)
+        return _empty(schema)
     key = (settings.lake_url, name, repr(sorted(kwargs.items())))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
@@ -38,9 +42,7 @@ def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataF
     try:
         frame = lake.read_pandas(name, version=version, settings=settings, **kwargs)
     except LakeError:
-        if schema is None:
-            return pd.DataFrame()
-        return schema.empty_table().to_pandas(date_as_object=False)
+        return _empty(schema)
     with _CACHE_LOCK:
         _CACHE[key] = (version, frame)  # the older version of this table is dropped
     return frame
