@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ import yaml
 from riverlake import lake
 from riverlake.settings import get_settings
 from riverlake.sources.ingest import Bad, quarantine
+from riverlake.stack import free_port
 from tests.conftest import ROOT
 from tests.deploy.conftest import tool
 
@@ -89,12 +89,6 @@ def test_the_dashboard_is_grafana_json_with_prometheus_targets():
     assert all(t["expr"] for p in d["panels"] for t in p["targets"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
@@ -124,7 +118,7 @@ def test_prometheus_scrapes_every_metric_the_rules_and_dashboard_name(stack_env,
         dask = {f"127.0.0.1:{lc.scheduler.http_server.port}"}
         dask |= {f"127.0.0.1:{w['services']['dashboard']}"
                  for w in client.scheduler_info()["workers"].values()}  # fmt: skip
-        port = _free_port()
+        port = free_port()
         cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [

@@ -27,6 +27,7 @@ from riverlake.settings import get_settings
 from riverlake.sources import demo, ingest
 from riverlake.sources.ingest import SourceError
 from riverlake.sources.spec import parse_source
+from riverlake.stack import free_port
 from tests.conftest import ROOT, need
 
 pytestmark = pytest.mark.integration
@@ -66,12 +67,6 @@ def _parquet(ids) -> bytes:
     t = pa.table({"id": list(ids), "name": [f"n{i}" for i in ids], "value": [i / 2 for i in ids]})
     pq.write_table(t, buf)
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------- files
@@ -144,7 +139,7 @@ def test_files_rerun_reads_only_new_or_changed_files(tmp_path, drop_dir):
 
 
 def test_files_over_http(tmp_path, drop_dir):
-    port = _free_port()
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                             "127.0.0.1", "--directory", str(drop_dir)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -171,7 +166,7 @@ def test_files_on_s3_and_an_unreachable_store(stack_env, tmp_path):
     state = lake.read_state(lake.table_uri("s3files", s), "s3files", s)
     assert all(tag for _, tag in state["files"].values())  # S3 etags in the manifest
     dead = get_settings(lake_url="s3://riverlake-test/files-lake",
-                        s3_endpoint=f"http://127.0.0.1:{_free_port()}")  # fmt: skip
+                        s3_endpoint=f"http://127.0.0.1:{free_port()}")  # fmt: skip
     with pytest.raises(SourceError, match=r"^source 's3files': cannot list s3://"):
         ingest.connector_for("files").plan(spec, None, dead)
 
@@ -195,7 +190,7 @@ class Api:
     def __init__(self, **kw):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn.Config(demo.create_api(**kw), port=self.port, log_level="warning")
         self.server = uvicorn.Server(cfg)
@@ -299,7 +294,7 @@ def test_http_wrong_credentials_fail_in_one_line_and_commit_nothing(tmp_path, ap
 
 def test_http_unreachable_api_fails_naming_the_source(tmp_path):
     s = local(tmp_path)
-    spec = weather_spec(s, f"http://127.0.0.1:{_free_port()}/weather", max_retries=1)
+    spec = weather_spec(s, f"http://127.0.0.1:{free_port()}/weather", max_retries=1)
     with pytest.raises(SourceError, match=r"^source 'weather': .* unreachable after 1 retries"):
         ingest.ingest(spec, s)
 
@@ -369,7 +364,7 @@ def test_sql_bad_credentials_and_unreachable_fail_in_one_line(tmp_path, pg_url):
     wrong_user = pg_url.replace("postgres@", "nobody@")  # a role the server refuses
     with pytest.raises(SourceError, match=r"^source 'planes': cannot read planes at postgresql"):
         ingest.ingest(planes_spec(s, wrong_user), s)
-    dead = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/test"
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
     with pytest.raises(SourceError) as e:
         ingest.ingest(planes_spec(s, dead), s)
     assert "\n" not in str(e.value) and "planes" in str(e.value)
@@ -495,7 +490,7 @@ def test_stream_unreachable_broker_fails_in_one_line(tmp_path):
     from riverlake.sources.stream import consume
 
     s = local(tmp_path)
-    url = f"nats://127.0.0.1:{_free_port()}"
+    url = f"nats://127.0.0.1:{free_port()}"
     with pytest.raises(SourceError, match=rf"^source 'evx': cannot connect to {url}"):
         consume(stream_spec(s, url, "evx"), s, idle_s=0.5)
 
