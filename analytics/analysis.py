@@ -16,17 +16,25 @@ import pandas as pd
 
 Filter = tuple[str, str, Any]
 
-_OPS = {
-    "=": lambda s, v: s == v,
-    "==": lambda s, v: s == v,
-    "!=": lambda s, v: s != v,
-    "<": lambda s, v: s < v,
-    "<=": lambda s, v: s <= v,
-    ">": lambda s, v: s > v,
-    ">=": lambda s, v: s >= v,
-    "in": lambda s, v: s.isin(list(v)),
-    "not in": lambda s, v: ~s.isin(list(v)),
-    "between": lambda s, v: (s >= v[0]) & (s <= v[1]),
+
+def _isin(a: Any, values: Any) -> Any:
+    """Membership for a pandas/dask Series, a pyarrow expression, or a plain value."""
+    return a.isin(list(values)) if hasattr(a, "isin") else a in values
+
+
+#: The filter operators, defined once: the apps' filters, the lake's partition pruning
+#: (plain values), its row filters (pyarrow expressions) and frames (pandas, dask).
+FILTER_OPS = {
+    "=": lambda a, v: a == v,
+    "==": lambda a, v: a == v,
+    "!=": lambda a, v: a != v,
+    "<": lambda a, v: a < v,
+    "<=": lambda a, v: a <= v,
+    ">": lambda a, v: a > v,
+    ">=": lambda a, v: a >= v,
+    "in": _isin,
+    "not in": lambda a, v: ~_isin(a, v) if hasattr(a, "isin") else a not in v,
+    "between": lambda a, v: (a >= v[0]) & (a <= v[1]),
 }
 
 
@@ -37,9 +45,9 @@ def is_dask(df: Any) -> bool:
 def filter_rows(df, filters: Sequence[Filter]):
     """Rows matching every ``(column, op, value)``; ops: = != < <= > >= in, not in, between."""
     for col, op, value in filters:
-        if op not in _OPS:
+        if op not in FILTER_OPS:
             raise ValueError(f"unknown filter operator {op!r}")
-        df = df[_OPS[op](df[col], value)]
+        df = df[FILTER_OPS[op](df[col], value)]
     return df
 
 

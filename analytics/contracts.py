@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
-
-from analytics.flights import NATURAL_KEY
+from riverlake.analytics.flights import NATURAL_KEY
 
 ORIGINS = ["EWR", "JFK", "LGA"]
 

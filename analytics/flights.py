@@ -47,6 +47,13 @@ FLIGHTS_SCHEMA = pa.schema(
         ("cancelled", pa.bool_()),
     ]
 )
+#: The flights pipeline's tables, named once: the flow writes them, the apps read them.
+CURATED_TABLE = "flights"
+QUARANTINE_TABLE = "flights_quarantine"
+DAILY_TABLE = "carrier_origin_daily"
+#: Gold tables recomputed per touched year.
+YEARLY_TABLES = ("route_stats", "delay_by_hour", "delay_by_weather", "daily_on_time")
+
 FLIGHTS_PARTITION_BY = ["year", "month"]
 
 #: A flight is on time when it arrives less than this many minutes late.
@@ -447,7 +454,7 @@ _WEATHER_BUCKETS = {
 def route_stats(flights) -> pd.DataFrame:
     """Per origin and destination: flights, mean distance, departure and arrival delay
     p50/p90/p99 (exact, over flights that flew). pandas or dask in, pandas out."""
-    from analytics.analysis import aggregate, group_stats, is_dask
+    from riverlake.analytics.analysis import aggregate, group_stats, is_dask
 
     keys = ["year", "origin", "dest"]
     counts = aggregate(flights, keys, {"flights": ("flight", "size"),
@@ -465,7 +472,7 @@ def route_stats(flights) -> pd.DataFrame:
 
 def delay_by_hour(flights) -> pd.DataFrame:
     """Per scheduled departure hour: flights, mean delays, share of departures 15+ min late."""
-    from analytics.analysis import aggregate, is_dask
+    from riverlake.analytics.analysis import aggregate, is_dask
 
     out = aggregate(
         flights, ["year", "hour"],
@@ -483,7 +490,7 @@ def delay_by_hour(flights) -> pd.DataFrame:
 def delay_by_weather(flights) -> pd.DataFrame:
     """Delays by weather bucket at the origin (visibility, wind, precipitation), long format:
     one row per (year, condition, bucket)."""
-    from analytics.analysis import is_dask
+    from riverlake.analytics.analysis import is_dask
 
     cols = ["year", "dep_delay", "arr_delay", "visib", "wind_speed", "precip"]
     data = flights[cols]
@@ -507,7 +514,7 @@ def delay_by_weather(flights) -> pd.DataFrame:
 def daily_on_time(flights, window: str = "7D") -> pd.DataFrame:
     """The daily on-time rate (arrival < 15 min late, over flights that arrived) and its
     rolling mean over ``window``, weighted by flights."""
-    from analytics.analysis import aggregate, is_dask, rolling
+    from riverlake.analytics.analysis import aggregate, is_dask, rolling
 
     marked = flights.assign(
         arrived=flights["arr_delay"].notnull().astype("int64"),

@@ -1,22 +1,22 @@
-"""What the apps share: reading lake tables and noticing new commits."""
+"""What the apps share: reading lake tables and noticing new commits.
+
+Reads are shared by every session of a server process through Panel's own cache
+(``pn.cache``): only the first session after a commit reads the lake.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pandas as pd
+import panel as pn
 import pyarrow as pa
 
 from riverlake import lake
 from riverlake.errors import LakeError
 from riverlake.settings import get_settings
 
-#: Tables already read, per (lake, table, version, read options): every session of a
-#: server process shares them, so only the first session after a commit reads the lake.
-#: Frames in here are never modified in place (the apps derive new frames from them).
-_CACHE: dict[tuple, tuple[int, pd.DataFrame]] = {}
-_CACHE_LOCK = threading.Lock()
+#: How long a table's version, once read, is trusted by every session of the process
+#: (every session's periodic check would otherwise open the table's log); 0: never.
+VERSION_TTL_S = 5.0
 
 
 def _empty(schema: pa.Schema | None) -> pd.DataFrame:
@@ -25,49 +25,39 @@ def _empty(schema: pa.Schema | None) -> pd.DataFrame:
     )
 
 
+@pn.cache(max_items=64)
+def _read(lake_url: str, name: str, version: int, options: tuple) -> pd.DataFrame | None:
+    """One version of a table, read once per process; frames in here are never modified
+    in place (the apps derive new frames from them)."""
+    try:
+        return lake.read_pandas(name, version=version, settings=get_settings(), **dict(options))
+    except LakeError:
+        return None
+
+
 def load_table(name: str, schema: pa.Schema | None = None, **kwargs) -> pd.DataFrame:
     """A (small) lake table as pandas; empty, with ``schema``'s columns, when it does not exist.
 
     The current version is read once per server process and shared by its sessions.
     """
-    settings = get_settings()
     version = table_version(name)
     if version is None:
         return _empty(schema)
-    key = (settings.lake_url, name, repr(sorted(kwargs.items())))
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    try:
-        frame = lake.read_pandas(name, version=version, settings=settings, **kwargs)
-    except LakeError:
-        return _empty(schema)
-    with _CACHE_LOCK:
-        _CACHE[key] = (version, frame)  # the older version of this table is dropped
-    return frame
+    options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    frame = _read(get_settings().lake_url, name, version, options)
+    return _empty(schema) if frame is None else frame
 
 
-#: How long a table's version, once read, is trusted by every session of the process.
-VERSION_TTL_S = 5.0
-_VERSIONS: dict[tuple[str, str], tuple[float, int | None]] = {}
+@pn.cache(ttl=VERSION_TTL_S)
+def _cached_version(lake_url: str, name: str) -> int | None:
+    return lake.table_version(name, get_settings())
 
 
 def table_version(name: str) -> int | None:
-    """The table's current version, read at most once per VERSION_TTL_S per process (every
-    session's periodic check would otherwise open the table's log)."""
-    settings = get_settings()
-    key = (settings.lake_url, name)
-    now = time.monotonic()
-    with _CACHE_LOCK:
-        hit = _VERSIONS.get(key)
-    if hit is not None and now - hit[0] < VERSION_TTL_S:
-        return hit[1]
-    dt = lake.open_table(lake.table_uri(name, settings), settings)
-    version = None if dt is None else dt.version()
-    with _CACHE_LOCK:
-        _VERSIONS[key] = (now, version)
-    return version
+    """The table's current version, read at most once per VERSION_TTL_S per process."""
+    if VERSION_TTL_S <= 0:
+        return lake.table_version(name, get_settings())
+    return _cached_version(get_settings().lake_url, name)
 
 
 class TableWatcher:

@@ -13,10 +13,9 @@ import hvplot.pandas  # noqa: F401  (registers .hvplot on pandas)
 import pandas as pd
 import panel as pn
 import param
-
-from analytics.analysis import filter_rows
-from analytics.flights import DAILY_KPI_SCHEMA, by_carrier, delay_by_day, summarize
-from apps.common import TableWatcher, load_table, page
+from riverlake.analytics.analysis import filter_rows
+from riverlake.analytics.flights import DAILY_KPI_SCHEMA, by_carrier, delay_by_day, summarize
+from riverlake.apps.common import TableWatcher, load_table, page
 
 GOLD = "carrier_origin_daily"
 YEARLY = ("route_stats", "delay_by_hour", "delay_by_weather")

@@ -3,34 +3,30 @@ and the latest Prefect flow runs, linking into the Prefect UI."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
+import html
 from datetime import datetime
 
 import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
+from riverlake.analytics.flights import CURATED_TABLE, QUARANTINE_TABLE
+from riverlake.apps.common import load_table, page
 
-from apps.common import load_table, page
-from riverlake import lake
+from riverlake import lake, pipelines, runs
 from riverlake.settings import get_settings
 
-#: Expected commit interval per table; older than this is stale. Default: a day.
-EXPECTED_INTERVAL = {"default": pd.Timedelta(days=1), "flight_events": pd.Timedelta(minutes=10)}
-QUARANTINE = "flights_quarantine"
-SOURCE_QUARANTINE = "source_quarantine"
-QUALITY = "quality_report"
 REFRESH_MS = 15_000
 
 
 def freshness(tables: list[dict], now: datetime | None = None) -> pd.DataFrame:
-    """Age of each table's last commit against its expected interval (pure)."""
+    """Age of each table's last commit against its freshness policy (pure but for the
+    declarations it reads the policy from)."""
     now = pd.Timestamp(now or datetime.now())
     rows = []
     for t in tables:
         last = pd.Timestamp(t["last_commit"])
-        expected = EXPECTED_INTERVAL.get(t["name"], EXPECTED_INTERVAL["default"])
+        expected = pd.Timedelta(pipelines.expected_interval(t["name"]))
         age = now - last
         rows.append(
             {
@@ -48,48 +44,40 @@ def freshness(tables: list[dict], now: datetime | None = None) -> pd.DataFrame:
 
 def rows_per_run(table: str) -> pd.DataFrame:
     """Rows written by each commit of ``table`` (from the commits' metadata)."""
-    dt = lake.open_table(lake.table_uri(table, get_settings()))
-    if dt is None:
+    t = lake.table(table, get_settings())
+    rows = [] if t is None else [c for c in t.commits(50) if c["rows"] is not None]
+    if not rows:
         return pd.DataFrame(columns=["version", "time", "batch", "rows"])
-    rows = [
-        {
-            "version": h.get("version"),
-            "time": pd.Timestamp(h["timestamp"], unit="ms"),
-            "batch": h.get("riverlake.batch", ""),
-            "rows": int(h.get("riverlake.rows", 0) or 0),
-        }
-        for h in dt.history(50)
-        if "riverlake.rows" in h
-    ]
-    return (
-        pd.DataFrame(rows).sort_values("version")
-        if rows
-        else pd.DataFrame(columns=["version", "time", "batch", "rows"])
-    )
+    frame = pd.DataFrame(rows).rename(columns={"timestamp": "time"}).fillna({"batch": ""})
+    frame["time"] = pd.to_datetime(frame["time"], unit="ms")
+    return frame[["version", "time", "batch", "rows"]].sort_values("version")
 
 
 def prefect_runs(limit: int = 10) -> pd.DataFrame:
-    """The latest flow runs from the Prefect API, with a link into the Prefect UI."""
-    api = str(get_settings().prefect_api_url)
-    body = json.dumps({"limit": limit, "sort": "START_TIME_DESC"}).encode()
-    req = urllib.request.Request(
-        f"{api}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
-    )
+    """The latest flow runs, with a link into the Prefect UI.
+
+    Run names come from outside (anyone who can start a run names it): they are escaped
+    before they become HTML.
+    """
+    settings = get_settings()
     try:
-        runs = json.loads(urllib.request.urlopen(req, timeout=5).read())
-    except OSError as exc:
-        return pd.DataFrame({"error": [f"Prefect API {api} unreachable: {exc}"]})
-    ui = api.removesuffix("/api")
+        latest = runs.recent_runs(settings, limit=limit)
+    except Exception as exc:  # the page stays up; it says what did not answer
+        msg = f"Prefect API {settings.prefect_api_url} unreachable: {type(exc).__name__}"
+        return pd.DataFrame({"error": [html.escape(msg)]})
     return pd.DataFrame(
         [
             {
-                "run": f'<a href="{ui}/runs/flow-run/{r["id"]}" target="_blank">{r["name"]}</a>',
-                "state": r["state_type"],
-                "start": r.get("start_time"),
-                "duration_s": round(r.get("total_run_time") or 0, 1),
+                "run": f'<a href="{html.escape(runs.run_url(settings, r["id"]))}" '
+                f'target="_blank">{html.escape(r["name"])}</a>',
+                "flow": html.escape(r["flow"]),
+                "state": html.escape(r["state"]),
+                "start": r["start"],
+                "duration_s": round(r["duration_s"], 1),
             }
-            for r in runs
-        ]
+            for r in latest
+        ],
+        columns=["run", "flow", "state", "start", "duration_s"],
     )
 
 
@@ -107,9 +95,9 @@ class PipelineHealth(pn.viewable.Viewer):
 
     def refresh(self) -> None:
         self.tables = lake.list_tables(get_settings())
-        self.quarantine = load_table(QUARANTINE)
-        self.quality = load_table(QUALITY)
-        self.source_quarantine = load_table(SOURCE_QUARANTINE, columns=["source", "reason"])
+        self.quarantine = load_table(QUARANTINE_TABLE)
+        self.quality = load_table(lake.QUALITY_REPORT)
+        self.source_quarantine = load_table(lake.SOURCE_QUARANTINE, columns=["source", "reason"])
 
     def quarantine_by_reason(self) -> pd.DataFrame:
         q = self.quarantine
@@ -154,7 +142,7 @@ class PipelineHealth(pn.viewable.Viewer):
 
     @param.depends("tables")
     def _runs_rows(self):
-        r = rows_per_run("flights")
+        r = rows_per_run(CURATED_TABLE)
         r = r.assign(version=r["version"].astype(str))
         if not len(r):
             return pn.pane.Markdown("No runs yet.")
@@ -187,8 +175,8 @@ class PipelineHealth(pn.viewable.Viewer):
 
     @param.depends("tables")
     def _prefect(self):
-        runs = prefect_runs()
-        return pn.pane.HTML(runs.to_html(escape=False, index=False), css_classes=["prefect-runs"])
+        latest = prefect_runs()  # every field escaped there; the links stay links
+        return pn.pane.HTML(latest.to_html(escape=False, index=False), css_classes=["prefect-runs"])
 
     def __panel__(self):
         return pn.Column(

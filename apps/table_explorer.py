@@ -9,8 +9,8 @@ import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
+from riverlake.apps.common import page
 
-from apps.common import page
 from riverlake import lake
 from riverlake.settings import get_settings
 
@@ -73,18 +73,11 @@ class TableExplorer(pn.viewable.Viewer):
         )
 
     def history(self) -> pd.DataFrame:
-        dt = lake.open_table(lake.table_uri(self.table, get_settings()))
-        rows = [
-            {
-                "version": h.get("version"),
-                "operation": h.get("operation"),
-                "time": pd.Timestamp(h["timestamp"], unit="ms"),
-                "batch": h.get("riverlake.batch", ""),
-                "rows": h.get("riverlake.rows", ""),
-            }
-            for h in dt.history(20)
-        ]
-        return pd.DataFrame(rows)
+        t = lake.table(self.table, get_settings())
+        rows = [] if t is None else t.commits(20)
+        frame = pd.DataFrame(rows, columns=["version", "timestamp", "operation", "batch", "rows"])
+        frame["time"] = pd.to_datetime(frame.pop("timestamp"), unit="ms")
+        return frame[["version", "operation", "time", "batch", "rows"]]
 
     def filters(self) -> list[tuple]:
         if not self.where_column or self.where_value == "":

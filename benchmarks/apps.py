@@ -71,8 +71,7 @@ def first_render(url: str, repeats: int = 5) -> list[float]:
 def filter_latency(changes: int = 50) -> list[float]:
     import panel as pn
     from bokeh.document import Document
-
-    from apps.flights_dashboard import FlightsDashboard
+    from riverlake.apps.flights_dashboard import FlightsDashboard
 
     d = FlightsDashboard()
     doc = Document()
@@ -132,12 +131,12 @@ def load(url: str, sessions: int, seconds: int) -> dict:
 @contextlib.contextmanager
 def served(procs: int):
     """`riverlake serve --num-procs procs` on a free port, until the block ends."""
-    from riverlake.stack import free_port
+    from riverlake.ops.stack import free_port
 
     port = free_port()
     log = open(DATA / "apps-bench-serve.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "riverlake.cli", "serve", "--port", str(port),
-                             "--num-procs", str(procs)],
+    proc = subprocess.Popen([sys.executable, "-m", "riverlake.ops.cli", "serve",
+                             "--port", str(port), "--num-procs", str(procs)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/flights_dashboard"
     try:

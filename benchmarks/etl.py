@@ -54,9 +54,9 @@ def generate(rows: int, files: int, seed: int) -> Path:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+    from riverlake.analytics.flights import SOURCE_COLUMNS
 
-    from analytics.flights import SOURCE_COLUMNS
-    from riverlake import demo_data
+    from riverlake.demo import data as demo_data
 
     out = DATA / f"flights-v2-{rows}-{files}-seed{seed}"
     if (out / "_DONE").exists():
@@ -90,7 +90,7 @@ def generate(rows: int, files: int, seed: int) -> Path:
 
 def _csv_types() -> dict[str, str]:
     """The source columns' types, from analytics.flights' column lists, in source order."""
-    from analytics.flights import FLOAT_COLUMNS, INT_COLUMNS, SOURCE_COLUMNS
+    from riverlake.analytics.flights import FLOAT_COLUMNS, INT_COLUMNS, SOURCE_COLUMNS
 
     kind = {c: "int32" for c in INT_COLUMNS} | {c: "float64" for c in FLOAT_COLUMNS}
     return {c: kind.get(c, "string") for c in SOURCE_COLUMNS}
@@ -112,8 +112,8 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
     """One CSV file: read, type and flag, write partition files, monthly partial sums."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    from riverlake.analytics.flights import monthly_partials, prepare_flights
 
-    from analytics.flights import monthly_partials, prepare_flights
     from riverlake import lake
 
     types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
@@ -125,8 +125,8 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
 
 def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
+    from riverlake.analytics.flights import FLIGHTS_SCHEMA, combine_monthly
 
-    from analytics.flights import FLIGHTS_SCHEMA, combine_monthly
     from riverlake import lake
     from riverlake.settings import get_settings
 
@@ -144,7 +144,9 @@ def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processe
         futures = client.map(ingest_file, files, uri=uri, settings=settings, pure=False)
         results = client.gather(futures)
         adds = [a for chunk, _ in results for a in chunk]
-        commit = lake.commit(uri, adds, FLIGHTS_SCHEMA, ["year", "month"], app_id="bench:1")
+        commit = lake.commit(
+            uri, adds, FLIGHTS_SCHEMA, partition_by=["year", "month"], batch=lake.Batch("bench:1")
+        )
         agg = combine_monthly([p for _, p in results])
         wall = time.perf_counter() - t0
         worker_peaks = list(client.run(_peak_self).values()) if processes else []

@@ -25,10 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from riverlake.demo import api as demo_api
+from riverlake.demo import dimensions as demo_dimensions
+from riverlake.demo import drops as demo_drops
+from riverlake.demo import replayer as demo_replayer
+from riverlake.ops.stack import _bin, free_port
 from riverlake.settings import get_settings
-from riverlake.sources import demo, ingest
+from riverlake.sources import ingest
 from riverlake.sources.spec import parse_source
-from riverlake.stack import _bin, free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,7 +50,7 @@ def stream_latency(tmp: Path, rate: float, seconds: float) -> dict:
     settings = get_settings(lake_url=str(tmp / "lake"), home=tmp, nats_url=url)
     spec = parse_source(
         {"name": "flight_events", "kind": "stream", "url": url, "stream": "FLIGHT_EVENTS",
-         "subjects": [demo.EVENTS_SUBJECT], "durable": "bench", "table": "flight_events",
+         "subjects": [demo_replayer.EVENTS_SUBJECT], "durable": "bench", "table": "flight_events",
          "batch_size": 5000, "batch_wait_s": 0.5,
          "schema": {"event_id": "string", "event": "string", "carrier": "string",
                     "flight": "int64", "published_at": "float64", "stream_seq": "int64"}},
@@ -67,7 +71,7 @@ def stream_latency(tmp: Path, rate: float, seconds: float) -> dict:
     t.start()
     time.sleep(1.0)
     t0 = time.monotonic()
-    sent = demo.replay(settings, rate=rate, seconds=seconds)
+    sent = demo_replayer.replay(settings, rate=rate, seconds=seconds)
     elapsed = time.monotonic() - t0
     time.sleep(3.0)  # let the last batches commit
     stop.set()
@@ -112,7 +116,7 @@ def connectors(tmp: Path) -> dict:
     # files: 365 daily gzip CSV drops (336,776 rows)
     drops = tmp / "drops"
     s = settings.model_copy(update={"drops_url": str(drops)})
-    demo.deliver_drops(s, *_year())
+    demo_drops.deliver_drops(s, *_year())
     spec = parse_source({"name": "drops", "kind": "files", "url": f"{drops}/*.csv.gz",
                          "format": "csv", "table": "flights", "schema": None,
                          "sink": "landing"}, s)  # fmt: skip
@@ -121,7 +125,7 @@ def connectors(tmp: Path) -> dict:
     out["files"] = _rate(res.rows_loaded, secs, n, base)
     # http: the demo weather API (26,115 records), cursor pages of 2,000
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(demo.create_api(), port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(demo_api.create_api(), port=port, log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     time.sleep(2.0)
@@ -148,7 +152,7 @@ def connectors(tmp: Path) -> dict:
     server.should_exit = True
     # sql: SQLite planes x 100 (332,200 rows), 4 key ranges
     db = f"sqlite:///{tmp / 'big.sqlite'}"
-    demo.seed_dimensions(db)
+    demo_dimensions.seed_dimensions(db)
     eng = sa.create_engine(db)
     with eng.begin() as c:
         for _ in range(99):

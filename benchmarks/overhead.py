@@ -35,7 +35,7 @@ def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
     env = {**os.environ, "RIVERLAKE_LAKE_URL": lake_url, "RIVERLAKE_DASHBOARD_PORT": "0"}
     t0 = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-m", "riverlake.cli", "run", "flights", "--start", day, "--end", day],
+        [sys.executable, "-m", "riverlake.ops.cli", "run", "flights", "--start", day, "--end", day],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     wall = time.perf_counter() - t0
@@ -47,8 +47,10 @@ def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
 
 def baseline(lake_url: str) -> float:
     """The same day, no orchestration: pandas reads, types, deltalake writes, pandas aggregates."""
-    from analytics.flights import DAILY_KPI_SCHEMA, daily_kpis, prepare_flights, to_pandas
-    from riverlake import demo_data, lake
+    from riverlake.analytics.flights import DAILY_KPI_SCHEMA, daily_kpis, prepare_flights, to_pandas
+
+    from riverlake import lake
+    from riverlake.demo import data as demo_data
     from riverlake.settings import get_settings
 
     settings = get_settings(lake_url=lake_url)
@@ -84,7 +86,7 @@ def baseline(lake_url: str) -> float:
 
 
 def main() -> None:
-    from riverlake import stack
+    from riverlake.ops import stack
     from riverlake.settings import get_settings
 
     settings = get_settings()

@@ -32,9 +32,9 @@ from benchmarks.etl import CSV_TYPES, DATA, RESULTS, generate  # noqa: E402
 def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    from riverlake.analytics.contracts import split
+    from riverlake.analytics.flights import curate_flights, prepare_flights, to_curated_table
 
-    from analytics.contracts import split
-    from analytics.flights import curate_flights, prepare_flights, to_curated_table
     from riverlake import lake
 
     types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
@@ -51,8 +51,7 @@ def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
 def main() -> None:
     import pandas as pd
     from distributed import Client, LocalCluster
-
-    from analytics.flights import (
+    from riverlake.analytics.flights import (
         CURATED_SCHEMA,
         daily_kpis,
         daily_on_time,
@@ -60,7 +59,9 @@ def main() -> None:
         delay_by_weather,
         route_stats,
     )
-    from riverlake import demo_data, lake
+
+    from riverlake import lake
+    from riverlake.demo import data as demo_data
     from riverlake.settings import get_settings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,7 +90,8 @@ def main() -> None:
         results = client.gather(client.map(transform_file, files, uri=uri, dims=dims_f,
                                            settings=settings, pure=False))  # fmt: skip
         lake.commit(uri, [a for r in results for a in r["adds"]], CURATED_SCHEMA,
-                    ["year", "month"], app_id="bench:transform", settings=settings)  # fmt: skip
+                    partition_by=["year", "month"], batch=lake.Batch("bench:transform"),
+                    settings=settings)  # fmt: skip
         stages["transform"] = time.perf_counter() - t0
         # ~130 files of ~46k rows: compact to one file per month before the gold stage
         # (fewer, larger partitions cost far less scheduling on 2 cores).

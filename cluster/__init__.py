@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -100,24 +101,78 @@ def _k8s_memory(text: str) -> str:
     return f"{_memory_bytes(text) // 2**20}Mi"
 
 
-def owner_reference(settings: Settings) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Everything a cluster factory needs, resolved once at the edge (the CLI, a flow run's
+    start) by :func:`cluster_options` and passed down as plain values.
+
+    ``profile``: ``local``, ``kubernetes`` or a scheduler address. ``worker_profile``:
+    the Kubernetes worker size (:data:`WORKER_PROFILES`), from the pipeline declaration.
+    ``worker_env``: the environment every worker gets (its secrets only ever reach local
+    worker processes; a DaskCluster manifest gets secret references instead).
+    """
+
+    profile: str = "local"
+    workers: int = 2
+    threads_per_worker: int = 1
+    worker_memory: str = "4GiB"
+    processes: bool = False
+    dashboard_address: str = "127.0.0.1:8787"
+    worker_profile: str = "standard"
+    worker_env: tuple[tuple[str, str], ...] = ()
+    image: str = "ghcr.io/riverlake/riverlake:0.1.0"
+    namespace: str = "riverlake"
+    idle_timeout: int = 600
+    pod_name: str | None = None
+    pod_uid: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.worker_env)
+
+
+def cluster_options(
+    settings: Settings, *, profile: str | None = None, worker_profile: str | None = None
+) -> ClusterOptions:
+    """The cluster options of ``settings``; ``profile`` and ``worker_profile`` (a pipeline's
+    declared size) override the settings' own. The one place settings become options."""
+    prof = validate_profile(profile or settings.cluster)
+    size = worker_profile or settings.worker_profile
+    if size not in WORKER_PROFILES:
+        raise RiverlakeError(f"unknown worker profile {size!r}: use {', '.join(WORKER_PROFILES)}")
+    return ClusterOptions(
+        profile=prof,
+        workers=settings.workers,
+        threads_per_worker=settings.threads_per_worker,
+        worker_memory=settings.worker_memory,
+        processes=settings.local_processes,
+        dashboard_address=f"127.0.0.1:{settings.dashboard_port}",
+        worker_profile=size,
+        worker_env=tuple(sorted(settings.worker_env().items())),
+        image=settings.image,
+        namespace=settings.namespace,
+        idle_timeout=settings.idle_timeout,
+        pod_name=settings.pod_name,
+        pod_uid=settings.pod_uid,
+    )
+
+
+def owner_reference(pod_name: str | None, pod_uid: str | None) -> list[dict[str, Any]]:
     """The flow-run pod as the owner of its Dask cluster, from the downward API.
 
     The Prefect job template sets RIVERLAKE_POD_NAME and RIVERLAKE_POD_UID from the pod's
     metadata; when the run's pod goes away, Kubernetes' garbage collector deletes the
     DaskCluster (and the operator its pods). Outside a pod: no owner.
     """
-    if not (settings.pod_name and settings.pod_uid):
+    if not (pod_name and pod_uid):
         return []
-    pod = {"apiVersion": "v1", "kind": "Pod", "name": settings.pod_name, "uid": settings.pod_uid}
+    pod = {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}
     return [{**pod, "blockOwnerDeletion": False, "controller": False}]
 
 
-def make_dask_autoscaler_spec(
-    settings: Settings, cluster_name: str, profile: str | None = None
-) -> dict[str, Any]:
+def make_dask_autoscaler_spec(cluster_name: str, worker_profile: str) -> dict[str, Any]:
     """The DaskAutoscaler of a run's cluster: the profile's adaptive bounds (pure)."""
-    prof = WORKER_PROFILES[profile or settings.worker_profile]
+    prof = WORKER_PROFILES[worker_profile]
     return {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskAutoscaler",
@@ -126,39 +181,38 @@ def make_dask_autoscaler_spec(
     }
 
 
-def make_dask_cluster_spec(
-    settings: Settings, name: str | None = None, profile: str | None = None
-) -> dict[str, Any]:
-    """The DaskCluster manifest for ``settings`` (pure: no API server is contacted).
+#: Worker variables that are secrets: a manifest refers to a Secret, never holds them.
+SECRET_ENV = ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
 
-    Worker resources come from the pipeline's ``profile`` (see WORKER_PROFILES); the
+
+def make_dask_cluster_spec(options: ClusterOptions, name: str | None = None) -> dict[str, Any]:
+    """The DaskCluster manifest for ``options`` (pure: no API server is contacted).
+
+    Worker resources come from ``options.worker_profile`` (see WORKER_PROFILES); the
     flow-run pod owns the cluster (see :func:`owner_reference`).
     """
-    prof = WORKER_PROFILES[profile or settings.worker_profile]
-    template = yaml.safe_load(resources.files("cluster").joinpath("daskcluster.yaml").read_text())
+    prof = WORKER_PROFILES[options.worker_profile]
+    template = yaml.safe_load(
+        resources.files("riverlake.cluster").joinpath("daskcluster.yaml").read_text()
+    )
     spec = copy.deepcopy(template)
     name = name or f"riverlake-{uuid.uuid4().hex[:8]}"
     spec["metadata"]["name"] = name
-    if owners := owner_reference(settings):
+    if owners := owner_reference(options.pod_name, options.pod_uid):
         spec["metadata"]["ownerReferences"] = owners
-    spec["spec"]["idleTimeout"] = settings.idle_timeout
-    secret_keys = ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
-    env = [
-        {"name": k, "value": v}
-        for k, v in sorted(settings.worker_env().items())
-        if k not in secret_keys
-    ]
+    spec["spec"]["idleTimeout"] = options.idle_timeout
+    env = [{"name": k, "value": v} for k, v in options.worker_env if k not in SECRET_ENV]
     # Credentials never go into the manifest: in a cluster the pods get them from the
     # service account (IRSA) or from this Secret, when one exists.
     env += [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": "riverlake-s3", "key": key,
                                                      "optional": True}}}
-        for key in secret_keys
+        for key in SECRET_ENV
     ]  # fmt: skip
     worker = spec["spec"]["worker"]
     worker["replicas"] = prof["minimum"]
     wc = worker["spec"]["containers"][0]
-    wc["image"] = settings.image
+    wc["image"] = options.image
     wc["env"] = env
     wc["resources"] = {
         "requests": {"cpu": prof["cpu"], "memory": prof["memory"]},
@@ -168,70 +222,67 @@ def make_dask_cluster_spec(
     wc["args"][nthreads] = str(prof["threads"])
     sched = spec["spec"]["scheduler"]
     sc = sched["spec"]["containers"][0]
-    sc["image"] = settings.image
+    sc["image"] = options.image
     sc["env"] = env
     sched["service"]["selector"]["dask.org/cluster-name"] = name
     return spec
 
 
-def local_cluster(settings: Settings):
-    """A LocalCluster of ``settings.workers`` processes, each with the worker environment."""
+def local_cluster(options: ClusterOptions):
+    """A LocalCluster of ``options.workers`` workers (threads of this process, or processes
+    that get the worker environment)."""
     from distributed import LocalCluster
 
-    if not settings.local_processes:
+    if not options.processes:
         # Thread workers share this process, and so its environment and Prefect client.
         return LocalCluster(
-            n_workers=settings.workers,
-            threads_per_worker=settings.threads_per_worker,
+            n_workers=options.workers,
+            threads_per_worker=options.threads_per_worker,
             processes=False,
             protocol="tcp",
-            dashboard_address=f"127.0.0.1:{settings.dashboard_port}",
+            dashboard_address=options.dashboard_address,
             host="127.0.0.1",
         )
     return LocalCluster(
-        n_workers=settings.workers,
-        threads_per_worker=settings.threads_per_worker,
-        memory_limit=settings.worker_memory,
-        dashboard_address=f"127.0.0.1:{settings.dashboard_port}",
+        n_workers=options.workers,
+        threads_per_worker=options.threads_per_worker,
+        memory_limit=options.worker_memory,
+        dashboard_address=options.dashboard_address,
         host="127.0.0.1",
-        env=settings.worker_env(),
+        env=options.env,
     )
 
 
-def kubernetes_cluster(settings: Settings):
+def kubernetes_cluster(options: ClusterOptions):
     """A KubeCluster created by the dask-kubernetes operator from our DaskCluster spec."""
     from dask_kubernetes.operator import KubeCluster
     from distributed import Client
 
-    spec = make_dask_cluster_spec(settings)
+    spec = make_dask_cluster_spec(options)
     cluster = KubeCluster(
-        custom_cluster_spec=spec, namespace=settings.namespace, shutdown_on_close=True
+        custom_cluster_spec=spec, namespace=options.namespace, shutdown_on_close=True
     )
-    bounds = make_dask_autoscaler_spec(settings, spec["metadata"]["name"])["spec"]
+    bounds = make_dask_autoscaler_spec(spec["metadata"]["name"], options.worker_profile)["spec"]
     cluster.adapt(minimum=bounds["minimum"], maximum=bounds["maximum"])  # a DaskAutoscaler
     with Client(cluster) as client:
         check_versions(client)
     return cluster
 
 
-def get_cluster(profile: str | None = None, settings: Settings | None = None):
-    """The Dask cluster for ``profile`` (default: the settings' profile).
+def make_cluster(options: ClusterOptions):
+    """The Dask cluster for ``options.profile``: prefect-dask's ``cluster_class`` (called
+    with ``cluster_kwargs={"options": ...}``) and the notebooks' factory.
 
     For an address profile there is nothing to start: use :func:`distributed.Client`
     on the address; this function refuses it so callers make that choice explicitly.
     """
-    settings = settings or get_settings()
-    profile = validate_profile(profile or settings.cluster)
-    if profile == "local":
-        return local_cluster(settings)
-    if profile == "kubernetes":
-        return kubernetes_cluster(settings)
-    raise RiverlakeError(f"{profile} is a running scheduler: connect to it, do not start one")
-
-
-def make_cluster(profile: str = "local", **overrides: Any):
-    """Factory for prefect-dask's ``cluster_class``: settings overrides as keyword arguments."""
-    return get_cluster(profile, get_settings(**overrides))
+    if options.profile == "local":
+        return local_cluster(options)
+    if options.profile == "kubernetes":
+        return kubernetes_cluster(options)
+    raise RiverlakeError(
+        f"{options.profile} is a running scheduler: connect to it, do not start one"
+    )
 
 
 def connect(settings: Settings | None = None):
@@ -250,4 +301,4 @@ def connect(settings: Settings | None = None):
     shared = settings.home / "scheduler.json"
     if shared.exists():
         return Client(json.loads(shared.read_text())["address"])
-    return Client(local_cluster(settings))
+    return Client(local_cluster(cluster_options(settings)))

@@ -8,8 +8,8 @@ from riverlake.errors import RiverlakeError
 
 #: Pipeline name -> "module:flow object". Pipelines are imported only when run.
 PIPELINES = {
-    "flights": "flows.flights:flights_flow",
-    "flight_events": "flows.events:flight_events_flow",
+    "flights": "riverlake.flows.flights:flights_flow",
+    "flight_events": "riverlake.flows.events:flight_events_flow",
 }
 
 

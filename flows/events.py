@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from riverlake.flows.runner import export_storage_credentials
 
-from flows.runner import export_storage_credentials
-from riverlake import lake
+from riverlake import lake, pipelines
 from riverlake.settings import get_settings
-from riverlake.sources import spec as sources
 from riverlake.sources.stream import consume
 
 PIPELINE = "flight_events"
@@ -24,7 +23,7 @@ PIPELINE = "flight_events"
 @task(name="consume-stream", persist_result=False)
 def consume_stream(name: str, max_seconds: float, idle_s: float) -> dict[str, Any]:
     settings = get_settings()
-    stats = consume(sources.source(PIPELINE, name, settings), settings, max_seconds, idle_s)
+    stats = consume(pipelines.source(PIPELINE, name, settings), settings, max_seconds, idle_s)
     get_run_logger().info("%s: %s", name, stats.summary())
     return stats.summary()
 

@@ -22,13 +22,16 @@ import pyarrow.csv as pacsv
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 from prefect_dask import get_dask_client
-
-from analytics.contracts import FLIGHTS_CONTRACT, quality_report, split
-from analytics.flights import (
+from riverlake.analytics.contracts import FLIGHTS_CONTRACT, quality_report, split
+from riverlake.analytics.flights import (
     CURATED_SCHEMA,
+    CURATED_TABLE,
     DAILY_KPI_SCHEMA,
+    DAILY_TABLE,
     FLIGHTS_PARTITION_BY,
+    QUARANTINE_TABLE,
     STRING_COLUMNS,
+    YEARLY_TABLES,
     curate_flights,
     daily_kpis,
     daily_on_time,
@@ -39,13 +42,11 @@ from analytics.flights import (
     to_curated_table,
     type_strings,
 )
-from flows.runner import dask_task_runner, export_storage_credentials, verify_cluster
-from riverlake import lake
+from riverlake.flows.runner import export_storage_credentials, pipeline_task_runner, verify_cluster
+
+from riverlake import lake, pipelines
 from riverlake.settings import get_settings
-from riverlake.sources import demo
-from riverlake.sources import spec as sources
-from riverlake.sources.ingest import check_sources as reach_sources
-from riverlake.sources.ingest import ingest
+from riverlake.sources.ingest import ingest, reach_sources
 
 #: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
 BACKOFF = exponential_backoff(backoff_factor=2)
@@ -55,13 +56,8 @@ DROPS = "flight_drops"
 #: The batch sources that load the dimension tables (see flows/pipelines.yaml).
 DIMENSION_SOURCES = ("weather", "planes", "airports", "airlines")
 
-CURATED = "flights"
-GOLD = "carrier_origin_daily"
-QUARANTINE = "flights_quarantine"
-QUALITY = "quality_report"
-
 #: Rows that failed typing or the contract, with the check and the original record.
-QUARANTINE_SCHEMA = pa.schema(
+FLIGHTS_QUARANTINE_SCHEMA = pa.schema(
     [
         ("year", pa.int32()),
         ("month", pa.int32()),
@@ -109,7 +105,7 @@ def check_sources(names: list[str]) -> dict[str, int]:
     with one line."""
     verify_cluster()
     settings = get_settings()
-    return reach_sources([sources.source(PIPELINE, n, settings) for n in names], settings)
+    return reach_sources([pipelines.source(PIPELINE, n, settings) for n in names], settings)
 
 
 @task(name="extract-flights", persist_result=False)
@@ -117,10 +113,7 @@ def extract_flights(start: date, end: date) -> dict[str, Any]:
     """Ingest the new or changed daily drops into landing; their manifest is returned,
     to be committed with the curated table the landed files become."""
     settings = get_settings()
-    if sources.pipeline_options(PIPELINE).get("demo_drops"):
-        delivered = demo.deliver_drops(settings, start, end)
-        get_run_logger().info("demo upstream delivered %d daily drops", len(delivered))
-    spec = sources.source(PIPELINE, DROPS, settings)
+    spec = pipelines.source(PIPELINE, DROPS, settings)
     res = ingest(spec, settings, mapper=cluster_map, commit_state=False)
     months = sorted({tuple(int(x) for x in m.split("-")) for ms in res.info.values() for m in ms})
     get_run_logger().info("drops: %s", res.summary())
@@ -131,7 +124,7 @@ def extract_flights(start: date, end: date) -> dict[str, Any]:
 def ingest_source(name: str) -> dict[str, Any]:
     """Ingest one source into its table, its cursor advancing in the same commit."""
     settings = get_settings()
-    res = ingest(sources.source(PIPELINE, name, settings), settings, mapper=cluster_map)
+    res = ingest(pipelines.source(PIPELINE, name, settings), settings, mapper=cluster_map)
     get_run_logger().info("%s: %s", name, res.summary())
     return res.summary()
 
@@ -140,14 +133,14 @@ def month_files(year: int, month: int) -> dict[str, int]:
     """Landed daily files of one month: path -> size."""
     settings = get_settings()
     fs = lake.filesystem(settings)
-    root = lake.strip_scheme(lake.landing_uri("flights", settings))
+    root = lake.strip_scheme(lake.landing_uri(CURATED_TABLE, settings))
     return {
         p: int(info["size"])
         for p, info in fs.glob(_month_glob(root, year, month), detail=True).items()
     }
 
 
-def batch_id(files: dict[str, int]) -> str:
+def landed_batch_id(files: dict[str, int]) -> str:
     """A batch is named by the landed files it reads: same files, same batch."""
     h = hashlib.sha256()
     for path, size in sorted(files.items()):
@@ -191,10 +184,10 @@ def load_dimensions(settings) -> dict[str, pd.DataFrame]:
     """Weather, planes and airports from their lake tables (small: broadcast to each task)."""
     out = {}
     for name in ("weather", "planes", "airports"):
-        dt = lake.open_table(lake.table_uri(name, settings), settings)
-        if dt is None:
+        table = lake.table(name, settings)
+        if table is None:
             raise RuntimeError(f"dimension table {name!r} is missing; its source never loaded")
-        out[name] = dt.to_pyarrow_table().to_pandas().drop(columns=["id", "updated_at"])
+        out[name] = table.to_arrow().to_pandas().drop(columns=["id", "updated_at"])
     return out
 
 
@@ -231,7 +224,7 @@ def transform_month(year: int, month: int, files: list[str]) -> dict[str, Any]:
     if len(checked.bad):
         quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
     adds = lake.write_fragments(
-        to_curated_table(checked.good), lake.table_uri(CURATED, settings),
+        to_curated_table(checked.good), lake.table_uri(CURATED_TABLE, settings),
         FLIGHTS_PARTITION_BY, settings,
     )  # fmt: skip
     return {
@@ -271,30 +264,33 @@ def commit_flights(
             f"quarantined + {merged} merged"
         )
     # Quarantine partitions of the touched months are replaced, like the curated ones.
-    uri = lake.table_uri(QUARANTINE, settings)
+    uri = lake.table_uri(QUARANTINE_TABLE, settings)
     adds = []
     if quarantine is not None:
-        table = pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False)
+        table = pa.Table.from_pandas(
+            quarantine, schema=FLIGHTS_QUARANTINE_SCHEMA, preserve_index=False
+        )
         adds = lake.write_fragments(table, uri, FLIGHTS_PARTITION_BY, settings)
     lake.commit(
-        uri, adds, QUARANTINE_SCHEMA, FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
-        app_id=f"quarantine:{batch}", settings=settings,
-        replace_partitions=[{"year": y, "month": m} for y, m in months],
+        uri, adds, FLIGHTS_QUARANTINE_SCHEMA, partition_by=FLIGHTS_PARTITION_BY,
+        mode="overwrite_partitions", batch=lake.Batch(f"quarantine:{batch}"),
+        replace_partitions=[{"year": y, "month": m} for y, m in months], settings=settings,
     )  # fmt: skip
     report = []
     for (y, m), r in zip(months, results, strict=True):
         rep = quality_report(r["checked"], r["failures"], FLIGHTS_CONTRACT)
-        report.append(rep.assign(table=CURATED, year=y, month=m, batch=batch))
+        report.append(rep.assign(table=CURATED_TABLE, year=y, month=m, batch=batch))
     lake.write_table(
-        QUALITY, pd.concat(report, ignore_index=True)[QUALITY_SCHEMA.names],
+        lake.QUALITY_REPORT, pd.concat(report, ignore_index=True)[QUALITY_SCHEMA.names],
         schema=QUALITY_SCHEMA, app_id=f"quality:{batch}", settings=settings,
     )  # fmt: skip
     curated = lake.commit(
-        lake.table_uri(CURATED, settings),
+        lake.table_uri(CURATED_TABLE, settings),
         [a for r in results for a in r["adds"]],
-        CURATED_SCHEMA, FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
-        app_id=f"flights:{batch}", settings=settings,
-        state={DROPS: drops_state} if drops_state is not None else None,
+        CURATED_SCHEMA, partition_by=FLIGHTS_PARTITION_BY, mode="overwrite_partitions",
+        batch=lake.Batch(f"flights:{batch}",
+                         state={DROPS: drops_state} if drops_state is not None else None),
+        settings=settings,
     )  # fmt: skip
     return {
         "rows_in": rows_in,
@@ -324,18 +320,14 @@ def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
             "wind_speed", "precip"]  # fmt: skip
     with get_dask_client():
         flights = lake.read_table(
-            CURATED, columns=cols, filters=[("year", "in", years)], settings=settings
+            CURATED_TABLE, columns=cols, filters=[("year", "in", years)], settings=settings
         ).persist()
         monthly = flights[flights["month"].isin(sorted({m for _, m in months}))]
         kpis = daily_kpis(monthly)
         kpis = kpis[[(y, m) in touched for y, m in zip(kpis["year"], kpis["month"], strict=True)]]
-        yearly = {
-            "route_stats": route_stats(flights),
-            "delay_by_hour": delay_by_hour(flights),
-            "delay_by_weather": delay_by_weather(flights),
-            "daily_on_time": daily_on_time(flights),
-        }
-    writes = {GOLD: (kpis, FLIGHTS_PARTITION_BY, DAILY_KPI_SCHEMA)}
+        builders = (route_stats, delay_by_hour, delay_by_weather, daily_on_time)
+        yearly = {name: build(flights) for name, build in zip(YEARLY_TABLES, builders, strict=True)}
+    writes = {DAILY_TABLE: (kpis, FLIGHTS_PARTITION_BY, DAILY_KPI_SCHEMA)}
     writes |= {name: (frame, ["year"], None) for name, frame in yearly.items()}
 
     def write(name: str) -> int:
@@ -361,7 +353,7 @@ def _as_date(value: date | str) -> date:
 
 @flow(
     name="flights",
-    task_runner=dask_task_runner(),
+    task_runner=pipeline_task_runner(PIPELINE),  # the edge of a deployment's run
     log_prints=True,
     retries=1,
     retry_delay_seconds=30,
@@ -386,10 +378,9 @@ def flights_flow(
     files = {ym: month_files(*ym) for ym in months}
     landed = {p: s for f in files.values() for p, s in f.items()}
     # The batch: the landed files it reads and the drop manifest it commits.
-    landed["manifest:" + batch_id(drops["state"]["files"])] = 0
-    batch = batch_id(landed)
-    uri = lake.table_uri(CURATED, settings)
-    if lake.committed(uri, f"flights:{batch}"):
+    landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
+    batch = landed_batch_id(landed)
+    if lake.committed(CURATED_TABLE, f"flights:{batch}", settings):
         logger.info("batch %s is already committed; nothing to transform", batch)
         counts = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
                   "curated_skipped": True, "curated_version": None}  # fmt: skip

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from prefect_dask import DaskTaskRunner
+from riverlake.cluster import ClusterOptions, cluster_options, is_address, make_cluster
 
-from cluster import is_address, validate_profile
-from riverlake.settings import get_settings
+from riverlake import pipelines
+from riverlake.settings import Settings, get_settings
 
 
-def dask_task_runner(profile: str | None = None) -> DaskTaskRunner:
-    """A DaskTaskRunner that starts the profile's cluster for the run (or joins an address)."""
-    profile = validate_profile(profile or get_settings().cluster)
-    if is_address(profile):
-        return DaskTaskRunner(address=profile)
-    return DaskTaskRunner(cluster_class="cluster.make_cluster", cluster_kwargs={"profile": profile})
+def dask_task_runner(options: ClusterOptions) -> DaskTaskRunner:
+    """A DaskTaskRunner that starts the options' cluster for the run (or joins an address)."""
+    if is_address(options.profile):
+        return DaskTaskRunner(address=options.profile)
+    return DaskTaskRunner(cluster_class=make_cluster, cluster_kwargs={"options": options})
+
+
+def pipeline_task_runner(
+    pipeline: str, settings: Settings | None = None, profile: str | None = None
+) -> DaskTaskRunner:
+    """The task runner of a pipeline's runs: the settings' cluster (or ``profile``), sized by
+    the worker profile the pipeline declares. Settings are read here, once, at the edge."""
+    settings = settings or get_settings()
+    size = pipelines.pipeline(pipeline, settings).profile
+    return dask_task_runner(cluster_options(settings, profile=profile, worker_profile=size))
 
 
 def verify_cluster() -> None:
@@ -22,8 +32,7 @@ def verify_cluster() -> None:
     Called in a task (the task runner's client exists once a task has been submitted).
     """
     from prefect_dask import get_dask_client
-
-    from cluster import check_versions
+    from riverlake.cluster import check_versions
 
     with get_dask_client() as client:
         check_versions(client)

@@ -18,7 +18,7 @@ def __getattr__(name: str):
 
         return read_table
     if name == "connect":
-        from cluster import connect
+        from riverlake.cluster import connect
 
         return connect
     raise AttributeError(name)

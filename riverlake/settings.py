@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CREDENTIALS_FILE = "credentials.json"
+#: The library's logger: Prefect attaches its run-log handler to it (PREFECT_LOGGING_EXTRA_LOGGERS),
+#: so commits, skips and quarantines show in the Prefect UI beside the run's own logs.
+LIBRARY_LOGGER = "riverlake"
 
 
 class Settings(BaseSettings):
@@ -88,6 +91,11 @@ class Settings(BaseSettings):
         description="Where the daily flight CSV drops arrive (local path, s3:// or http://); "
         "defaults to <lake_url>/drops/flights.",
     )
+    pipelines_file: Path | None = Field(
+        None,
+        description="Pipeline declarations to use instead of the ones Riverlake ships "
+        "(riverlake/pipelines/pipelines.yaml, package data).",
+    )
     replay_rate: float = Field(
         20.0,
         ge=0,
@@ -122,8 +130,8 @@ class Settings(BaseSettings):
     namespace: str = Field("riverlake", description="Kubernetes namespace of the Dask clusters.")
     worker_profile: Literal["small", "standard", "large"] = Field(
         "standard",
-        description="Kubernetes worker resources and adaptive bounds (cluster.WORKER_PROFILES); "
-        "a pipeline's profile in flows/pipelines.yaml sets it for its runs.",
+        description="Kubernetes worker resources and adaptive bounds (cluster.WORKER_PROFILES) "
+        "of runs whose pipeline declares no profile (a declared profile wins).",
     )
     pod_name: str | None = Field(
         None, description="The flow-run pod's name (downward API); owns the run's DaskCluster."
@@ -193,6 +201,7 @@ class Settings(BaseSettings):
         """
         env = {
             "PREFECT_API_URL": str(self.prefect_api_url),
+            "PREFECT_LOGGING_EXTRA_LOGGERS": LIBRARY_LOGGER,
             "RIVERLAKE_LAKE_URL": self.lake_url,
             "RIVERLAKE_S3_REGION": self.s3_region,
             "RIVERLAKE_HOME": str(self.home.resolve()),

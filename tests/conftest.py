@@ -28,7 +28,7 @@ def need(condition: bool, reason: str) -> None:
 
 def _free_port_block(width: int = 14) -> int:
     """A port p such that p..p+width are all free (SeaweedFS uses s3_port+0..+13)."""
-    from riverlake.stack import free_port, port_free
+    from riverlake.ops.stack import free_port, port_free
 
     for _ in range(50):
         p = free_port()
@@ -40,7 +40,7 @@ def _free_port_block(width: int = 14) -> int:
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory) -> dict[str, str]:
     """Start the real local stack (Prefect server + SeaweedFS) once; stop it at the end."""
-    from riverlake import stack
+    from riverlake.ops import stack
     from riverlake.settings import get_settings
 
     home = tmp_path_factory.mktemp("riverlake-home")
@@ -76,7 +76,7 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
 def riverlake_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
     """Run the real `riverlake` command in a subprocess, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "riverlake.cli", *args],
+        [sys.executable, "-m", "riverlake.ops.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

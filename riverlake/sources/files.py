@@ -23,13 +23,13 @@ import pyarrow.parquet as pq
 
 from riverlake import lake
 from riverlake.settings import Settings
-from riverlake.sources.ingest import Bad, SourceError, UnitOut, one_line
+from riverlake.sources.base import Bad, SourceError, UnitOut, one_line
 from riverlake.sources.spec import FileSource
 
 _CODECS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
-def filesystem(url: str, settings: Settings) -> fsspec.AbstractFileSystem:
+def source_filesystem(url: str, settings: Settings) -> fsspec.AbstractFileSystem:
     """The filesystem of ``url``; S3 uses the lake's endpoint and credentials."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol == "s3":
@@ -53,7 +53,7 @@ def _tag(info: dict[str, Any]) -> str:
 
 def listing(spec: FileSource, settings: Settings) -> dict[str, tuple[int, str]]:
     """Every file the source's glob matches: path -> (size, etag or mtime)."""
-    fs = filesystem(spec.url, settings)
+    fs = source_filesystem(spec.url, settings)
     try:
         fs.invalidate_cache()
         found = fs.glob(spec.url, detail=True)
@@ -133,7 +133,7 @@ def decode(spec: FileSource, path: str, blob: bytes) -> pa.Table:
 def read(spec: FileSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
     path = unit["path"]
     try:
-        blob = filesystem(spec.url, settings).cat_file(path)
+        blob = source_filesystem(spec.url, settings).cat_file(path)
     except Exception as e:
         raise SourceError(f"source {spec.name!r}: cannot read {path}: {one_line(e)}") from e
     try:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from riverlake.settings import Settings
-from riverlake.sources.ingest import Bad, SourceError, UnitOut, one_line, records_to_table
+from riverlake.sources.base import Bad, SourceError, UnitOut, one_line, records_to_table
 from riverlake.sources.spec import HttpSource
 
 RETRY_STATUS = {429, 500, 502, 503, 504}

@@ -20,12 +20,11 @@ its commit is recognised (Delta application transaction) if it had landed.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -34,46 +33,10 @@ import pyarrow as pa
 from riverlake import lake
 from riverlake.errors import RiverlakeError
 from riverlake.settings import Settings, get_settings
+from riverlake.sources import files, http, sql, stream
+from riverlake.sources.base import Mapper, UnitOut, batch_id, conform, quarantine
 
-QUARANTINE = "source_quarantine"
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("unit", pa.string()),
-        ("reason", pa.string()),
-        ("original", pa.binary()),
-        ("batch", pa.string()),
-        ("quarantined_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
-
-
-class SourceError(RiverlakeError):
-    """A source cannot be read at all (unreachable, credentials refused): the run fails."""
-
-
-@dataclass
-class Bad:
-    """One quarantined thing: a file, a page, a record or a message, as it arrived."""
-
-    unit: str
-    reason: str
-    original: bytes
-
-
-@dataclass
-class UnitOut:
-    """What reading one unit gave: rows, quarantined things, and the unit's state."""
-
-    table: pa.Table | None = None
-    bad: list[Bad] = field(default_factory=list)
-    rows_in: int = 0
-    state: Any = None
-    adds: list[dict[str, Any]] = field(default_factory=list)
-    rows_loaded: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,64 +72,6 @@ def thread_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-def batch_id(source: str, state: Any, units: Sequence[Any]) -> str:
-    h = hashlib.sha256(
-        json.dumps([source, state, list(units)], sort_keys=True, default=str).encode()
-    )
-    return h.hexdigest()[:16]
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
-# --------------------------------------------------------------------------- typing rows
-
-
-def conform(table: pa.Table, schema: pa.Schema | None, unit: str) -> tuple[pa.Table, list[Bad]]:
-    """Cast ``table`` to ``schema``; the rows that do not cast are quarantined, one by one."""
-    if schema is None:
-        return table, []
-    try:
-        return table.select(schema.names).cast(schema), []
-    except KeyError:  # a declared column is missing: every row is quarantined, whole
-        rows = table.to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        rows = table.select(schema.names).to_pylist()
-    return records_to_table(rows, schema, unit)
-
-
-def records_to_table(
-    records: Sequence[dict[str, Any]], schema: pa.Schema | None, unit: str
-) -> tuple[pa.Table, list[Bad]]:
-    """JSON-like records as a table of ``schema``; records that do not fit are quarantined.
-
-    A record that lacks a declared field does not fit (it is never loaded with a null).
-    """
-    if schema is None:
-        return pa.Table.from_pylist(list(records)), []
-    names = schema.names
-    if all(n in rec for rec in records for n in names):
-        try:
-            return pa.Table.from_pylist(list(records), schema=schema), []
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            pass
-    good, bad = [], []
-    for rec in records:
-        missing = [n for n in names if n not in rec]
-        if missing:
-            reason = f"missing field {missing[0]!r}"
-        else:
-            try:
-                good.append(pa.Table.from_pylist([rec]).select(names).cast(schema))
-                continue
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-                reason = one_line(e)
-        bad.append(Bad(unit, reason, json.dumps(rec, default=str).encode()))
-    return (pa.concat_tables(good) if good else schema.empty_table()), bad
-
-
 def _run_unit(connector, spec, settings: Settings, unit: Any) -> UnitOut:
     """Read one unit on a worker; type its rows; write them unless the sink merges."""
     out = connector.read(spec, settings, unit)
@@ -188,42 +93,22 @@ def _unit_name(unit: Any) -> str:
     return str(unit)
 
 
-def quarantine(source: str, bad: Sequence[Bad], batch: str, settings: Settings) -> int:
-    """Merge quarantined things into the quarantine table (idempotent on source+unit+original)."""
-    if not bad:
-        return 0
-    now = datetime.now(UTC)
-    rows = {}
-    for b in bad:
-        key = f"{b.unit}#{hashlib.sha256(b.original).hexdigest()[:12]}"
-        rows[key] = {"source": source, "unit": key, "reason": b.reason, "original": b.original,
-                     "batch": batch, "quarantined_at": now}  # fmt: skip
-    table = pa.Table.from_pylist(list(rows.values()), schema=QUARANTINE_SCHEMA)
-    lake.merge_table(QUARANTINE, table, ["source", "unit"], partition_by=["source"],
-                     settings=settings)  # fmt: skip
-    return len(bad)
-
-
 # --------------------------------------------------------------------------- the run
 
 
 def connector_for(kind: str):
-    from riverlake.sources import files, http, sql
-
     connectors = {"files": files, "http": http, "sql": sql}
     if kind not in connectors:
         raise RiverlakeError(f"source kind {kind!r} is not batch-ingestible (streams: consume())")
     return connectors[kind]
 
 
-def check_sources(specs, settings: Settings) -> dict[str, int]:
+def reach_sources(specs, settings: Settings) -> dict[str, int]:
     """Reach every source before anything is written: plan each batch source (files
     listed, the API probed, the SQL table counted) and connect to each stream. An
     unreachable source or refused credentials raise SourceError naming it; the result
     is the number of units each batch source would read now."""
     import asyncio
-
-    from riverlake.sources import stream
 
     out = {}
     for spec in specs:
@@ -235,9 +120,8 @@ def check_sources(specs, settings: Settings) -> dict[str, int]:
 
             asyncio.run(probe())
             continue
-        uri = lake.table_uri(spec.table, settings)
-        out[spec.name] = len(connector_for(spec.kind).plan(spec, lake.read_state(uri, spec.name),
-                                                            settings))  # fmt: skip
+        state = lake.read_state(spec.table, spec.name, settings)
+        out[spec.name] = len(connector_for(spec.kind).plan(spec, state, settings))
     return out
 
 
@@ -255,16 +139,17 @@ def ingest(
     settings = settings or get_settings()
     conn = connector_for(spec.kind)
     uri = lake.table_uri(spec.table, settings)
-    dt = lake.open_table(uri, settings)
-    state = lake.read_state(uri, spec.name, table=dt)
+    table = lake.table(spec.table, settings)
+    state = None if table is None else table.state(spec.name)
     units = conn.plan(spec, state, settings)
     if not units:
+        log.info("source %s: nothing new", spec.name)
         return IngestResult(spec.name, spec.table, None, skipped=True, state=state)
     batch = batch_id(spec.name, state, units)
     app_id = f"{spec.name}:{batch}"
-    if dt is not None and dt.transaction_version(app_id) is not None:
+    if table is not None and table.batch_version(app_id) is not None:
         return IngestResult(spec.name, spec.table, batch, skipped=True, state=state,
-                            version=dt.version())  # fmt: skip
+                            version=table.version)  # fmt: skip
     outs: list[UnitOut] = mapper(partial(_run_unit, conn, spec, settings), units)
     new_state = conn.next_state(spec, state, units, outs)
     bad = [b for o in outs for b in o.bad]
@@ -278,6 +163,7 @@ def ingest(
     loaded = sum(o.rows_loaded for o in outs)
     quarantine(spec.name, bad, batch, settings)
     tables = [o.table for o in outs if o.table is not None and o.table.num_rows]
+    commit_batch = lake.Batch(app_id, state={spec.name: new_state})
     schema = spec.arrow_schema()
     if getattr(spec, "sink", "table") == "landing":
         res.rows_loaded = loaded
@@ -292,17 +178,17 @@ def ingest(
                                  app_id=app_id, settings=settings,
                                  state={spec.name: new_state})  # fmt: skip
         else:
-            c = lake.commit(uri, [], schema or pa.schema([]), spec.partition_by, app_id=app_id,
-                            settings=settings, state={spec.name: new_state})  # fmt: skip
+            c = lake.commit(uri, [], schema or pa.schema([]), partition_by=spec.partition_by,
+                            batch=commit_batch, settings=settings)  # fmt: skip
         res.version, res.skipped = c.version, c.skipped
     else:
         adds = [a for o in outs for a in o.adds]
         res.rows_loaded = loaded
         if commit_state:
-            c = lake.commit(uri, adds, schema, spec.partition_by,
-                            app_id=app_id, settings=settings,
-                            state={spec.name: new_state})  # fmt: skip
+            c = lake.commit(uri, adds, schema, partition_by=spec.partition_by,
+                            batch=commit_batch, settings=settings)  # fmt: skip
             res.version, res.skipped = c.version, c.skipped
+    log.info("source %s: %s", spec.name, res.summary())
     if res.rows_in != res.rows_loaded + res.rows_quarantined + res.rows_deduplicated:
         raise RiverlakeError(
             f"source {spec.name!r}: row accounting broken: {res.rows_in} in != "

@@ -1,26 +1,22 @@
 """Source specs: each source is configured in the pipeline definition, not in code.
 
-``flows/pipelines.yaml`` declares every pipeline's sources. A spec is plain data
-(validated by pydantic); ``{placeholders}`` in strings are filled from the settings
-(``{drops_url}``, ``{api_url}``, ``{sql_url}``, ``{nats_url}``) and ``${env:NAME}`` from
-the environment, so secrets never sit in the file.
+The pipeline declarations (:mod:`riverlake.pipelines`) list every pipeline's sources.
+A spec is plain data (validated by pydantic); ``{placeholders}`` in strings are filled
+from the settings (``{drops_url}``, ``{api_url}``, ``{sql_url}``, ``{nats_url}``) and
+``${env:NAME}`` from the environment, so secrets never sit in the file.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from riverlake.errors import RiverlakeError
 from riverlake.settings import Settings
-
-PIPELINES_FILE = Path(__file__).resolve().parents[2] / "flows" / "pipelines.yaml"
 
 #: Column types a spec may name, as Arrow types.
 TYPES: dict[str, pa.DataType] = {
@@ -213,26 +209,3 @@ def parse_source(raw: dict[str, Any], settings: Settings) -> SourceSpec:
         first = str(e).splitlines()
         detail = " ".join(line.strip() for line in first[1:3])
         raise RiverlakeError(f"source {raw.get('name', '?')!r} is misconfigured: {detail}") from e
-
-
-def pipeline_sources(
-    pipeline: str, settings: Settings, path: Path = PIPELINES_FILE
-) -> list[SourceSpec]:
-    """The sources declared for ``pipeline`` in the pipeline definition file."""
-    doc = yaml.safe_load(path.read_text()) or {}
-    if pipeline not in doc:
-        raise RiverlakeError(f"pipeline {pipeline!r} has no entry in {path.name}")
-    return [parse_source(s, settings) for s in doc[pipeline].get("sources", [])]
-
-
-def pipeline_options(pipeline: str, path: Path = PIPELINES_FILE) -> dict[str, Any]:
-    """The pipeline's options besides its sources (e.g. ``demo_drops``)."""
-    doc = yaml.safe_load(path.read_text()) or {}
-    return {k: v for k, v in doc.get(pipeline, {}).items() if k != "sources"}
-
-
-def source(pipeline: str, name: str, settings: Settings) -> SourceSpec:
-    for s in pipeline_sources(pipeline, settings):
-        if s.name == name:
-            return s
-    raise RiverlakeError(f"pipeline {pipeline!r} has no source {name!r}")

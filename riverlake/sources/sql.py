@@ -18,7 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from riverlake.settings import Settings
-from riverlake.sources.ingest import SourceError, UnitOut, one_line
+from riverlake.sources.base import SourceError, UnitOut, one_line
 from riverlake.sources.spec import SqlSource
 
 

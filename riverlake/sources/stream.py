@@ -33,7 +33,7 @@ from typing import Any
 
 from riverlake import lake
 from riverlake.settings import Settings
-from riverlake.sources.ingest import (
+from riverlake.sources.base import (
     Bad,
     SourceError,
     batch_id,
@@ -147,7 +147,7 @@ class Consumer:
         self.nc = await connect(self.spec)
         self.js = self.nc.jetstream()
         await ensure_stream(self.js, self.spec)
-        self.dt = lake.open_table(self.uri, self.settings)
+        self.dt = lake.table(self.spec.table, self.settings)
         # The lake, not the broker, holds the position: the durable consumer is re-created
         # to start right after the last committed sequence, so messages a killed consumer
         # had fetched but not committed come again at once, in order.
@@ -172,7 +172,7 @@ class Consumer:
     def committed_seq(self) -> int:
         if self.dt is None:
             return 0
-        return self.dt.transaction_version(app_id(self.spec)) or 0
+        return self.dt.batch_version(app_id(self.spec)) or 0
 
     async def batch(self) -> int:
         """Fetch, commit and acknowledge one micro-batch; the number of messages fetched."""
@@ -190,7 +190,7 @@ class Consumer:
         if not msgs:
             return 0
         if self.dt is not None:
-            self.dt.update_incremental()  # another consumer may have committed meanwhile
+            self.dt.refresh()  # another consumer may have committed meanwhile
         done = self.committed_seq()
         fresh = [m for m in msgs if m.metadata.sequence.stream > done]
         self.stats.redelivered_skipped += len(msgs) - len(fresh)
@@ -216,15 +216,15 @@ class Consumer:
         quarantine(spec.name, bad, batch, self.settings)
         adds = lake.write_fragments(table, self.uri, spec.partition_by, self.settings)
         res = lake.commit(
-            self.uri, adds, self.schema, spec.partition_by, app_id=app_id(spec),
-            app_version=last, settings=self.settings, state={spec.name: {"stream_seq": last}},
-            table=self.dt,
+            self.uri, adds, self.schema, partition_by=spec.partition_by,
+            batch=lake.Batch(app_id(spec), version=last, state={spec.name: {"stream_seq": last}}),
+            table=self.dt, settings=self.settings,
         )  # fmt: skip
         if res.skipped:  # a concurrent consumer committed past us: acknowledging would lose
             raise SourceError(f"source {spec.name!r}: batch {first}-{last} raced another "
                               f"consumer of {self.durable}; nothing acknowledged")  # fmt: skip
         if self.dt is None:  # the first commit created the table
-            self.dt = lake.open_table(self.uri, self.settings)
+            self.dt = lake.table(spec.table, self.settings)
         # (an open table is brought up to date at the start of the next batch)
         now = time.time()
         st.batches += 1

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from riverlake import demo_data
-from riverlake.stack import free_port
+from riverlake.demo import data as demo_data
+from riverlake.ops.stack import free_port
 from tests.conftest import ROOT, need, riverlake_cli
 
 pytestmark = pytest.mark.browser
@@ -45,7 +45,7 @@ def served(stack_env):
     log = open(ARTIFACTS.parent / "test-artifacts-serve.log", "wb")  # noqa: SIM115
     # The server's log goes to a file: an unread pipe would fill and stall the server.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "riverlake.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "riverlake.ops.cli", "serve", "--port", str(port)],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from riverlake.stack import free_port
+from riverlake.ops.stack import free_port
 from tests.browser.oidc_idp import create_idp
 from tests.browser.test_apps import ARGS, ARTIFACTS, CHROMIUM
 from tests.conftest import ROOT, need
@@ -62,7 +62,7 @@ def apps_with_oidc(idp, tmp_path):
             "USER_URL": f"{issuer}/userinfo"}),
     }  # fmt: skip
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "riverlake.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "riverlake.ops.cli", "serve", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

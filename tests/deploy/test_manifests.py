@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-import cluster
+from riverlake import cluster
 from riverlake.settings import get_settings
 from tests.conftest import ROOT
 from tests.deploy.conftest import KUSTOMIZE, checkov, render
@@ -131,7 +131,7 @@ def test_monitoring_objects_select_what_exists(base):
     assert sm["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
     pm = objs[("PodMonitor", "riverlake-dask")]["spec"]
-    spec = cluster.make_dask_cluster_spec(get_settings(), name="x")
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="x")
     ports = {p["name"] for r in ("worker", "scheduler")
              for p in spec["spec"][r]["spec"]["containers"][0]["ports"]}  # fmt: skip
     assert pm["podMetricsEndpoints"][0]["port"] in ports
@@ -157,13 +157,13 @@ def test_the_flow_run_job_template_owns_its_dask_cluster_through_the_downward_ap
     ]})  # fmt: skip
     # The env the pod gets is what cluster.owner_reference reads:
     settings = get_settings(pod_name="flights-x", pod_uid="u-1")
-    spec = cluster.make_dask_cluster_spec(settings, name="x")
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(settings), name="x")
     jsonschema.validate(spec, crd_schema("daskcluster"))
     assert spec["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
 def test_dask_pods_run_restricted_in_the_namespace():
-    spec = cluster.make_dask_cluster_spec(get_settings(), name="x")
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="x")
     for role in ("worker", "scheduler"):
         _restricted(role, spec["spec"][role]["spec"])
     worker = spec["spec"]["worker"]["spec"]

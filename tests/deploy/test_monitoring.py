@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from riverlake import lake
+from riverlake.ops.stack import free_port
 from riverlake.settings import get_settings
-from riverlake.sources.ingest import Bad, quarantine
-from riverlake.stack import free_port
+from riverlake.sources.base import Bad, quarantine
 from tests.conftest import ROOT
 from tests.deploy.conftest import tool
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from riverlake.stack import free_port
+from riverlake.ops.stack import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def test_basic_auth_guards_the_apps(stack_env, tmp_path):
     env = {**os.environ, "RIVERLAKE_APP_AUTH": "basic", "RIVERLAKE_APP_PASSWORD": "correct-horse", "RIVERLAKE_APP_USER": "me",
            "RIVERLAKE_COOKIE_SECRET": "x" * 40, "RIVERLAKE_LAKE_URL": "s3://riverlake-test/auth"}  # fmt: skip
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "riverlake.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "riverlake.ops.cli", "serve", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from riverlake import demo_data, lake
+from riverlake import lake
+from riverlake.demo import data as demo_data
 from riverlake.settings import get_settings
 from tests.conftest import riverlake_cli
 

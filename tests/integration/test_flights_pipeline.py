@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riverlake import demo_data, lake
+from riverlake import lake
+from riverlake.demo import data as demo_data
 from riverlake.settings import get_settings
 from tests.conftest import riverlake_cli
 
@@ -75,12 +76,12 @@ def test_gold_matches_independent_pandas(first_run):
 
 
 def test_rerun_is_a_noop(first_run):
-    before = lake.open_table(lake.table_uri("flights", get_settings())).version()
+    before = lake.table_version("flights", get_settings())
     res = riverlake_cli("run", "flights", "--start", START, "--end", END)
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
     assert again["batch"] == first_run["batch"] and again["curated_skipped"] is True
-    assert lake.open_table(lake.table_uri("flights", get_settings())).version() == before
+    assert lake.table_version("flights", get_settings()) == before
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
 
 

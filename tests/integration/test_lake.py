@@ -49,14 +49,12 @@ def stored_files(name: str) -> set[str]:
 
 def live_files(name: str) -> set[str]:
     s = get_settings()
-    dt = lake.open_table(lake.table_uri(name, s), s)
     root = lake.strip_scheme(lake.table_uri(name, s))
-    return {f"{root}/{f['path']}" for f in lake.current_files(dt)}
+    return {f"{root}/{f['path']}" for f in lake.table(name, s).files()}
 
 
 def version(name: str) -> int | None:
-    dt = lake.open_table(lake.table_uri(name, get_settings()))
-    return None if dt is None else dt.version()
+    return lake.table_version(name, get_settings())
 
 
 def run_script(code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -103,8 +101,9 @@ def test_dask_frame_written_in_parallel_then_one_commit(name):
             app_id="test:b1",
         )  # fmt: skip
     assert (r.version, r.rows, r.files_added) == (0, 300, 3)
-    dt = lake.open_table(lake.table_uri(name, get_settings()))
-    assert len(dt.history()) == 1  # one commit for all the workers' files
+    assert (
+        len(lake.table(name, get_settings()).history()) == 1
+    )  # one commit for all the workers' files
     got = lake.read_pandas(name).sort_values("k").reset_index(drop=True)
     pd.testing.assert_frame_equal(got[df.columns], df, check_dtype=False)
 

@@ -23,11 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from riverlake import lake
+from riverlake.demo import api as demo_api
+from riverlake.demo import dimensions as demo_dimensions
+from riverlake.ops.stack import free_port
 from riverlake.settings import get_settings
-from riverlake.sources import demo, ingest
+from riverlake.sources import ingest
 from riverlake.sources.ingest import SourceError
 from riverlake.sources.spec import parse_source
-from riverlake.stack import free_port
 from tests.conftest import ROOT, need
 
 pytestmark = pytest.mark.integration
@@ -41,14 +43,14 @@ def local(tmp_path, **kw):
 
 
 def quarantined(settings, source: str) -> list[dict]:
-    dt = lake.open_table(lake.table_uri(ingest.QUARANTINE, settings), settings)
-    if dt is None:
+    t = lake.table(lake.SOURCE_QUARANTINE, settings)
+    if t is None:
         return []
-    return [r for r in dt.to_pyarrow_table().to_pylist() if r["source"] == source]
+    return [r for r in t.to_arrow().to_pylist() if r["source"] == source]
 
 
 def rows(settings, table: str) -> list[dict]:
-    return lake.open_table(lake.table_uri(table, settings), settings).to_pyarrow_table().to_pylist()
+    return lake.table(table, settings).to_arrow().to_pylist()
 
 
 def _csv(ids) -> bytes:
@@ -132,7 +134,7 @@ def test_files_rerun_reads_only_new_or_changed_files(tmp_path, drop_dir):
     (drop_dir / "a.csv").write_bytes(_csv(range(0, 11)))  # changed (size and mtime)
     third = ingest.ingest(spec, s)
     assert third.units == 2 and third.rows_loaded == 14
-    state = lake.read_state(lake.table_uri("csvs", s), "csvs", s)
+    state = lake.read_state("csvs", "csvs", s)
     assert state["files"][str(drop_dir / "d.csv")][0] == len(_csv(range(30, 33)))
     assert first.version < third.version
     assert len(quarantined(s, "csvs")) == 3  # the bad files were not quarantined twice
@@ -163,7 +165,7 @@ def test_files_on_s3_and_an_unreachable_store(stack_env, tmp_path):
     spec = files_spec(s, "s3://riverlake-test/incoming/*.csv.gz", "csv", "s3files")
     res = ingest.ingest(spec, s)
     assert (res.units, res.rows_loaded) == (4, 20)
-    state = lake.read_state(lake.table_uri("s3files", s), "s3files", s)
+    state = lake.read_state("s3files", "s3files", s)
     assert all(tag for _, tag in state["files"].values())  # S3 etags in the manifest
     dead = get_settings(lake_url="s3://riverlake-test/files-lake",
                         s3_endpoint=f"http://127.0.0.1:{free_port()}")  # fmt: skip
@@ -192,7 +194,7 @@ class Api:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(demo.create_api(**kw), port=self.port, log_level="warning")
+        cfg = uvicorn.Config(demo_api.create_api(**kw), port=self.port, log_level="warning")
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -226,7 +228,7 @@ def test_http_cursor_pagination_then_incremental_updates(tmp_path, api):
     s = local(tmp_path)
     spec = weather_spec(s, f"{api.url}/weather")
     first = ingest.ingest(spec, s)
-    n = len(demo.weather_records())
+    n = len(demo_api.weather_records())
     assert first.rows_loaded == n == 26115
     assert ingest.ingest(spec, s).skipped
     touched = [httpx.post(f"{api.url}/weather/{i}/touch").json() for i in (5, 77)]
@@ -235,7 +237,7 @@ def test_http_cursor_pagination_then_incremental_updates(tmp_path, api):
     got = {r["id"]: r for r in rows(s, "weather")}
     assert len(got) == n
     assert [got[t["id"]]["temp"] for t in touched] == [t["temp"] for t in touched]
-    state = lake.read_state(lake.table_uri("weather", s), "weather", s)
+    state = lake.read_state("weather", "weather", s)
     assert state["cursor"] == max(t["updated_at"] for t in touched)
 
 
@@ -287,7 +289,7 @@ def test_http_wrong_credentials_fail_in_one_line_and_commit_nothing(tmp_path, ap
     assert str(e.value) == (
         f"source 'weather': {api.url}/weather refused the credentials (HTTP 401)"
     )
-    assert lake.open_table(lake.table_uri("weather", s), s) is None
+    assert lake.table("weather", s) is None
     monkeypatch.setenv("WEATHER_TOKEN", "s3cret")
     assert ingest.ingest(spec, s).rows_loaded == 26115
 
@@ -315,7 +317,7 @@ def _sql_roundtrip(tmp_path, url: str):
     import sqlalchemy as sa
 
     s = local(tmp_path)
-    demo.seed_dimensions(url)
+    demo_dimensions.seed_dimensions(url)
     spec = planes_spec(s, url)
     first = ingest.ingest(spec, s)
     assert (first.units, first.rows_loaded) == (4, 3322)
@@ -368,7 +370,7 @@ def test_sql_bad_credentials_and_unreachable_fail_in_one_line(tmp_path, pg_url):
     with pytest.raises(SourceError) as e:
         ingest.ingest(planes_spec(s, dead), s)
     assert "\n" not in str(e.value) and "planes" in str(e.value)
-    assert lake.open_table(lake.table_uri("planes", s), s) is None
+    assert lake.table("planes", s) is None
 
 
 # ----------------------------------------------------------------------------------- stream
@@ -534,8 +536,7 @@ def test_files_ingest_killed_at_any_point_resumes_exactly_once(tmp_path):
     ids = [r["id"] for r in rows(s, "many")]
     assert len(ids) == len(set(ids)) == n_files * 50
     assert len(quarantined(s, "many")) == 1
-    dt = lake.open_table(lake.table_uri("many", s), s)
-    live = {f["path"] for f in lake.current_files(dt)}
+    live = {f["path"] for f in lake.table("many", s).files()}
     orphans = [f for f in on_disk if f.name not in {p.rsplit("/", 1)[-1] for p in live}]
     assert on_disk and orphans  # the killed runs did write files, which never became visible
     again = ingest.ingest(files_spec(s, f"{d}/*.csv.gz", "csv", "many"), s)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riverlake import demo_data, lake
+from riverlake import lake
+from riverlake.demo import data as demo_data
 from riverlake.settings import get_settings
 from tests.conftest import riverlake_cli
 
@@ -153,13 +154,14 @@ def test_drops_bad_files_are_quarantined_and_late_drops_update(bad_run):
     r = bad_run["second"]
     assert r["drops"] == {"units": 2, "rows_in": 2, "rows_loaded": 1, "rows_quarantined": 1}
     settings = get_settings(lake_url=BAD)
-    q = lake.open_table(lake.table_uri("source_quarantine", settings), settings)
-    q = q.to_pyarrow_table().to_pandas()  # binary originals: straight from Arrow
+    q = (
+        lake.table(lake.SOURCE_QUARANTINE, settings).to_arrow().to_pandas()
+    )  # binary originals: straight from Arrow
     (broken,) = q[q["source"] == "flight_drops"].itertuples()
     assert broken.unit.split("#")[0].endswith("flights-2013-06-01.update-2.csv.gz")
     assert broken.reason.startswith("unreadable csv file: corrupt gzip data")
     assert broken.original == b"\x1f\x8b\x08\x00broken"
-    state = lake.read_state(lake.table_uri("flights", settings), "flight_drops", settings)
+    state = lake.read_state("flights", "flight_drops", settings)
     assert len(state["files"]) == 3  # the day, the late update and the broken drop
 
 

@@ -21,15 +21,15 @@ LAKE = "s3://riverlake-test/watch"
 
 
 def _rows(name: str, settings) -> list[dict]:
-    dt = lake.open_table(lake.table_uri(name, settings), settings)
-    return [] if dt is None else dt.to_pyarrow_table().to_pylist()
+    t = lake.table(name, settings)
+    return [] if t is None else t.to_arrow().to_pylist()
 
 
 def test_watch_keeps_the_lake_current_until_ctrl_c(stack_env):
     settings = get_settings(lake_url=LAKE)
     env = {**os.environ, "RIVERLAKE_LAKE_URL": LAKE}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "riverlake.cli", "run", "flights", "--watch", "--interval", "3",
+        [sys.executable, "-m", "riverlake.ops.cli", "run", "flights", "--watch", "--interval", "3",
          "--start", "2013-01-01", "--end", "2013-01-01"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -8,8 +8,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
-
-from analytics.flights import (
+from riverlake.analytics.flights import (
     FLIGHTS_SCHEMA,
     SOURCE_COLUMNS,
     by_carrier,
@@ -80,7 +79,7 @@ def test_daily_kpis_match_row_by_row(engine):
 
 
 def test_daily_kpis_dask_equals_pandas_on_real_month():
-    from riverlake import demo_data
+    from riverlake.demo import data as demo_data
 
     raw = demo_data.load("flights")
     jan = to_pandas(prepare_flights(raw[raw["month"] == 1]))
@@ -109,8 +108,9 @@ def test_rollups_reaggregate_exactly():
 
 
 def test_monthly_partials_combine_to_the_pandas_answer():
-    from analytics.flights import combine_monthly, monthly_partials
-    from riverlake import demo_data
+    from riverlake.analytics.flights import combine_monthly, monthly_partials
+
+    from riverlake.demo import data as demo_data
 
     raw = demo_data.load("flights")
     q1 = raw[raw["month"] <= 3]

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from dask.dataframe.utils import assert_eq
-
-from analytics import analysis
-from analytics.contracts import FLIGHTS_CONTRACT, contract_checks, quality_report, split
-from analytics.flights import (
+from riverlake.analytics import analysis
+from riverlake.analytics.contracts import FLIGHTS_CONTRACT, contract_checks, quality_report, split
+from riverlake.analytics.flights import (
     CURATED_SCHEMA,
     SOURCE_COLUMNS,
     add_times,
@@ -28,7 +27,8 @@ from analytics.flights import (
     to_pandas,
     type_strings,
 )
-from riverlake import demo_data
+
+from riverlake.demo import data as demo_data
 
 pytestmark = pytest.mark.unit
 
@@ -123,7 +123,7 @@ def test_enrich_joins_weather_plane_and_airports_without_losing_rows():
                             "visib": [10.0]})  # fmt: skip
     planes = pd.DataFrame({"tailnum": ["N1"], "year": [2004], "manufacturer": ["BOEING"],
                            "seats": [180]})  # fmt: skip
-    from analytics.flights import enrich
+    from riverlake.analytics.flights import enrich
 
     df = enrich(flights(row(), row(flight=2, tailnum="N999", hour=6)), weather, planes, AIRPORTS)
     assert len(df) == 2

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
+from riverlake.analytics.flights import DAILY_KPI_SCHEMA
 
-from analytics.flights import DAILY_KPI_SCHEMA
 from riverlake import lake
 from riverlake.settings import get_settings
 
@@ -30,7 +30,7 @@ def kpis(days: int, carriers=("AA", "UA")) -> pd.DataFrame:
 @pytest.fixture(autouse=True)
 def _versions_read_every_time(monkeypatch):
     """These tests commit and look at once: no version is trusted for any time."""
-    from apps import common
+    from riverlake.apps import common
 
     monkeypatch.setattr(common, "VERSION_TTL_S", 0.0)
 
@@ -45,7 +45,7 @@ def lake_with_gold(tmp_path, monkeypatch):
 
 
 def test_dashboard_filters_and_picks_up_new_versions(lake_with_gold):
-    from apps.flights_dashboard import FlightsDashboard
+    from riverlake.apps.flights_dashboard import FlightsDashboard
 
     d = FlightsDashboard()
     assert d.param.carriers.objects == ["AA", "UA"]
@@ -65,7 +65,7 @@ def test_dashboard_filters_and_picks_up_new_versions(lake_with_gold):
 
 
 def test_table_explorer_rows_group_by_filter_and_csv(lake_with_gold):
-    from apps.table_explorer import TableExplorer
+    from riverlake.apps.table_explorer import TableExplorer
 
     t = TableExplorer()
     assert t.table == "carrier_origin_daily"
@@ -82,7 +82,7 @@ def test_table_explorer_rows_group_by_filter_and_csv(lake_with_gold):
 
 
 def test_freshness_marks_stale_tables():
-    from apps.pipeline_health import freshness
+    from riverlake.apps.pipeline_health import freshness
 
     tables = [{"name": "a", "rows": 1, "version": 3, "last_commit": "2026-01-01T00:00:00"},
               {"name": "b", "rows": 2, "version": 0, "last_commit": "2026-01-02T23:00:00"}]  # fmt: skip
@@ -92,7 +92,7 @@ def test_freshness_marks_stale_tables():
 
 
 def test_pipeline_health_without_prefect_says_so(lake_with_gold):
-    from apps.pipeline_health import PipelineHealth, prefect_runs
+    from riverlake.apps.pipeline_health import PipelineHealth, prefect_runs
 
     h = PipelineHealth()
     assert [t["name"] for t in h.tables] == ["carrier_origin_daily"]
@@ -104,7 +104,7 @@ def test_pipeline_health_without_prefect_says_so(lake_with_gold):
 
 
 def test_sessions_share_a_table_until_it_gets_a_new_version(lake_with_gold):
-    from apps.common import load_table
+    from riverlake.apps.common import load_table
 
     first = load_table("carrier_origin_daily")
     assert load_table("carrier_origin_daily") is first  # the second session reads nothing
@@ -118,8 +118,7 @@ def test_sessions_share_a_table_until_it_gets_a_new_version(lake_with_gold):
 def test_pipeline_health_renders_on_an_empty_lake(tmp_path, monkeypatch):
     import panel as pn
     from bokeh.document import Document
-
-    from apps.pipeline_health import PipelineHealth
+    from riverlake.apps.pipeline_health import PipelineHealth
 
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "empty"))
     monkeypatch.setenv("RIVERLAKE_PREFECT_API_URL", "http://127.0.0.1:1/api")

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-import cluster
+from riverlake import cluster
 from riverlake.errors import RiverlakeError
 from riverlake.settings import get_settings
 
@@ -33,7 +33,7 @@ def test_dask_cluster_spec_is_valid_sized_by_profile_and_owned_by_the_run_pod(mo
     monkeypatch.setenv("RIVERLAKE_S3_SECRET_KEY", "do-not-leak")
     monkeypatch.setenv("RIVERLAKE_POD_NAME", "flights-run-abc")
     monkeypatch.setenv("RIVERLAKE_POD_UID", "0b6c1d1e-1111-2222-3333-444455556666")
-    spec = cluster.make_dask_cluster_spec(get_settings(), name="rl-test")
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="rl-test")
     jsonschema.validate(spec, crd_schema("daskcluster"))
     assert spec["metadata"]["name"] == "rl-test"
     (owner,) = spec["metadata"]["ownerReferences"]
@@ -54,7 +54,8 @@ def test_dask_cluster_spec_is_valid_sized_by_profile_and_owned_by_the_run_pod(mo
 
 
 def test_without_a_pod_there_is_no_owner():
-    spec = cluster.make_dask_cluster_spec(get_settings(), name="rl-test", profile="small")
+    options = cluster.cluster_options(get_settings(), worker_profile="small")
+    spec = cluster.make_dask_cluster_spec(options, name="rl-test")
     assert "ownerReferences" not in spec["metadata"]
     assert spec["spec"]["worker"]["spec"]["containers"][0]["resources"]["requests"] == {
         "cpu": "500m", "memory": "2Gi"}  # fmt: skip
@@ -62,7 +63,7 @@ def test_without_a_pod_there_is_no_owner():
 
 @pytest.mark.parametrize("profile", sorted(cluster.WORKER_PROFILES))
 def test_dask_autoscaler_spec_is_valid_with_the_profiles_bounds(profile):
-    spec = cluster.make_dask_autoscaler_spec(get_settings(), "rl-test", profile)
+    spec = cluster.make_dask_autoscaler_spec("rl-test", profile)
     jsonschema.validate(spec, crd_schema("daskautoscaler"))
     bounds = cluster.WORKER_PROFILES[profile]
     assert spec["spec"] == {"cluster": "rl-test", "minimum": bounds["minimum"],
@@ -111,7 +112,8 @@ def test_local_cluster_workers_get_prefect_and_storage_env(monkeypatch):
     monkeypatch.setenv("RIVERLAKE_LOCAL_PROCESSES", "true")
     monkeypatch.setenv("RIVERLAKE_DASHBOARD_PORT", "0")
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", "s3://b/p")
-    with cluster.get_cluster("local") as c, Client(c) as client:
+    options = cluster.cluster_options(get_settings(), profile="local")
+    with cluster.make_cluster(options) as c, Client(c) as client:
         env = client.run(lambda: {k: __import__("os").environ.get(k) for k in
                                   ("PREFECT_API_URL", "RIVERLAKE_LAKE_URL")})  # fmt: skip
         (worker_env,) = env.values()

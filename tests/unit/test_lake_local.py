@@ -87,17 +87,19 @@ def test_commit_into_a_table_another_writer_just_created(settings, monkeypatch):
 
     lake.write_table("t", frame([1]), settings=settings)
     uri = lake.table_uri("t", settings)
-    real = lake.open_table
+    from riverlake.lake import write
+
+    real = write.open_table
     calls = []
 
     def stale_first(u, s=None, version=None):  # we looked before the other writer created it
         calls.append(u)
         return None if len(calls) == 1 else real(u, s, version)
 
-    monkeypatch.setattr(lake, "open_table", stale_first)
+    monkeypatch.setattr(write, "open_table", stale_first)
     batch = pa.Table.from_pandas(frame([2]), preserve_index=False)
     adds = lake.write_fragments(batch, uri, [], settings)
-    r = lake.commit(uri, adds, batch.schema, app_id="late:1", settings=settings)
+    r = lake.commit(uri, adds, batch.schema, batch=lake.Batch("late:1"), settings=settings)
     monkeypatch.undo()
     assert r.version == 1 and not r.skipped
     assert len(lake.read_pandas("t", settings=settings)) == 20

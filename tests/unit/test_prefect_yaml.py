@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from riverlake.flows import PIPELINES
 
-from flows import PIPELINES
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -20,7 +20,7 @@ def deployments() -> dict[str, dict]:
 def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(deployments):
     for pipeline, target in PIPELINES.items():
         module, attr = target.split(":")
-        entry = f"{module.replace('.', '/')}.py:{attr}"
+        entry = f"{module.removeprefix('riverlake.').replace('.', '/')}.py:{attr}"
         local, k8s = deployments[f"{pipeline}-local"], deployments[f"{pipeline}-kubernetes"]
         assert local["entrypoint"] == k8s["entrypoint"] == entry
         assert local["work_pool"]["name"] == "riverlake-local"
@@ -43,5 +43,6 @@ def test_entrypoints_resolve_to_flows(deployments):
 
     for d in deployments.values():
         path, attr = d["entrypoint"].split(":")
-        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
+        module = "riverlake." + path.removesuffix(".py").replace("/", ".")
+        flow = getattr(importlib.import_module(module), attr)
         assert flow.retries == 1 and flow.persist_result is True

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from riverlake.cli import panel_command
 from riverlake.errors import RiverlakeError
+from riverlake.ops.cli import panel_command
 from riverlake.settings import get_settings
 
 pytestmark = pytest.mark.unit

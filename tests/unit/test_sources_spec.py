@@ -8,26 +8,29 @@ from email.utils import format_datetime
 import pyarrow as pa
 import pytest
 
+from riverlake import pipelines
 from riverlake.errors import RiverlakeError
 from riverlake.settings import get_settings
 from riverlake.sources import spec
+from riverlake.sources.base import batch_id, conform
 from riverlake.sources.files import landed_name
 from riverlake.sources.http import retry_after
-from riverlake.sources.ingest import batch_id, conform
 
 pytestmark = pytest.mark.unit
 
 
 def test_every_pipeline_source_parses_with_placeholders_filled():
     s = get_settings(lake_url="s3://b/lake", api_url="http://api:1", sql_url="sqlite:///x.db")
-    specs = {x.name: x for x in spec.pipeline_sources("flights", s)}
+    specs = {x.name: x for x in pipelines.pipeline_sources("flights", s)}
     assert set(specs) == {"flight_drops", "weather", "planes", "airports", "airlines"}
     assert specs["flight_drops"].url == "s3://b/lake/drops/flights/*.csv.gz"
     assert specs["weather"].url == "http://api:1/weather"
     assert specs["planes"].url == "sqlite:///x.db" and specs["planes"].split_column == "id"
-    (events,) = spec.pipeline_sources("flight_events", s)
+    (events,) = pipelines.pipeline_sources("flight_events", s)
     assert events.kind == "stream" and "stream_seq" in events.arrow_schema().names
-    assert spec.pipeline_options("flights") == {"demo_drops": True, "profile": "standard"}
+    flights = pipelines.pipeline("flights", s)
+    assert (flights.profile, flights.freshness) == ("standard", timedelta(days=1))
+    assert pipelines.expected_interval("flight_events", s) == timedelta(minutes=10)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,7 @@ def test_batch_ids_depend_on_state_and_plan():
 
 
 def test_a_record_without_a_declared_field_is_quarantined_never_loaded_with_a_null():
-    from riverlake.sources.ingest import records_to_table
+    from riverlake.sources.base import records_to_table
 
     schema = pa.schema([("id", pa.int64()), ("v", pa.float64())])
     good, bad = records_to_table([{"id": 1, "v": 1.5}, {"id": 2}], schema, "page1")

@@ -19,57 +19,40 @@ Metrics (every one is used by an alert rule or the Grafana dashboard):
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from riverlake.analytics.flights import QUARANTINE_TABLE
 
-from riverlake import lake
+from riverlake import lake, pipelines, runs
 from riverlake.settings import Settings, get_settings
 
-#: Expected commit interval per table; older is stale. Default: a day.
-EXPECTED_INTERVAL_S: dict[str, float] = {"default": 86400.0, "flight_events": 600.0}
-QUARANTINE_TABLES = {"flights_quarantine": None, "source_quarantine": "source"}
+#: Quarantine tables and the column that names their source (None: one source, the table).
+QUARANTINE_TABLES = {QUARANTINE_TABLE: None, lake.SOURCE_QUARANTINE: "source"}
 
 
 def quarantined(settings: Settings) -> dict[str, int]:
     """Quarantined rows per source: the flights contracts and every extraction source."""
     out: dict[str, int] = {}
-    for table, column in QUARANTINE_TABLES.items():
-        dt = lake.open_table(lake.table_uri(table, settings), settings)
-        if dt is None:
+    for name, column in QUARANTINE_TABLES.items():
+        table = lake.table(name, settings)
+        if table is None:
             continue
         if column is None:
-            out[table.removesuffix("_quarantine")] = sum(
-                f["rows"] or 0 for f in lake.current_files(dt)
-            )
+            out[name.removesuffix("_quarantine")] = table.rows()
             continue
-        counts = dt.to_pyarrow_table(columns=[column])[column].value_counts().to_pylist()
+        counts = table.to_arrow(columns=[column])[column].value_counts().to_pylist()
         out.update({c["values"]: int(c["counts"]) for c in counts})
     return out
 
 
 def flow_runs(settings: Settings, hours: int = 24) -> list[dict[str, Any]]:
-    """Flow runs started in the last ``hours`` (name, state, duration) from the Prefect API."""
-    since = (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
-    body = {"flow_runs": {"start_time": {"after_": since}}, "limit": 200, "sort": "START_TIME_DESC"}
-    req = urllib.request.Request(
-        f"{settings.prefect_api_url}/flow_runs/filter", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )  # fmt: skip
-    with urllib.request.urlopen(req, timeout=5) as r:
-        runs = json.loads(r.read())
-    flows = {}
-    for fid in {r["flow_id"] for r in runs}:
-        with urllib.request.urlopen(f"{settings.prefect_api_url}/flows/{fid}", timeout=5) as r:
-            flows[fid] = json.loads(r.read())["name"]
-    return [{"flow": flows[r["flow_id"]], "state": r["state_type"],
-             "duration": r.get("total_run_time") or 0.0, "end": r.get("end_time")}
-            for r in runs]  # fmt: skip
+    """Flow runs started in the last ``hours`` (flow, state, duration, end), from Prefect."""
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    return runs.recent_runs(settings, limit=200, since=since)
 
 
 class PlatformCollector(Collector):
@@ -89,7 +72,9 @@ class PlatformCollector(Collector):
         fresh = g("table_freshness_seconds", "Seconds since the table's last commit.", "table")
         expected = g("table_expected_interval_seconds", "Older than this is stale.", "table")
         quar = g("quarantined_rows", "Rows, files, pages or messages quarantined.", "source")
-        runs = g("flow_runs", "Flow runs started in the last 24 h, by state.", "flow", "state")
+        run_counts = g(
+            "flow_runs", "Flow runs started in the last 24 h, by state.", "flow", "state"
+        )
         duration = g("flow_run_duration_seconds", "The latest finished run's duration.", "flow")
         now = time.time()
         try:
@@ -99,8 +84,8 @@ class PlatformCollector(Collector):
                 version.add_metric([t["name"]], t["version"])
                 last.add_metric([t["name"]], committed)
                 fresh.add_metric([t["name"]], now - committed)
-                interval = EXPECTED_INTERVAL_S.get(t["name"], EXPECTED_INTERVAL_S["default"])
-                expected.add_metric([t["name"]], interval)
+                interval = pipelines.expected_interval(t["name"], settings)
+                expected.add_metric([t["name"]], interval.total_seconds())
             for source, n in quarantined(settings).items():
                 quar.add_metric([source], n)
             up.add_metric(["lake"], 1)
@@ -112,15 +97,15 @@ class PlatformCollector(Collector):
             for r in flow_runs(settings):
                 counts[(r["flow"], r["state"])] = counts.get((r["flow"], r["state"]), 0) + 1
                 if r["end"] and r["flow"] not in latest:
-                    latest[r["flow"]] = r["duration"]
+                    latest[r["flow"]] = r["duration_s"]
             for (flow, state), n in sorted(counts.items()):
-                runs.add_metric([flow, state], n)
+                run_counts.add_metric([flow, state], n)
             for flow, secs in latest.items():
                 duration.add_metric([flow], secs)
             up.add_metric(["prefect"], 1)
         except Exception:
             up.add_metric(["prefect"], 0)
-        yield from (rows, version, last, fresh, expected, quar, runs, duration, up)
+        yield from (rows, version, last, fresh, expected, quar, run_counts, duration, up)
 
 
 def serve(port: int, address: str = "127.0.0.1", settings: Settings | None = None):

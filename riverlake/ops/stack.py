@@ -1,5 +1,10 @@
 """The local stack: a Prefect server and SeaweedFS (S3), as real processes.
 
+With the demo on (the default; ``riverlake up --no-demo`` turns it off), the stack also
+serves the demo's upstream systems (:mod:`riverlake.demo`): the weather API, the event
+replayer, the SQL dimensions, and the daily flight drops that ``riverlake run`` asks
+for. This module is the only part of the product that imports the demo.
+
 Each service is started in its own session with its log and a pid file under the
 state folder (``settings.home``). ``down`` stops only processes whose pid file this
 module wrote and whose command line still matches, so it never kills a stranger.
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from riverlake.errors import StackError
-from riverlake.settings import CREDENTIALS_FILE, Settings
+from riverlake.settings import CREDENTIALS_FILE, LIBRARY_LOGGER, Settings
 
 STARTUP_TIMEOUT_S = 120
 WORK_POOL = "riverlake-local"
@@ -39,6 +44,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     setting: str = ""
     on_up: bool = True  # started by `riverlake up` (the worker is started by `deploy`)
+    demo: bool = False  # a demo upstream: started only when the stack serves the demo
 
     def pid_file(self, home: Path) -> Path:
         return home / "run" / f"{self.name}.pid"
@@ -136,10 +142,11 @@ def services(settings: Settings) -> list[Service]:
     )  # fmt: skip
     api = Service(
         name="weather-api",
+        demo=True,
         argv=[
             sys.executable,
             "-m",
-            "riverlake.sources.demo",
+            "riverlake.demo",
             "api",
             "--port",
             str(settings.api_port),
@@ -151,10 +158,11 @@ def services(settings: Settings) -> list[Service]:
     )
     replayer = Service(
         name="event-replayer",
+        demo=True,
         argv=[
             sys.executable,
             "-m",
-            "riverlake.sources.demo",
+            "riverlake.demo",
             "replay",
             "--rate",
             str(settings.replay_rate),
@@ -171,7 +179,7 @@ def services(settings: Settings) -> list[Service]:
         argv=[
             sys.executable,
             "-m",
-            "riverlake.cli",
+            "riverlake.ops.cli",
             "metrics",
             "--port",
             str(settings.metrics_port),
@@ -190,6 +198,7 @@ def services(settings: Settings) -> list[Service]:
         url=f"work pool {WORK_POOL}",
         env={
             "PREFECT_API_URL": str(settings.prefect_api_url),
+            "PREFECT_LOGGING_EXTRA_LOGGERS": LIBRARY_LOGGER,
             "RIVERLAKE_HOME": str(home),
         },
         on_up=False,
@@ -355,7 +364,7 @@ def _seed_sql(settings: Settings) -> None:
     """Fill the demo dimensions database (SQLite by default) if its tables are empty."""
     import sqlalchemy as sa
 
-    from riverlake.sources.demo import seed_dimensions
+    from riverlake.demo.dimensions import seed_dimensions
 
     try:
         seed_dimensions(str(settings.sql_url))
@@ -365,13 +374,59 @@ def _seed_sql(settings: Settings) -> None:
         raise StackError(f"cannot seed the dimensions database {url}: {first}") from e
 
 
-def up(settings: Settings) -> list[dict]:
-    """Start every service that is not running yet, wait until all are healthy."""
+STACK_FILE = "stack.json"
+
+
+def demo_enabled(settings: Settings) -> bool:
+    """True when the local stack of ``settings.home`` was started with the demo on."""
+    path = settings.home / STACK_FILE
+    return path.exists() and bool(json.loads(path.read_text()).get("demo"))
+
+
+def set_demo(settings: Settings, demo: bool) -> None:
+    (settings.home / STACK_FILE).write_text(json.dumps({"demo": demo}))
+
+
+def deliver_demo_data(settings: Settings, pipeline: str, start, end) -> list[str] | None:
+    """Before a run: the demo upstream of ``pipeline`` delivers its data for [start, end]
+    (the demo's whole year where unset). None when the stack serves no demo for it."""
+    if pipeline != DEMO_PIPELINE or not demo_enabled(settings):
+        return None
+    from riverlake.demo import drops
+
+    return drops.deliver_drops(settings, start or drops.FIRST_DAY, end or drops.LAST_DAY)
+
+
+def next_demo_day(settings: Settings, pipeline: str, day):
+    """The day after ``day`` that the demo upstream of ``pipeline`` can drop, or None."""
+    if pipeline != DEMO_PIPELINE or not demo_enabled(settings):
+        return None
+    from datetime import timedelta
+
+    from riverlake.demo import drops
+
+    return day + timedelta(days=1) if day < drops.LAST_DAY else None
+
+
+#: The pipeline whose upstream the demo plays (its daily drops).
+DEMO_PIPELINE = "flights"
+
+
+def ensure_home(settings: Settings) -> Path:
+    """The state folder, private to its owner (it holds credentials, data and logs)."""
     home = settings.home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.chmod(0o700)
+    return home
+
+
+def up(settings: Settings, demo: bool = True) -> list[dict]:
+    """Start every service that is not running yet, wait until all are healthy."""
+    home = ensure_home(settings)
     key, secret = _ensure_credentials(settings)
     _write_s3_config(settings, key, secret)
-    todo = [s for s in services(settings) if s.on_up and not _alive(_read_pid(s, home))]
+    wanted = [s for s in services(settings) if s.on_up and (demo or not s.demo)]
+    todo = [s for s in wanted if not _alive(_read_pid(s, home))]
     for svc in todo:  # every port is checked before anything starts
         _check_ports(svc)
     started = []
@@ -380,11 +435,12 @@ def up(settings: Settings) -> list[dict]:
             _start(svc, home)
             started.append(svc)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        for svc in services(settings):
-            if svc.on_up:
-                _wait_healthy(svc, home, deadline)
+        for svc in wanted:
+            _wait_healthy(svc, home, deadline)
         _ensure_bucket(_with_credentials(settings, key, secret))
-        _seed_sql(settings)
+        if demo:
+            _seed_sql(settings)
+        set_demo(settings, demo)
     except BaseException:
         for svc in started:
             _stop(svc, home)

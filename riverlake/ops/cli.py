@@ -11,27 +11,48 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from riverlake import __version__, runs
 from riverlake.errors import RiverlakeError
-from riverlake.settings import Settings, get_settings
+from riverlake.settings import LIBRARY_LOGGER, Settings, get_settings
 
 app = typer.Typer(
-    help="Riverlake: Prefect flows on ephemeral Dask clusters, Delta tables on S3, Panel apps.",
+    help="Riverlake: Prefect flows on ephemeral Dask clusters, Delta tables on S3, Panel apps. "
+    "Machine output (tables, JSON) goes to stdout; messages go to stderr.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"riverlake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Riverlake: Prefect flows on ephemeral Dask clusters, Delta tables on S3, Panel apps."""
 
 
 def _fail(message: str) -> None:
     typer.echo(f"riverlake: error: {message}", err=True)
     raise typer.Exit(1)
+
+
+def _say(message: str) -> None:
+    """A message for the person at the terminal: stderr, never mixed with machine output."""
+    typer.echo(message, err=True)
 
 
 def _settings() -> Settings:
@@ -54,6 +75,7 @@ def _prefect_env(settings: Settings) -> None:
     """Point this process's Prefect client at the stack's server before prefect is imported."""
     os.environ["PREFECT_API_URL"] = str(settings.prefect_api_url)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level)
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", LIBRARY_LOGGER)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
@@ -64,46 +86,52 @@ def _prefect_settings(values: dict[str, str]) -> dict:
     return {getattr(ps, k): v for k, v in values.items()}
 
 
-def prefect_reachable(settings: Settings, timeout: float = 3.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{settings.prefect_api_url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def ui_url(settings: Settings) -> str:
-    return str(settings.prefect_api_url).removesuffix("/api")
+def _require_prefect(settings: Settings) -> None:
+    if not runs.healthy(settings):
+        _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
 
 
 @app.command()
-def up() -> None:
+def up(
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the demo upstreams (flight drops, weather API, SQL dimensions, event "
+            "replayer). --no-demo: an empty stack for your own pipelines."
+        ),
+    ] = True,
+) -> None:
     """Start the local stack (Prefect server, SeaweedFS S3) and wait until it is healthy."""
-    from riverlake import stack
+    from riverlake.ops import stack
 
     settings = _settings()
     t0 = time.monotonic()
-    rows = stack.up(settings)
+    rows = stack.up(settings, demo=demo)
     _print_rows(rows, ["service", "state", "pid", "url"])
-    typer.echo(f"stack up in {time.monotonic() - t0:.1f}s; state in {settings.home.resolve()}")
-    typer.echo(f"Prefect UI: {ui_url(settings)}")
+    _say(f"stack up in {time.monotonic() - t0:.1f}s; state in {settings.home.resolve()}")
+    _say(f"Prefect UI: {runs.ui_url(settings)}")
 
 
 @app.command()
 def down() -> None:
     """Stop the processes that `riverlake up` started (and nothing else)."""
-    from riverlake import stack
+    from riverlake.ops import stack
 
     stopped = stack.down(_settings())
-    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="The services as JSON.")] = False,
+) -> None:
     """Show the local stack's services."""
-    from riverlake import stack
+    from riverlake.ops import stack
 
     rows = stack.status(_settings())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
     _print_rows(rows, ["service", "state", "pid", "url", "log"])
 
 
@@ -126,13 +154,17 @@ def run(
     ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between runs in --watch.")] = 30.0,
 ) -> None:
-    """Run a pipeline flow now, on an ephemeral Dask cluster, reporting to Prefect."""
-    from cluster import validate_profile
-    from riverlake import lake
+    """Run a pipeline flow now, on an ephemeral Dask cluster, reporting to Prefect.
+
+    The run's summary (JSON) goes to stdout; progress and the closing line to stderr.
+    """
+    from riverlake.cluster import validate_profile
+
+    from riverlake import lake, pipelines
+    from riverlake.ops import stack
 
     settings = _settings()
     profile = validate_profile(cluster or settings.cluster)
-    os.environ["RIVERLAKE_CLUSTER"] = profile
     params: dict[str, object] = {}
     for label, value in (("start", start), ("end", end)):
         if value is not None:
@@ -140,38 +172,38 @@ def run(
                 params[label] = date.fromisoformat(value)
             except ValueError:
                 _fail(f"--{label} {value!r} is not a date (YYYY-MM-DD)")
-    if not prefect_reachable(settings):
-        _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
+    _require_prefect(settings)
     lake.check_store(settings)
     _prefect_env(settings)  # before Prefect is imported: it reads its settings once
-    from flows import get_pipeline
-    from riverlake.sources import spec as source_specs
-    from riverlake.sources.ingest import check_sources
+    from riverlake.flows import get_pipeline
 
-    get_pipeline(pipeline)  # an unknown pipeline is refused first
-    check_sources(source_specs.pipeline_sources(pipeline, settings), settings)  # before any run
+    from riverlake.sources.ingest import reach_sources
+
+    flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
+    reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
     from prefect.settings import temporary_settings
+    from prefect_dask import DaskTaskRunner
+    from riverlake.flows.runner import (
+        ensure_result_storage,
+        export_storage_credentials,
+        pipeline_task_runner,
+    )
 
-    from flows.runner import dask_task_runner, ensure_result_storage, export_storage_credentials
-
-    flow = get_pipeline(pipeline)
-    from riverlake.sources.spec import pipeline_options
-
-    profile_name = pipeline_options(pipeline).get("profile")
-    if profile_name:  # the pipeline's worker profile, unless the user chose one
-        os.environ.setdefault("RIVERLAKE_WORKER_PROFILE", profile_name)
-    if type(flow.task_runner).__name__ == "DaskTaskRunner":  # the profile chosen here
-        flow = flow.with_options(task_runner=dask_task_runner(profile))
+    if isinstance(flow.task_runner, DaskTaskRunner):  # the cluster chosen here, sized by
+        flow = flow.with_options(  # the pipeline's declaration
+            task_runner=pipeline_task_runner(pipeline, settings, profile=profile)
+        )
     export_storage_credentials()
     results = ensure_result_storage()  # flow results persist on the lake
     if profile == "local":
-        typer.echo(
-            f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status"
-        )
+        _say(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
     # Run now and fail fast; scheduled deployment runs keep the flow's retries.
     flow = flow.with_options(retries=0)
 
     def once(**kw: object) -> None:
+        delivered = stack.deliver_demo_data(settings, pipeline, kw.get("start"), kw.get("end"))
+        if delivered is not None:
+            _say(f"demo upstream: {len(delivered)} new daily drops delivered")
         t0 = time.monotonic()
         try:
             with temporary_settings(updates=_prefect_settings(results)):
@@ -182,12 +214,12 @@ def run(
             first = str(exc).splitlines()[0] if str(exc) else ""
             _fail(
                 f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
-                f"(logs in the Prefect UI: {ui_url(settings)}/runs)"
+                f"(logs in the Prefect UI: {runs.ui_url(settings)}/runs)"
             )
         typer.echo(json.dumps(result, default=str))
-        typer.echo(
+        _say(
             f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; "
-            f"runs: {ui_url(settings)}/runs"
+            f"runs: {runs.ui_url(settings)}/runs"
         )
 
     if not watch:
@@ -199,19 +231,19 @@ def run(
 def _watch(pipeline: str, once, params: dict, interval: float, settings: Settings) -> None:
     """Run ``once`` every ``interval`` s while a thread consumes the event stream."""
     import threading
-    from datetime import timedelta
 
-    from riverlake.sources import spec as sources
+    from riverlake import pipelines
+    from riverlake.ops import stack
     from riverlake.sources.stream import consume
 
     stop = threading.Event()
-    events = sources.pipeline_sources("flight_events", settings)[0]
+    events = pipelines.pipeline_sources("flight_events", settings)[0]
 
     def stream() -> None:
         while not stop.is_set():
             try:
                 stats = consume(events, settings, idle_s=None, max_seconds=interval, stop=stop)
-                typer.echo(f"stream {events.name}: {json.dumps(stats.summary())}")
+                _say(f"stream {events.name}: {json.dumps(stats.summary())}")
             except RiverlakeError as e:
                 typer.echo(f"stream {events.name}: {e}; retrying in 5s", err=True)
                 stop.wait(5)
@@ -230,15 +262,15 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
             once(**params)
             if stop.wait(interval):
                 break
-            if pipeline == "flights" and isinstance(end, date) and end < date(2013, 12, 31):
-                end = end + timedelta(days=1)  # the demo upstream drops the next day
-                params["end"] = end
+            nxt = stack.next_demo_day(settings, pipeline, end) if isinstance(end, date) else None
+            if nxt is not None:  # the demo upstream drops the next day
+                end = params["end"] = nxt
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         consumer.join(timeout=interval + 10)
-    typer.echo("watch stopped")
+    _say("watch stopped")
 
 
 @app.command()
@@ -246,15 +278,14 @@ def deploy(
     worker: Annotated[bool, typer.Option(help="Start the local process worker.")] = True,
 ) -> None:
     """Register the local deployments of prefect.yaml and start the worker that runs them."""
-    from riverlake import stack
+    from riverlake.ops import stack
 
     settings = _settings()
-    if not prefect_reachable(settings):
-        _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
+    _require_prefect(settings)
     _prefect_env(settings)
-    from flows.runner import ensure_result_storage
+    from riverlake.flows.runner import ensure_result_storage
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml and flows/
     results = ensure_result_storage()
     env = {**os.environ, **results, "RIVERLAKE_ROOT": str(root),
            "PREFECT_API_URL": str(settings.prefect_api_url)}  # fmt: skip
@@ -263,7 +294,7 @@ def deploy(
                            "--overwrite"], env=env, capture_output=True, text=True)  # fmt: skip
     if pool.returncode != 0:
         _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
-    from flows import PIPELINES
+    from riverlake.flows import PIPELINES
 
     names = [arg for p in PIPELINES for arg in ("--name", f"{p}-local")]
     res = subprocess.run(
@@ -273,11 +304,11 @@ def deploy(
     if res.returncode != 0:
         _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
     for p in PIPELINES:
-        typer.echo(f"deployed {p}/{p}-local to work pool {stack.WORK_POOL}")
+        _say(f"deployed {p}/{p}-local to work pool {stack.WORK_POOL}")
     if worker:
         started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
-        typer.echo("worker started" if started else "worker already running")
-    typer.echo(f"deployments: {ui_url(settings)}/deployments")
+        _say("worker started" if started else "worker already running")
+    _say(f"deployments: {runs.ui_url(settings)}/deployments")
 
 
 @app.command()
@@ -294,7 +325,7 @@ def tables(
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        typer.echo(f"no tables in {settings.lake_url}")
+        _say(f"no tables in {settings.lake_url}")
         return
     for r in rows:
         shown = r["batches"][:3]
@@ -339,7 +370,7 @@ def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[li
     Secrets go through the environment (PANEL_*), never the command line, which any
     local user can read. The basic-auth password goes in a file of mode 600.
     """
-    import apps
+    from riverlake import apps
 
     app_dir = Path(apps.__file__).parent
     files = [str(app_dir / f"{name}.py") for name in apps.APPS]
@@ -388,7 +419,8 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the Panel apps until Ctrl-C."""
-    from riverlake import lake, stack
+    from riverlake import lake
+    from riverlake.ops import stack
 
     settings = _settings()
     port = port or settings.panel_port
@@ -400,23 +432,23 @@ def serve(
     cmd, extra_env = panel_command(settings, port, num_procs)  # refuses bad auth settings first
     cluster_obj = None
     if with_cluster:
-        from cluster import local_cluster
+        from riverlake.cluster import cluster_options, local_cluster
 
         if not stack.port_free(settings.dashboard_port):
             _fail(f"port {settings.dashboard_port} (Dask dashboard) is already in use; "
                   "set RIVERLAKE_DASHBOARD_PORT")  # fmt: skip
-        cluster_obj = local_cluster(settings)
+        cluster_obj = local_cluster(cluster_options(settings, profile="local"))
         (settings.home / "scheduler.json").write_text(
             json.dumps({"address": cluster_obj.scheduler_address})
         )
     env = {**os.environ, **extra_env, "PREFECT_API_URL": str(settings.prefect_api_url)}
     proc = subprocess.Popen(cmd, env=env)
-    typer.echo(f"Prefect UI:     {ui_url(settings)}")
+    _say(f"Prefect UI:     {runs.ui_url(settings)}")
     if cluster_obj is not None:
-        typer.echo(f"Dask dashboard: {cluster_obj.dashboard_link}")
-        typer.echo(f"Dask scheduler: {cluster_obj.scheduler_address} (notebooks connect here)")
-    typer.echo(f"Panel apps:     http://127.0.0.1:{port}/")
-    typer.echo("Ctrl-C to stop serving (the stack stays up: `riverlake down`).")
+        _say(f"Dask dashboard: {cluster_obj.dashboard_link}")
+        _say(f"Dask scheduler: {cluster_obj.scheduler_address} (notebooks connect here)")
+    _say(f"Panel apps:     http://127.0.0.1:{port}/")
+    _say("Ctrl-C to stop serving (the stack stays up: `riverlake down`).")
 
     def _stop(signum, frame):  # SIGTERM (a supervisor, a test) stops the server too
         raise KeyboardInterrupt
@@ -439,15 +471,15 @@ def metrics(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Serve the platform's Prometheus metrics (tables, quarantine, flow runs) until Ctrl-C."""
-    from riverlake import metrics as m
-    from riverlake import stack
+    from riverlake.ops import metrics as m
+    from riverlake.ops import stack
 
     settings = _settings()
     port = port or settings.metrics_port
     if not stack.port_free(port, address if address != "0.0.0.0" else "127.0.0.1"):
         _fail(f"port {port} (metrics) is already in use; set RIVERLAKE_METRICS_PORT")
     m.serve(port, address)
-    typer.echo(f"metrics: http://{address}:{port}/metrics")
+    _say(f"metrics: http://{address}:{port}/metrics")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:

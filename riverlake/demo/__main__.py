@@ -1,0 +1,28 @@
+"""``python -m riverlake.demo api|replay``: the demo services the local stack runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from riverlake.demo.api import serve_api
+from riverlake.demo.replayer import replay
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m riverlake.demo")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("api")
+    a.add_argument("--port", type=int, required=True)
+    r = sub.add_parser("replay")
+    r.add_argument("--rate", type=float, default=20.0)
+    r.add_argument("--loop", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd == "api":
+        serve_api(args.port, token=os.environ.get("RIVERLAKE_API_TOKEN") or None)
+    else:
+        replay(rate=args.rate, loop=args.loop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The demo weather API (FastAPI): cursor and offset pagination over the hourly weather;
+a record is "updated" one hour after its observation."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from riverlake.demo import data as demo_data
+
+WEATHER_UPDATED = timedelta(hours=1)
+
+
+def weather_records() -> list[dict[str, Any]]:
+    w = demo_data.load("weather").copy()
+    observed = pd.to_datetime(w["time_hour"].astype(str), utc=True)
+    w["updated_at"] = (observed + WEATHER_UPDATED).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    w.insert(0, "id", range(1, len(w) + 1))
+    out = []
+    for rec in w.astype(object).to_dict("records"):
+        out.append(demo_data.record(rec))
+    return out
+
+
+def _encode(updated_at: str, rid: int) -> str:
+    return base64.urlsafe_b64encode(f"{updated_at}|{rid}".encode()).decode()
+
+
+def _decode(cursor: str) -> tuple[str, int]:
+    updated_at, rid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+    return updated_at, int(rid)
+
+
+def create_api(token: str | None = None, fault_every: int = 0, malformed_page: int | None = None):
+    """The weather API. ``fault_every=n``: every n-th data request answers 429 (with
+    Retry-After: 1) or 503 (without), alternately. ``malformed_page=k``: the k-th data
+    request (1-based) answers a broken JSON body, once. Both are for testing clients."""
+    app = FastAPI(title="Riverlake demo weather API")
+    records = sorted(weather_records(), key=lambda r: (r["updated_at"], r["id"]))
+    by_id = {r["id"]: r for r in records}
+    lock = threading.Lock()
+    calls = {"n": 0, "faults": 0}
+
+    def guard(request: Request) -> Response | None:
+        if token and request.headers.get("authorization") != f"Bearer {token}":
+            raise HTTPException(401, "bad or missing bearer token")
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if fault_every and n % fault_every == 0:
+            calls["faults"] += 1
+            if calls["faults"] % 2:
+                return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+            return JSONResponse({"error": "unavailable"}, 503)
+        if malformed_page is not None and n == malformed_page:
+            return Response(b'{"data": [{"id": 1', media_type="application/json")
+        return None
+
+    def current(since: str | None) -> list[dict]:
+        with lock:
+            rows = sorted(by_id.values(), key=lambda r: (r["updated_at"], r["id"]))
+        return [r for r in rows if since is None or r["updated_at"] > since]
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True, "records": len(by_id)}
+
+    @app.get("/weather")
+    def weather(request: Request, limit: int = 500, cursor: str | None = None,
+                since: str | None = None):  # fmt: skip
+        if (r := guard(request)) is not None:
+            return r
+        rows = current(since)
+        if cursor:
+            after = _decode(cursor)
+            rows = [r for r in rows if (r["updated_at"], r["id"]) > after]
+        page = rows[:limit]
+        nxt = _encode(page[-1]["updated_at"], page[-1]["id"]) if len(rows) > limit else None
+        return {"data": page, "next_cursor": nxt}
+
+    @app.get("/weather/offset")
+    def weather_offset(request: Request, limit: int = 500, offset: int = 0,
+                       since: str | None = None):  # fmt: skip
+        if (r := guard(request)) is not None:
+            return r
+        rows = current(since)
+        return {"data": rows[offset : offset + limit], "total": len(rows)}
+
+    @app.get("/weather/pages")
+    def weather_pages(request: Request, limit: int = 500, page: int = 1,
+                      since: str | None = None):  # fmt: skip
+        if (r := guard(request)) is not None:
+            return r
+        rows = current(since)
+        return {"data": rows[(page - 1) * limit : page * limit], "total": len(rows)}
+
+    @app.post("/weather/{rid}/touch")
+    def touch(rid: int, request: Request) -> dict:
+        if token and request.headers.get("authorization") != f"Bearer {token}":
+            raise HTTPException(401, "bad or missing bearer token")
+        with lock:
+            rec = dict(by_id[rid])
+            rec["temp"] = (rec["temp"] or 0) + 1.0
+            rec["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            by_id[rid] = rec
+        return rec
+
+    return app
+
+
+def serve_api(port: int, host: str = "127.0.0.1", **kwargs: Any) -> None:
+    import uvicorn
+
+    uvicorn.run(create_api(**kwargs), host=host, port=port, log_level="warning")

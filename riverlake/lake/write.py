@@ -1,0 +1,456 @@
+"""Writing: Parquet files written in parallel, then made visible in one atomic commit.
+
+Dask workers write the files of their partitions (:func:`write_fragments`); the driver
+makes them visible in a single Delta commit (:func:`commit`). A commit carries a
+:class:`Batch`: Delta's application transaction (so a batch committed once is never
+committed again), the sources' new state and its own metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from riverlake.errors import LakeError
+from riverlake.lake.names import BATCH_KEY, COMMIT_RETRIES, ROWS_KEY, STATE_PREFIX
+from riverlake.lake.store import filesystem, open_table, storage_options, strip_scheme, table_uri
+from riverlake.lake.table import Table, current_files, partition_value, table_schema
+from riverlake.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite_partitions"]
+
+
+def _stat_value(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def _file_stats(table: pa.Table) -> str:
+    """Delta per-file statistics (numRecords, min, max, nullCount) for data skipping."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        nulls[name] = col.null_count
+        t = col.type
+        if (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_date(t)
+            or pa.types.is_timestamp(t)
+        ) and col.null_count < len(col):
+            mm = pc.min_max(col).as_py()
+            mins[name], maxs[name] = _stat_value(mm["min"]), _stat_value(mm["max"])
+    return json.dumps(
+        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        default=str,
+    )
+
+
+def write_fragments(
+    table: pa.Table,
+    uri: str,
+    partition_by: Sequence[str],
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """Write one Parquet file per partition present in ``table`` under the table ``uri``.
+
+    Runs on a Dask worker. Nothing becomes visible to readers until :func:`commit`
+    adds the returned files to the log. Partition columns are kept out of the files,
+    as Delta stores them in the log and the path. Returns plain-data add actions.
+    """
+    settings = settings or get_settings()
+    fs = filesystem(settings)
+    base = strip_scheme(uri)
+    if table.num_rows == 0:
+        return []
+    groups: Iterable[tuple[dict[str, Any], pa.Table]]
+    if partition_by:
+        keys = table.select(list(partition_by)).group_by(list(partition_by)).aggregate([])
+        groups = []
+        for key in keys.to_pylist():
+            mask = None
+            for col, val in key.items():
+                m = pc.is_null(table[col]) if val is None else pc.equal(table[col], val)
+                mask = m if mask is None else pc.and_(mask, m)
+            groups.append((key, table.filter(mask).drop_columns(list(partition_by))))
+    else:
+        groups = [({}, table)]
+    adds = []
+    for key, part in groups:
+        rel_dir = "/".join(
+            f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in key.items()
+        )
+        rel = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.zstd.parquet")
+        path = f"{base}/{rel}"
+        if not fs.exists(posixpath.dirname(path)):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(part, f, compression="zstd")
+        adds.append(
+            {
+                "path": rel,
+                "size": fs.size(path),
+                "partition_values": {k: partition_value(v) for k, v in key.items()},
+                "modification_time": int(time.time() * 1000),
+                "data_change": True,
+                "stats": _file_stats(part),
+                "rows": part.num_rows,
+            }
+        )
+    return adds
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a commit carries besides its files.
+
+    ``app_id``: the batch id, recorded as Delta's application transaction at ``version``;
+    a batch the table already holds at that version or a later one is skipped (a stream
+    uses its sequence number as the version). ``state`` (source name -> JSON-able cursor
+    or manifest) rides in the same commit, so a source's state advances exactly when the
+    data it describes becomes visible. ``metadata``: extra commit metadata.
+    """
+
+    app_id: str | None = None
+    version: int = 1
+    state: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+
+    def properties(self, rows: int):
+        """The deltalake ``CommitProperties`` of this batch writing ``rows`` rows."""
+        from deltalake import CommitProperties, Transaction
+
+        custom = {ROWS_KEY: rows, **(self.metadata or {})}
+        if self.app_id:
+            custom[BATCH_KEY] = self.app_id
+        for src, value in (self.state or {}).items():
+            custom[STATE_PREFIX + src] = json.dumps(value, sort_keys=True, default=str)
+        return CommitProperties(
+            custom_metadata={k: str(v) for k, v in custom.items()},
+            app_transactions=[Transaction(self.app_id, self.version)] if self.app_id else None,
+        )
+
+    def done(self, dt) -> bool:
+        """True when the table ``dt`` already holds this batch."""
+        got = dt.transaction_version(self.app_id) if self.app_id else None
+        return got is not None and got >= self.version
+
+
+NO_BATCH = Batch()
+
+
+@dataclass
+class CommitResult:
+    """What a commit did: the new table version, or ``skipped`` when the batch was already in."""
+
+    table: str
+    version: int | None
+    files_added: int = 0
+    files_removed: int = 0
+    rows: int = 0
+    skipped: bool = False
+    app_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _kind(t: pa.DataType) -> str:
+    """Types that Delta stores alike compare equal (string/large_string, timestamp units)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_timestamp(t):
+        return f"timestamp[tz={t.tz is not None}]"
+    return str(t)
+
+
+def schema_changes(
+    table: str, current: pa.Schema, batch: pa.Schema, allow_new_columns: bool = False
+) -> list[pa.Field]:
+    """The new nullable columns ``batch`` adds to ``current``; raises on any other change.
+
+    A dropped column or a changed type is refused with an error naming the column. A
+    new column is refused too unless ``allow_new_columns`` (additive evolution).
+    """
+    for f in current:
+        if f.name not in batch.names:
+            raise LakeError(
+                f"column {f.name!r} of table {table!r} is missing from the batch; "
+                "dropping a column is not allowed"
+            )
+        got = batch.field(f.name).type
+        if _kind(got) != _kind(f.type):
+            raise LakeError(
+                f"column {f.name!r} of table {table!r} is {f.type} but the batch has {got}; "
+                "changing a column's type is not allowed"
+            )
+    new = [f for f in batch if f.name not in current.names]
+    if new and not allow_new_columns:
+        raise LakeError(
+            f"column {new[0].name!r} is not in table {table!r}; "
+            "pass allow_new_columns=True to add it"
+        )
+    return [f.with_nullable(True) for f in new]
+
+
+def _evolve(dt, new: list[pa.Field]) -> None:
+    """Add nullable columns to the table's schema (a metadata-only commit)."""
+    from deltalake import Field as DeltaField
+    from deltalake import Schema as DeltaSchema
+
+    fields = DeltaSchema.from_arrow(pa.schema(new)).fields
+    dt.alter.add_columns([DeltaField(f.name, f.type, nullable=True) for f in fields])
+
+
+def _create(uri, actions, schema, partition_by, batch: Batch, rows: int, settings) -> bool:
+    """Create the table with its first files in one commit; False when another writer
+    created it first (the caller then commits into it like any writer)."""
+    from deltalake import Schema as DeltaSchema
+    from deltalake.exceptions import DeltaError
+    from deltalake.transaction import create_table_with_add_actions
+
+    try:
+        create_table_with_add_actions(
+            uri,
+            DeltaSchema.from_arrow(schema),
+            actions,
+            mode="error",
+            partition_by=list(partition_by) or None,
+            storage_options=storage_options(settings),
+            commit_properties=batch.properties(rows),
+        )
+        return True
+    except DeltaError:
+        return False
+
+
+def commit(
+    uri: str,
+    adds: Sequence[dict[str, Any]],
+    schema: pa.Schema,
+    *,
+    partition_by: Sequence[str] = (),
+    mode: WriteMode = "append",
+    batch: Batch = NO_BATCH,
+    replace_partitions: Sequence[dict[str, Any]] = (),
+    allow_new_columns: bool = False,
+    table: Table | None = None,
+    settings: Settings | None = None,
+) -> CommitResult:
+    """Make the written files visible in one atomic commit.
+
+    ``overwrite_partitions`` removes, in the same commit, every file of the partitions
+    the batch touches (and of ``replace_partitions``, for partitions that are now
+    empty), so a re-computed partition replaces the old one atomically.
+    ``batch``: the batch id, state and metadata the commit carries (see :class:`Batch`).
+    ``table``: the already open table at ``uri`` (saves re-reading its log).
+    """
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import AddAction
+
+    settings = settings or get_settings()
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    rows = sum(a.get("rows", 0) for a in adds)
+    actions = [
+        AddAction(
+            a["path"], a["size"], a["partition_values"], a["modification_time"], True, a["stats"]
+        )
+        for a in adds
+    ]
+    dt = table.delta if table is not None else open_table(uri, settings)
+    if dt is None:
+        if _create(uri, actions, schema, partition_by, batch, rows, settings):
+            log.info("table %s created at version 0: %d rows, batch %s", name, rows, batch.app_id)
+            return CommitResult(name, 0, len(actions), 0, rows, app_id=batch.app_id)
+        dt = open_table(uri, settings)  # another writer created it first
+        if dt is None:
+            raise LakeError(f"table {name!r} could neither be created nor opened at {uri}")
+    skipped = CommitResult(name, None, rows=0, skipped=True, app_id=batch.app_id)
+    if batch.done(dt):
+        skipped.version = dt.version()
+        log.info("table %s already holds batch %s: commit skipped", name, batch.app_id)
+        return skipped
+    new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    if new:
+        _evolve(dt, new)
+        dt.update_incremental()
+    props = batch.properties(rows)
+    for attempt in range(COMMIT_RETRIES + 1):
+        removes = (
+            _removes(dt, adds, partition_by, replace_partitions)
+            if mode == "overwrite_partitions"
+            else []
+        )
+        try:
+            dt.create_write_transaction(
+                [*actions, *removes],
+                mode="append",
+                schema=table_schema(dt),
+                partition_by=list(partition_by) or None,
+                commit_properties=props,
+            )
+            break
+        except CommitFailedError:
+            # Another writer removed the files we meant to replace: re-read and retry,
+            # unless that writer committed this very batch.
+            if attempt == COMMIT_RETRIES:
+                raise
+            dt = open_table(uri, settings)
+            log.info("table %s: commit conflict, retry %d", name, attempt + 1)
+            if batch.done(dt):
+                skipped.version = dt.version()
+                log.info("table %s: a concurrent writer committed batch %s", name, batch.app_id)
+                return skipped
+    dt.update_incremental()
+    log.info("table %s version %d: %d rows in %d files (%d replaced), batch %s", name,
+             dt.version(), rows, len(actions), len(removes), batch.app_id)  # fmt: skip
+    return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=batch.app_id)
+
+
+def _removes(dt, adds, partition_by: Sequence[str], extra: Sequence[dict[str, Any]] = ()):
+    """Remove actions for every live file in the partitions that ``adds`` write to."""
+    from deltalake.transaction import RemoveAction
+
+    now = int(time.time() * 1000)
+    touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
+    touched |= {tuple(partition_value(p.get(c)) for c in partition_by) for p in extra}
+    return [
+        RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
+        for f in current_files(dt)
+        if not partition_by or tuple(f["partition_values"].get(c) for c in partition_by) in touched
+    ]
+
+
+def _to_arrow(data: pd.DataFrame | pa.Table, schema: pa.Schema | None) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data.cast(schema) if schema is not None else data
+    return pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+
+
+def write_table(
+    name: str,
+    data: pd.DataFrame | pa.Table | dd.DataFrame,
+    *,
+    partition_by: Sequence[str] = (),
+    mode: WriteMode = "append",
+    app_id: str | None = None,
+    schema: pa.Schema | None = None,
+    allow_new_columns: bool = False,
+    settings: Settings | None = None,
+) -> CommitResult:
+    """Write a pandas, Arrow or dask frame to table ``name`` in one atomic commit.
+
+    A dask frame is written partition by partition on the cluster (the current dask
+    scheduler), with no shuffle; then the driver commits all the files at once. The
+    schema is checked against the table's before any file is written.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    settings = settings or get_settings()
+    uri = table_uri(name, settings)
+    dt = open_table(uri, settings)
+    if app_id and dt is not None and dt.transaction_version(app_id) is not None:
+        return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
+    if isinstance(data, dd.DataFrame):
+        schema = schema or pa.Schema.from_pandas(data._meta, preserve_index=False)
+    else:
+        table = _to_arrow(data, schema)
+        schema = table.schema
+    if dt is not None:
+        schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    if isinstance(data, dd.DataFrame):
+        parts = [
+            dask.delayed(_write_pandas)(p, uri, tuple(partition_by), schema, settings)
+            for p in data.to_delayed()
+        ]
+        adds = [a for chunk in dask.compute(*parts) for a in chunk]
+    else:
+        adds = write_fragments(table, uri, partition_by, settings)
+    return commit(
+        uri, adds, schema, partition_by=partition_by, mode=mode, batch=Batch(app_id),
+        allow_new_columns=allow_new_columns, settings=settings,
+    )  # fmt: skip
+
+
+def merge_table(
+    name: str,
+    data: pd.DataFrame | pa.Table,
+    keys: Sequence[str],
+    *,
+    partition_by: Sequence[str] = (),
+    app_id: str | None = None,
+    settings: Settings | None = None,
+    state: dict[str, Any] | None = None,
+) -> CommitResult:
+    """Upsert ``data`` into table ``name`` on ``keys`` in one commit (late and repeated rows).
+
+    Rows whose key exists are updated, the others inserted; the table is created when it
+    does not exist. Keys must be unique within ``data`` (the last row of a key wins).
+    """
+    settings = settings or get_settings()
+    uri = table_uri(name, settings)
+    table = _to_arrow(data, None)
+    missing = [k for k in keys if k not in table.schema.names]
+    if missing:
+        raise LakeError(f"merge key {missing[0]!r} is not a column of the batch for {name!r}")
+    table = last_per_key(table, list(keys))
+    dt = open_table(uri, settings)
+    if dt is None:
+        return commit(
+            uri, write_fragments(table, uri, partition_by, settings), table.schema,
+            partition_by=partition_by, batch=Batch(app_id, state=state), settings=settings,
+        )  # fmt: skip
+    if app_id and dt.transaction_version(app_id) is not None:
+        return CommitResult(name, dt.version(), skipped=True, app_id=app_id)
+    schema_changes(name, table_schema(dt), table.schema)
+    table = table.select(table_schema(dt).names).cast(table_schema(dt))
+    props = Batch(app_id, state=state).properties(table.num_rows)
+    on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    metrics = (
+        dt.merge(table, on, source_alias="s", target_alias="t", commit_properties=props)
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    dt.update_incremental()
+    return CommitResult(
+        name, dt.version(), rows=table.num_rows, app_id=app_id,
+        extra={"inserted": metrics.get("num_target_rows_inserted"),
+               "updated": metrics.get("num_target_rows_updated")},
+    )  # fmt: skip
+
+
+def last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Keep the last row of each key (a repeated record's latest version)."""
+    idx = pa.array(range(table.num_rows), pa.int64())
+    last = table.append_column("__row", idx).group_by(keys).aggregate([("__row", "max")])
+    rows = last["__row_max"]
+    return table.take(pc.take(rows, pc.sort_indices(rows)))
+
+
+def _write_pandas(df, uri, partition_by, schema, settings):
+    return write_fragments(_to_arrow(df, schema), uri, partition_by, settings)
