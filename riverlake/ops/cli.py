@@ -136,6 +136,31 @@ def status(
 
 
 @app.command()
+def pipelines(
+    as_json: Annotated[bool, typer.Option("--json", help="The declarations as JSON.")] = False,
+) -> None:
+    """List the declared pipelines: worker profile, freshness, sources and tables."""
+    from riverlake import pipelines as declared
+
+    settings = _settings()
+    rows = [
+        {
+            "name": p.name,
+            "profile": p.profile or settings.worker_profile,
+            "freshness": str(p.freshness),
+            "sources": ",".join(s["name"] for s in p.sources),
+            "tables": ",".join(sorted(p.tables())),
+        }
+        for p in declared.pipelines(settings).values()
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _print_rows(rows, ["name", "profile", "freshness", "sources", "tables"])
+    _say(f"declared in {declared.declarations_file(settings)}")
+
+
+@app.command()
 def run(
     pipeline: Annotated[str, typer.Argument(help="Pipeline to run, e.g. flights.")],
     cluster: Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -78,12 +79,15 @@ def test_prefect_unreachable(stack_env):
 
 def test_status_and_down_touch_only_our_processes(tmp_path, stack_env):
     res = riverlake_cli("down", env={"RIVERLAKE_HOME": str(tmp_path)})
-    assert res.returncode == 0 and "nothing was running" in res.stdout
+    # a message for the person: stderr; stdout stays for machine output
+    assert res.returncode == 0 and "nothing was running" in res.stderr and res.stdout == ""
     res = riverlake_cli("status")
     assert res.returncode == 0
     states = {ln.split()[0]: ln.split()[1] for ln in res.stdout.splitlines()[1:]}
     assert states["seaweedfs"] == states["prefect"] == "running"
     assert states["worker"] in ("running", "stopped")  # started only by `riverlake deploy`
+    as_json = riverlake_cli("status", "--json")
+    assert {s["service"]: s["state"] for s in json.loads(as_json.stdout)} == states
 
 
 def test_no_credentials(stack_env, tmp_path):

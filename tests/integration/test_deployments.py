@@ -37,8 +37,8 @@ LAKE = "s3://riverlake-test/deploy"  # its own lake: the other tests count their
 def test_deploy_registers_and_the_worker_runs_a_flow(stack_env):
     res = riverlake_cli("deploy", env={"RIVERLAKE_LAKE_URL": LAKE})  # the worker inherits it
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "deployed flights/flights-local to work pool riverlake-local" in res.stdout
-    assert "deployed flight_events/flight_events-local to work pool riverlake-local" in res.stdout
+    assert "deployed flights/flights-local to work pool riverlake-local" in res.stderr
+    assert "deployed flight_events/flight_events-local to work pool riverlake-local" in res.stderr
     (events,) = api("/deployments/filter",
                     {"deployments": {"name": {"any_": ["flight_events-local"]}}})  # fmt: skip
     assert [s["schedule"]["interval"] for s in events["schedules"]] == [60.0]

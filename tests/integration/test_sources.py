@@ -28,7 +28,7 @@ from riverlake.demo import dimensions as demo_dimensions
 from riverlake.ops.stack import free_port
 from riverlake.settings import get_settings
 from riverlake.sources import ingest
-from riverlake.sources.ingest import SourceError
+from riverlake.sources.base import SourceError
 from riverlake.sources.spec import parse_source
 from tests.conftest import ROOT, need
 
