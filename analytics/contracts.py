@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
+
 from riverlake.analytics.flights import NATURAL_KEY
 
 ORIGINS = ["EWR", "JFK", "LGA"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hvplot.dask  # noqa: F401  (registers .hvplot on dask frames)
 import panel as pn
 import param
-from riverlake.apps.common import page
 
 from riverlake import lake
+from riverlake.apps.common import page
 from riverlake.errors import LakeError
 from riverlake.settings import get_settings
 

@@ -13,6 +13,7 @@ import hvplot.pandas  # noqa: F401  (registers .hvplot on pandas)
 import pandas as pd
 import panel as pn
 import param
+
 from riverlake.analytics.analysis import filter_rows
 from riverlake.analytics.flights import DAILY_KPI_SCHEMA, by_carrier, delay_by_day, summarize
 from riverlake.apps.common import TableWatcher, load_table, page

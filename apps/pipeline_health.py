@@ -10,10 +10,10 @@ import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
-from riverlake.analytics.flights import CURATED_TABLE, QUARANTINE_TABLE
-from riverlake.apps.common import load_table, page
 
 from riverlake import lake, pipelines, runs
+from riverlake.analytics.flights import CURATED_TABLE, QUARANTINE_TABLE
+from riverlake.apps.common import load_table, page
 from riverlake.settings import get_settings
 
 REFRESH_MS = 15_000

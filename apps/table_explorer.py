@@ -9,9 +9,9 @@ import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
-from riverlake.apps.common import page
 
 from riverlake import lake
+from riverlake.apps.common import page
 from riverlake.settings import get_settings
 
 SAMPLE_ROWS = 200

@@ -71,6 +71,7 @@ def first_render(url: str, repeats: int = 5) -> list[float]:
 def filter_latency(changes: int = 50) -> list[float]:
     import panel as pn
     from bokeh.document import Document
+
     from riverlake.apps.flights_dashboard import FlightsDashboard
 
     d = FlightsDashboard()

@@ -54,8 +54,8 @@ def generate(rows: int, files: int, seed: int) -> Path:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
-    from riverlake.analytics.flights import SOURCE_COLUMNS
 
+    from riverlake.analytics.flights import SOURCE_COLUMNS
     from riverlake.demo import data as demo_data
 
     out = DATA / f"flights-v2-{rows}-{files}-seed{seed}"
@@ -112,9 +112,9 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
     """One CSV file: read, type and flag, write partition files, monthly partial sums."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    from riverlake.analytics.flights import monthly_partials, prepare_flights
 
     from riverlake import lake
+    from riverlake.analytics.flights import monthly_partials, prepare_flights
 
     types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
     raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
@@ -125,9 +125,9 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
 
 def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
-    from riverlake.analytics.flights import FLIGHTS_SCHEMA, combine_monthly
 
     from riverlake import lake
+    from riverlake.analytics.flights import FLIGHTS_SCHEMA, combine_monthly
     from riverlake.settings import get_settings
 
     settings = get_settings(lake_url=str(out))

@@ -47,9 +47,8 @@ def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
 
 def baseline(lake_url: str) -> float:
     """The same day, no orchestration: pandas reads, types, deltalake writes, pandas aggregates."""
-    from riverlake.analytics.flights import DAILY_KPI_SCHEMA, daily_kpis, prepare_flights, to_pandas
-
     from riverlake import lake
+    from riverlake.analytics.flights import DAILY_KPI_SCHEMA, daily_kpis, prepare_flights, to_pandas
     from riverlake.demo import data as demo_data
     from riverlake.settings import get_settings
 

@@ -32,10 +32,10 @@ from benchmarks.etl import CSV_TYPES, DATA, RESULTS, generate  # noqa: E402
 def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    from riverlake.analytics.contracts import split
-    from riverlake.analytics.flights import curate_flights, prepare_flights, to_curated_table
 
     from riverlake import lake
+    from riverlake.analytics.contracts import split
+    from riverlake.analytics.flights import curate_flights, prepare_flights, to_curated_table
 
     types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
     raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
@@ -51,6 +51,8 @@ def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
 def main() -> None:
     import pandas as pd
     from distributed import Client, LocalCluster
+
+    from riverlake import lake
     from riverlake.analytics.flights import (
         CURATED_SCHEMA,
         daily_kpis,
@@ -59,8 +61,6 @@ def main() -> None:
         delay_by_weather,
         route_stats,
     )
-
-    from riverlake import lake
     from riverlake.demo import data as demo_data
     from riverlake.settings import get_settings
 

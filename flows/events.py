@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from riverlake.flows.runner import export_storage_credentials
 
 from riverlake import lake, pipelines
+from riverlake.flows.runner import export_storage_credentials
 from riverlake.settings import get_settings
 from riverlake.sources.stream import consume
 

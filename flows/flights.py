@@ -22,6 +22,8 @@ import pyarrow.csv as pacsv
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 from prefect_dask import get_dask_client
+
+from riverlake import lake, pipelines
 from riverlake.analytics.contracts import FLIGHTS_CONTRACT, quality_report, split
 from riverlake.analytics.flights import (
     CURATED_SCHEMA,
@@ -43,8 +45,6 @@ from riverlake.analytics.flights import (
     type_strings,
 )
 from riverlake.flows.runner import export_storage_credentials, pipeline_task_runner, verify_cluster
-
-from riverlake import lake, pipelines
 from riverlake.settings import get_settings
 from riverlake.sources.ingest import ingest, reach_sources
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from prefect_dask import DaskTaskRunner
-from riverlake.cluster import ClusterOptions, cluster_options, is_address, make_cluster
 
 from riverlake import pipelines
+from riverlake.cluster import ClusterOptions, cluster_options, is_address, make_cluster
 from riverlake.settings import Settings, get_settings
 
 
@@ -32,6 +32,7 @@ def verify_cluster() -> None:
     Called in a task (the task runner's client exists once a task has been submitted).
     """
     from prefect_dask import get_dask_client
+
     from riverlake.cluster import check_versions
 
     with get_dask_client() as client:

@@ -183,9 +183,8 @@ def run(
 
     The run's summary (JSON) goes to stdout; progress and the closing line to stderr.
     """
-    from riverlake.cluster import validate_profile
-
     from riverlake import lake, pipelines
+    from riverlake.cluster import validate_profile
     from riverlake.ops import stack
 
     settings = _settings()
@@ -201,13 +200,13 @@ def run(
     lake.check_store(settings)
     _prefect_env(settings)  # before Prefect is imported: it reads its settings once
     from riverlake.flows import get_pipeline
-
     from riverlake.sources.ingest import reach_sources
 
     flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
     reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
     from prefect.settings import temporary_settings
     from prefect_dask import DaskTaskRunner
+
     from riverlake.flows.runner import (
         ensure_result_storage,
         export_storage_credentials,

@@ -25,9 +25,9 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from riverlake.analytics.flights import QUARANTINE_TABLE
 
 from riverlake import lake, pipelines, runs
+from riverlake.analytics.flights import QUARANTINE_TABLE
 from riverlake.settings import Settings, get_settings
 
 #: Quarantine tables and the column that names their source (None: one source, the table).

@@ -8,6 +8,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+
 from riverlake.analytics.flights import (
     FLIGHTS_SCHEMA,
     SOURCE_COLUMNS,
@@ -109,7 +110,6 @@ def test_rollups_reaggregate_exactly():
 
 def test_monthly_partials_combine_to_the_pandas_answer():
     from riverlake.analytics.flights import combine_monthly, monthly_partials
-
     from riverlake.demo import data as demo_data
 
     raw = demo_data.load("flights")

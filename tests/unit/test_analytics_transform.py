@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dask.dataframe.utils import assert_eq
+
 from riverlake.analytics import analysis
 from riverlake.analytics.contracts import FLIGHTS_CONTRACT, contract_checks, quality_report, split
 from riverlake.analytics.flights import (
@@ -27,7 +28,6 @@ from riverlake.analytics.flights import (
     to_pandas,
     type_strings,
 )
-
 from riverlake.demo import data as demo_data
 
 pytestmark = pytest.mark.unit

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
-from riverlake.analytics.flights import DAILY_KPI_SCHEMA
 
 from riverlake import lake
+from riverlake.analytics.flights import DAILY_KPI_SCHEMA
 from riverlake.settings import get_settings
 
 pytestmark = pytest.mark.unit
@@ -118,6 +118,7 @@ def test_sessions_share_a_table_until_it_gets_a_new_version(lake_with_gold):
 def test_pipeline_health_renders_on_an_empty_lake(tmp_path, monkeypatch):
     import panel as pn
     from bokeh.document import Document
+
     from riverlake.apps.pipeline_health import PipelineHealth
 
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "empty"))

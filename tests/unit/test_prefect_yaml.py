@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from riverlake.flows import PIPELINES
 
+from riverlake.flows import PIPELINES
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
