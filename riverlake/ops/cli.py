@@ -87,6 +87,9 @@ def _prefect_settings(values: dict[str, str]) -> dict:
 
 
 def _require_prefect(settings: Settings) -> None:
+    """Point this process at the settings' Prefect API (before Prefect is first imported:
+    it reads its settings once), then refuse to go on if it does not answer."""
+    _prefect_env(settings)
     if not runs.healthy(settings):
         _fail(f"Prefect API {settings.prefect_api_url} is unreachable; run `riverlake up` first")
 
@@ -198,7 +201,6 @@ def run(
                 _fail(f"--{label} {value!r} is not a date (YYYY-MM-DD)")
     _require_prefect(settings)
     lake.check_store(settings)
-    _prefect_env(settings)  # before Prefect is imported: it reads its settings once
     from riverlake.flows import get_pipeline
     from riverlake.sources.ingest import reach_sources
 
@@ -306,7 +308,6 @@ def deploy(
 
     settings = _settings()
     _require_prefect(settings)
-    _prefect_env(settings)
     from riverlake.flows.runner import ensure_result_storage
 
     root = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml and flows/
