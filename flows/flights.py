@@ -313,6 +313,9 @@ def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
     and by weather, daily on-time rate with its rolling mean): the touched years.
     """
     settings = get_settings()
+    curated = lake.table(CURATED_TABLE, settings)
+    if curated is None or curated.rows() == 0:  # only quarantined rows so far: no gold
+        return {}
     years = sorted({y for y, _ in months})
     touched = set(months)
     cols = ["year", "month", "flight_date", "carrier", "origin", "dest", "flight", "hour",
@@ -380,14 +383,19 @@ def flights_flow(
     # The batch: the landed files it reads and the drop manifest it commits.
     landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
     batch = landed_batch_id(landed)
-    if lake.committed(CURATED_TABLE, f"flights:{batch}", settings):
+    skipped = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
+               "curated_skipped": True, "curated_version": None}  # fmt: skip
+    if drops["units"] == 0 and not any(files.values()):
+        # Nothing ever landed for these months and nothing arrived: no table to touch.
+        logger.info("no drops for %s and nothing landed: nothing to do", months)
+        counts, gold = skipped, {}
+    elif lake.committed(CURATED_TABLE, f"flights:{batch}", settings):
         logger.info("batch %s is already committed; nothing to transform", batch)
-        counts = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
-                  "curated_skipped": True, "curated_version": None}  # fmt: skip
+        counts, gold = skipped, build_gold.submit(months, batch).result()
     else:
         futures = [transform_month.submit(y, m, sorted(files[(y, m)])) for y, m in months]
         counts = commit_flights([f.result() for f in futures], months, batch, drops["state"])
-    gold = build_gold.submit(months, batch).result()
+        gold = build_gold.submit(months, batch).result()
     summary = {
         "batch": batch,
         "months": [f"{y}-{m:02d}" for y, m in months],

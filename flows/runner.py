@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect_dask import DaskTaskRunner
 
 from riverlake import pipelines
 from riverlake.cluster import ClusterOptions, cluster_options, is_address, make_cluster
-from riverlake.settings import Settings, get_settings
+from riverlake.settings import LIBRARY_LOGGER, Settings, get_settings
+
+# Prefect attaches its run-log handler to the library's logger (PREFECT_LOGGING_EXTRA_LOGGERS)
+# but leaves its level unset, so the root logger's WARNING would drop every INFO line:
+# a process that runs flows (and a worker process that imports them) logs at the settings'
+# level, so commits, skips and quarantines reach the run's logs in the Prefect UI.
+logging.getLogger(LIBRARY_LOGGER).setLevel(get_settings().log_level)
 
 
 def dask_task_runner(options: ClusterOptions) -> DaskTaskRunner:

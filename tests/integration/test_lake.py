@@ -169,9 +169,10 @@ def test_driver_killed_between_file_writes_and_commit(name):
         import os, signal, sys
         import pyarrow as pa
         from riverlake import lake
+        from riverlake.settings import get_settings
         from tests.integration.test_lake import frame
         t = pa.Table.from_pandas(frame(), preserve_index=False)
-        adds = lake.write_fragments(t, lake.table_uri(sys.argv[1], lake.get_settings()), ["year", "month"])
+        adds = lake.write_fragments(t, lake.table_uri(sys.argv[1], get_settings()), ["year", "month"])
         print(len(adds), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # dies before lake.commit
         """,
@@ -251,13 +252,15 @@ def test_additive_evolution_adds_a_nullable_column(name):
 def test_partition_pruning_reads_only_matching_files(name, monkeypatch):
     lake.write_table(name, frame(months=(1, 2, 3, 4)), partition_by=["year", "month"])
     opened: list[str] = []
-    real = lake.read_fragment
+    from riverlake.lake import read
+
+    real = read.read_fragment
 
     def counting(spec, *a, **kw):
         opened.append(spec["path"])
         return real(spec, *a, **kw)
 
-    monkeypatch.setattr(lake, "read_fragment", counting)
+    monkeypatch.setattr(read, "read_fragment", counting)
     df = lake.read_table(
         name, columns=["month", "k"], filters=[("month", "in", [2, 4]), ("k", "<", 2050)]
     ).compute(scheduler="sync")
