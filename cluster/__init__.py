@@ -25,7 +25,7 @@ from riverlake.settings import Settings, get_settings
 
 PROFILES = ("local", "kubernetes")
 
-#: Worker resources by pipeline profile (flows/pipelines.yaml: ``profile``), per worker.
+#: Worker resources by pipeline profile (a declaration's ``profile``), per worker.
 #: ``minimum``/``maximum`` bound the DaskAutoscaler of a run's cluster.
 WORKER_PROFILES: dict[str, dict[str, Any]] = {
     "small": {"cpu": "500m", "memory": "2Gi", "threads": 1, "minimum": 1, "maximum": 2},
@@ -112,19 +112,19 @@ class ClusterOptions:
     worker processes; a DaskCluster manifest gets secret references instead).
     """
 
-    profile: str = "local"
-    workers: int = 2
-    threads_per_worker: int = 1
-    worker_memory: str = "4GiB"
-    processes: bool = False
-    dashboard_address: str = "127.0.0.1:8787"
-    worker_profile: str = "standard"
-    worker_env: tuple[tuple[str, str], ...] = ()
-    image: str = "ghcr.io/riverlake/riverlake:0.1.0"
-    namespace: str = "riverlake"
-    idle_timeout: int = 600
-    pod_name: str | None = None
-    pod_uid: str | None = None
+    profile: str
+    workers: int
+    threads_per_worker: int
+    worker_memory: str
+    processes: bool
+    dashboard_address: str
+    worker_profile: str
+    worker_env: tuple[tuple[str, str], ...]
+    image: str
+    namespace: str
+    idle_timeout: int
+    pod_name: str | None
+    pod_uid: str | None
 
     @property
     def env(self) -> dict[str, str]:

@@ -53,7 +53,7 @@ BACKOFF = exponential_backoff(backoff_factor=2)
 
 PIPELINE = "flights"
 DROPS = "flight_drops"
-#: The batch sources that load the dimension tables (see flows/pipelines.yaml).
+#: The batch sources that load the dimension tables (see riverlake/pipelines/pipelines.yaml).
 DIMENSION_SOURCES = ("weather", "planes", "airports", "airlines")
 
 #: Rows that failed typing or the contract, with the check and the original record.

@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 from riverlake.errors import StackError
@@ -387,25 +388,30 @@ def set_demo(settings: Settings, demo: bool) -> None:
     (settings.home / STACK_FILE).write_text(json.dumps({"demo": demo}))
 
 
+def _demo_drops(settings: Settings, pipeline: str):
+    """The demo's drops upstream when it serves ``pipeline`` on this stack, else None."""
+    if pipeline != DEMO_PIPELINE or not demo_enabled(settings):
+        return None
+    from riverlake.demo import drops
+
+    return drops
+
+
 def deliver_demo_data(settings: Settings, pipeline: str, start, end) -> list[str] | None:
     """Before a run: the demo upstream of ``pipeline`` delivers its data for [start, end]
     (the demo's whole year where unset). None when the stack serves no demo for it."""
-    if pipeline != DEMO_PIPELINE or not demo_enabled(settings):
+    drops = _demo_drops(settings, pipeline)
+    if drops is None:
         return None
-    from riverlake.demo import drops
-
     return drops.deliver_drops(settings, start or drops.FIRST_DAY, end or drops.LAST_DAY)
 
 
-def next_demo_day(settings: Settings, pipeline: str, day):
+def next_demo_day(settings: Settings, pipeline: str, day: date) -> date | None:
     """The day after ``day`` that the demo upstream of ``pipeline`` can drop, or None."""
-    if pipeline != DEMO_PIPELINE or not demo_enabled(settings):
+    drops = _demo_drops(settings, pipeline)
+    if drops is None or day >= drops.LAST_DAY:
         return None
-    from datetime import timedelta
-
-    from riverlake.demo import drops
-
-    return day + timedelta(days=1) if day < drops.LAST_DAY else None
+    return day + timedelta(days=1)
 
 
 #: The pipeline whose upstream the demo plays (its daily drops).

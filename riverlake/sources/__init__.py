@@ -1,6 +1,7 @@
-"""Extraction: source connectors configured as data in flows/pipelines.yaml.
+"""Extraction: source connectors configured as data in the pipeline declarations.
 
-``spec`` (the specs), ``ingest`` (the batch run: plan, parallel read, quarantine,
-commit with state), ``files``, ``http``, ``sql`` (batch connectors), ``stream`` (NATS
-JetStream micro-batches), ``demo`` (the local stack's demo sources).
+``base`` (what every connector shares), ``spec`` (the specs), ``files``, ``http``,
+``sql`` (batch connectors), ``stream`` (NATS JetStream micro-batches), and ``ingest``
+(the batch run: plan, parallel read, quarantine, commit with state), which imports the
+connectors; they import only ``base``.
 """
