@@ -51,8 +51,12 @@ FLIGHTS_SCHEMA = pa.schema(
 CURATED_TABLE = "flights"
 QUARANTINE_TABLE = "flights_quarantine"
 DAILY_TABLE = "carrier_origin_daily"
+ROUTES_TABLE = "route_stats"
+HOURLY_TABLE = "delay_by_hour"
+WEATHER_TABLE = "delay_by_weather"
+ON_TIME_TABLE = "daily_on_time"
 #: Gold tables recomputed per touched year.
-YEARLY_TABLES = ("route_stats", "delay_by_hour", "delay_by_weather", "daily_on_time")
+YEARLY_TABLES = (ROUTES_TABLE, HOURLY_TABLE, WEATHER_TABLE, ON_TIME_TABLE)
 
 FLIGHTS_PARTITION_BY = ["year", "month"]
 

@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from riverlake import lake
+from riverlake.analytics.flights import CURATED_TABLE
 from riverlake.apps.common import page
 from riverlake.errors import LakeError
 from riverlake.settings import get_settings
@@ -34,7 +35,7 @@ class BigDataView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         try:
-            self.data = lake.read_table("flights", columns=list(AXES), settings=get_settings())
+            self.data = lake.read_table(CURATED_TABLE, columns=list(AXES), settings=get_settings())
         except LakeError:
             self.data = None
 

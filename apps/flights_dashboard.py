@@ -15,11 +15,20 @@ import panel as pn
 import param
 
 from riverlake.analytics.analysis import filter_rows
-from riverlake.analytics.flights import DAILY_KPI_SCHEMA, by_carrier, delay_by_day, summarize
+from riverlake.analytics.flights import (
+    DAILY_KPI_SCHEMA,
+    DAILY_TABLE,
+    HOURLY_TABLE,
+    ROUTES_TABLE,
+    WEATHER_TABLE,
+    by_carrier,
+    delay_by_day,
+    summarize,
+)
 from riverlake.apps.common import TableWatcher, load_table, page
 
-GOLD = "carrier_origin_daily"
-YEARLY = ("route_stats", "delay_by_hour", "delay_by_weather")
+#: The yearly gold tables the dashboard shows, by the parameter that holds each.
+YEARLY = {ROUTES_TABLE: "routes", HOURLY_TABLE: "hourly", WEATHER_TABLE: "weather"}
 REFRESH_MS = 10_000
 
 
@@ -36,7 +45,7 @@ class FlightsDashboard(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._watcher = TableWatcher([GOLD, *YEARLY])
+        self._watcher = TableWatcher([DAILY_TABLE, *YEARLY])
         self._numbers = {
             "flights": pn.indicators.Number(label="Flights", value=0, format="{value:,.0f}"),
             "cancelled": pn.indicators.Number(label="Cancelled", value=0, format="{value:,.0f}"),
@@ -64,8 +73,8 @@ class FlightsDashboard(pn.viewable.Viewer):
         changed = self._watcher.changed() if not force else self._watcher.all()
         if not changed:
             return False
-        if GOLD in changed:
-            kpis = load_table(GOLD, DAILY_KPI_SCHEMA)
+        if DAILY_TABLE in changed:
+            kpis = load_table(DAILY_TABLE, DAILY_KPI_SCHEMA)
             carriers = sorted(kpis["carrier"].dropna().unique().tolist())
             origins = sorted(kpis["origin"].dropna().unique().tolist())
             self.param.carriers.objects = carriers
@@ -84,10 +93,9 @@ class FlightsDashboard(pn.viewable.Viewer):
                 if whole:
                     update["date_range"] = new
             self.param.update(**update)  # one event: views recompute once
-        for name in YEARLY:
+        for name, attr in YEARLY.items():
             if name in changed:
-                setattr(self, {"route_stats": "routes", "delay_by_hour": "hourly",
-                               "delay_by_weather": "weather"}[name], load_table(name))  # fmt: skip
+                setattr(self, attr, load_table(name))
         return True
 
     def selected(self) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import panel as pn
 import param
 
 from riverlake import lake
+from riverlake.analytics.flights import CURATED_TABLE
 from riverlake.apps.common import page
 from riverlake.settings import get_settings
 
@@ -37,7 +38,7 @@ class TableExplorer(pn.viewable.Viewer):
         names = [t["name"] for t in self.catalog]
         self.param.table.objects = names
         if names and self.table not in names:
-            self.table = "flights" if "flights" in names else names[0]
+            self.table = CURATED_TABLE if CURATED_TABLE in names else names[0]
 
     def info(self) -> dict:
         return next((t for t in self.catalog if t["name"] == self.table), {})

@@ -1,0 +1,34 @@
+"""The command behaves like the tools its users know: --version, completion, JSON on request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from riverlake import __version__
+from riverlake.ops.cli import app
+
+pytestmark = pytest.mark.unit
+
+
+def test_version_is_one_line_on_stdout():
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"riverlake {__version__}\n"
+
+
+def test_shell_completion_is_offered():
+    res = CliRunner().invoke(app, ["--help"])
+    assert res.exit_code == 0
+    assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
+
+
+def test_pipelines_json_is_the_declarations_alone_on_stdout():
+    res = CliRunner().invoke(app, ["pipelines", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)  # nothing else on stdout
+    assert [r["name"] for r in rows] == ["flights", "flight_events"]
+    assert rows[1] == {"name": "flight_events", "profile": "small", "freshness": "0:10:00",
+                       "sources": "flight_events", "tables": "flight_events"}  # fmt: skip
+    assert "declared in" not in res.stdout
