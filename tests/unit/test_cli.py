@@ -32,3 +32,18 @@ def test_pipelines_json_is_the_declarations_alone_on_stdout():
     assert rows[1] == {"name": "flight_events", "profile": "small", "freshness": "0:10:00",
                        "sources": "flight_events", "tables": "flight_events"}  # fmt: skip
     assert "declared in" not in res.stdout
+
+
+def test_flow_runs_are_read_with_prefects_client_and_its_api_key():
+    from prefect.settings import PREFECT_API_KEY, temporary_settings
+
+    from riverlake import runs
+    from riverlake.settings import get_settings
+
+    settings = get_settings(prefect_api_url="http://127.0.0.1:1/api")
+    assert "authorization" not in runs.client(settings)._client.headers
+    with temporary_settings({PREFECT_API_KEY: "k-123"}):
+        c = runs.client(settings)
+    assert c._client.headers["authorization"] == "Bearer k-123"
+    assert str(c._client.base_url).rstrip("/") == "http://127.0.0.1:1/api"
+    assert runs.healthy(settings, timeout=1) is False  # nothing listens there: not healthy
