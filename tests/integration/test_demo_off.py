@@ -42,7 +42,7 @@ def test_without_the_demo_an_empty_drop_folder_loads_nothing(demo_off, tmp_path)
     drops = tmp_path / "drops"
     drops.mkdir()
     env = {"RIVERLAKE_LAKE_URL": LAKE, "RIVERLAKE_DROPS_URL": str(drops)}
-    first = riverlake_cli("run", "flights", "--start", DAY, "--end", DAY, env=env)
+    first = riverlake_cli("run", "flights", "--json", "--start", DAY, "--end", DAY, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "demo upstream" not in first.stderr
     assert list(drops.iterdir()) == []  # nobody wrote demo drops

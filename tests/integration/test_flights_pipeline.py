@@ -27,10 +27,9 @@ def source_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def first_run(stack_env):
-    res = riverlake_cli("run", "flights", "--start", START, "--end", END)
+    res = riverlake_cli("run", "flights", "--json", "--start", START, "--end", END)
     assert res.returncode == 0, res.stderr[-3000:]
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1])
+    return json.loads(res.stdout)  # the summary alone on stdout
 
 
 def test_every_source_row_is_loaded(first_run):
@@ -77,12 +76,32 @@ def test_gold_matches_independent_pandas(first_run):
 
 def test_rerun_is_a_noop(first_run):
     before = lake.table_version("flights", get_settings())
-    res = riverlake_cli("run", "flights", "--start", START, "--end", END)
+    res = riverlake_cli("run", "flights", "--json", "--start", START, "--end", END)
     assert res.returncode == 0, res.stderr[-3000:]
-    again = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+    again = json.loads(res.stdout)
     assert again["batch"] == first_run["batch"] and again["curated_skipped"] is True
     assert lake.table_version("flights", get_settings()) == before
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
+
+
+def test_a_person_sees_a_table_per_table_and_the_runs_url(first_run):
+    res = riverlake_cli("run", "flights", "--start", START, "--end", END)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["TABLE", "IN", "LOADED", "QUARANTINED", "MERGED"]
+    rows = {
+        ln.split()[0]: ln.split()[1:] for ln in lines[1:] if not ln.startswith(("run:", "apps:"))
+    }
+    assert rows["flights"] == ["0", "0", "0", "0"]  # nothing new: the batch is already in
+    assert set(rows) >= {"flight_drops", "weather", "planes", "airports", "airlines", "flights"}
+    (run_line,) = [ln for ln in lines if ln.startswith("run:")]
+    run_id = run_line.rsplit("/", 1)[1]
+    api = get_settings().prefect_api_url
+    with urllib.request.urlopen(f"{api}/flow_runs/{run_id}", timeout=10) as r:
+        flow_run = json.loads(r.read())
+    assert flow_run["name"] == f"flights {START}..{END}"  # named after what it does
+    assert flow_run["state_type"] == "COMPLETED"
+    assert "done in" in res.stderr and "{" not in res.stdout
 
 
 def test_flow_run_is_in_prefect_with_its_tasks(first_run):

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def run(lake_url: str, *args: str) -> dict:
-    res = riverlake_cli("run", "flights", *args, env={"RIVERLAKE_LAKE_URL": lake_url}, timeout=600)
+    res = riverlake_cli(
+        "run", "flights", "--json", *args, env={"RIVERLAKE_LAKE_URL": lake_url}, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
 

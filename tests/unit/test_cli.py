@@ -47,3 +47,21 @@ def test_flow_runs_are_read_with_prefects_client_and_its_api_key():
     assert c._client.headers["authorization"] == "Bearer k-123"
     assert str(c._client.base_url).rstrip("/") == "http://127.0.0.1:1/api"
     assert runs.healthy(settings, timeout=1) is False  # nothing listens there: not healthy
+
+
+def test_a_runs_accounting_has_a_row_per_table():
+    from riverlake.ops.cli import accounting
+
+    stream = {"batches": 3, "rows_in": 10, "rows_loaded": 7, "rows_quarantined": 1,
+              "rows_deduplicated": 2, "last_seq": 10}  # fmt: skip
+    assert accounting("flight_events", stream) == [
+        {"table": "flight_events", "in": 10, "loaded": 7, "quarantined": 1, "merged": 2}]  # fmt: skip
+    flights = {"rows_in": 100, "rows_loaded": 95, "rows_quarantined": 3, "rows_merged": 2,
+               "drops": {"units": 2, "rows_in": 100, "rows_loaded": 99, "rows_quarantined": 1},
+               "sources": {"weather": {"rows_in": 5, "rows_loaded": 4, "rows_quarantined": 0}},
+               "gold_rows": {"carrier_origin_daily": 12}}  # fmt: skip
+    rows = {r["table"]: r for r in accounting("flights", flights)}
+    assert list(rows) == ["flight_drops", "weather", "flights", "carrier_origin_daily"]
+    assert rows["weather"]["merged"] == 1  # a repeated record updated its row
+    assert (rows["flights"]["loaded"], rows["flights"]["merged"]) == (95, 2)
+    assert rows["carrier_origin_daily"]["loaded"] == 12
