@@ -138,6 +138,11 @@ class Batch:
     version: int = 1
     state: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
+    #: The version of ``app_id`` this batch must follow (0: none yet). When set, the
+    #: commit happens only on a table that holds exactly that version, and it is never
+    #: rebased over a concurrent commit: a stream's micro-batch must start right after
+    #: the last committed sequence, whoever else is consuming.
+    follows: int | None = None
 
     def properties(self, rows: int):
         """The deltalake ``CommitProperties`` of this batch writing ``rows`` rows."""
@@ -151,12 +156,29 @@ class Batch:
         return CommitProperties(
             custom_metadata={k: str(v) for k, v in custom.items()},
             app_transactions=[Transaction(self.app_id, self.version)] if self.app_id else None,
+            max_commit_retries=0 if self.follows is not None else None,
         )
 
     def done(self, dt) -> bool:
         """True when the table ``dt`` already holds this batch."""
         got = dt.transaction_version(self.app_id) if self.app_id else None
         return got is not None and got >= self.version
+
+    def check_follows(self, dt, name: str) -> None:
+        """Raise :class:`CommitConflict` unless ``dt`` holds exactly ``follows`` of this app."""
+        if self.follows is None:
+            return
+        got = (dt.transaction_version(self.app_id) if dt is not None else None) or 0
+        if got != self.follows:
+            raise CommitConflict(
+                f"table {name!r}: batch {self.app_id} up to {self.version} must follow "
+                f"{self.follows} but the table holds {got} (another writer committed); "
+                "nothing committed"
+            )
+
+
+class CommitConflict(LakeError):
+    """A batch that must follow a given version found another writer's commit instead."""
 
 
 NO_BATCH = Batch()
@@ -282,6 +304,7 @@ def commit(
     ]
     dt = table.delta if table is not None else open_table(uri, settings)
     if dt is None:
+        batch.check_follows(None, name)
         if _create(uri, actions, schema, partition_by, batch, rows, settings):
             log.info("table %s created at version 0: %d rows, batch %s", name, rows, batch.app_id)
             return CommitResult(name, 0, len(actions), 0, rows, app_id=batch.app_id)
@@ -299,6 +322,7 @@ def commit(
         dt.update_incremental()
     props = batch.properties(rows)
     for attempt in range(COMMIT_RETRIES + 1):
+        batch.check_follows(dt, name)
         removes = (
             _removes(dt, adds, partition_by, replace_partitions)
             if mode == "overwrite_partitions"
