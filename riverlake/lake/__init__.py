@@ -42,11 +42,13 @@ from riverlake.lake.store import (
 from riverlake.lake.table import Table, committed, read_state, table, table_version
 from riverlake.lake.write import (
     Batch,
+    CommitConflict,
     CommitResult,
     WriteMode,
     commit,
     last_per_key,
     merge_table,
+    null_key_rows,
     schema_changes,
     write_fragments,
     write_table,
@@ -54,9 +56,9 @@ from riverlake.lake.write import (
 
 __all__ = [
     "BATCH_KEY", "LANDING", "QUALITY_REPORT", "ROWS_KEY", "SOURCE_QUARANTINE", "STATE_PREFIX",
-    "TABLES", "Batch", "CommitResult", "Table", "WriteMode", "check_store", "commit",
-    "committed", "filesystem", "fs_options", "lake_root", "landing_uri", "last_per_key",
-    "list_tables", "merge_table", "optimize", "read_fragment", "read_pandas", "read_state",
-    "read_table", "schema_changes", "storage_options", "strip_scheme", "table", "table_files",
-    "table_uri", "table_version", "vacuum", "write_fragments", "write_table",
+    "TABLES", "Batch", "CommitConflict", "CommitResult", "Table", "WriteMode", "check_store",
+    "commit", "committed", "filesystem", "fs_options", "lake_root", "landing_uri", "last_per_key",
+    "list_tables", "merge_table", "null_key_rows", "optimize", "read_fragment", "read_pandas",
+    "read_state", "read_table", "schema_changes", "storage_options", "strip_scheme", "table",
+    "table_files", "table_uri", "table_version", "vacuum", "write_fragments", "write_table",
 ]  # fmt: skip

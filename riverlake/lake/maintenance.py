@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from riverlake.errors import LakeError
+from riverlake.lake.names import MIN_VACUUM_RETENTION_HOURS
 from riverlake.lake.store import open_table, table_uri
 from riverlake.settings import Settings, get_settings
 
@@ -25,8 +26,17 @@ def vacuum(
     """Delete files no live version needs and that are older than the retention period.
 
     ``full`` mode also removes files no commit ever referenced: the orphans of a run
-    that died between writing its files and committing them.
+    that died between writing its files and committing them. Files that a running
+    writer has written but not committed yet look the same, so a retention below
+    :data:`~riverlake.lake.names.MIN_VACUUM_RETENTION_HOURS` is refused.
     """
+    if retention_hours < MIN_VACUUM_RETENTION_HOURS:
+        raise LakeError(
+            f"vacuum of table {name!r}: a retention of {retention_hours} hours is below the "
+            f"minimum of {MIN_VACUUM_RETENTION_HOURS} "
+            "(riverlake.lake.names.MIN_VACUUM_RETENTION_HOURS): files being written but not "
+            "committed yet would be deleted"
+        )
     settings = settings or get_settings()
     dt = open_table(table_uri(name, settings), settings)
     if dt is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -22,12 +23,17 @@ def partition_value(v: Any) -> str | None:
 
 
 def current_files(dt) -> list[dict[str, Any]]:
-    """The table's live files: path, size, rows and partition values (as strings)."""
+    """The table's live files: path, size, rows and partition values (as strings).
+
+    ``path`` is the file's path under the table folder as the store names it: the log
+    holds it URI-encoded (a partition folder ``p=x%20y`` is ``p=x%2520y`` there), and
+    deltalake's add actions return it as logged, so it is decoded here.
+    """
     acts = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
     part_cols = dt.metadata().partition_columns
     return [
         {
-            "path": a["path"],
+            "path": unquote(a["path"]),
             "size": a["size_bytes"],
             "rows": a.get("num_records"),
             "partition_values": {c: partition_value(a.get(f"partition.{c}")) for c in part_cols},

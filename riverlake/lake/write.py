@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +71,24 @@ def _file_stats(table: pa.Table) -> str:
     )
 
 
+#: The folder value of a null partition value (Hive's and Delta's name for it).
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+def partition_dir(key: Mapping[str, Any]) -> str:
+    """The folder of one partition under its table, named as deltalake's writer names it.
+
+    Each value is percent-encoded (every byte but ASCII letters, digits and ``-._~``), so
+    a value holding '/', '..', '%', ':', '=', spaces or control characters stays one
+    folder inside the table; the log records the path URI-encoded once more, and readers
+    (ours and deltalake's) decode it back to this name.
+    """
+    return "/".join(
+        f"{k}={NULL_PARTITION if v is None else quote(partition_value(v), safe='')}"
+        for k, v in key.items()
+    )
+
+
 def write_fragments(
     table: pa.Table,
     uri: str,
@@ -100,10 +120,7 @@ def write_fragments(
         groups = [({}, table)]
     adds = []
     for key, part in groups:
-        rel_dir = "/".join(
-            f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in key.items()
-        )
-        rel = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.zstd.parquet")
+        rel = posixpath.join(partition_dir(key), f"part-{uuid.uuid4().hex}.zstd.parquet")
         path = f"{base}/{rel}"
         if not fs.exists(posixpath.dirname(path)):
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -269,6 +286,40 @@ def _create(uri, actions, schema, partition_by, batch: Batch, rows: int, setting
         return False
 
 
+def _check_files(name: str, uri: str, adds: Sequence[dict[str, Any]], settings) -> None:
+    """Refuse, in one line, a commit of a file that is not on the store as it was written.
+
+    A vacuum (or anything else) may have deleted or changed a file between its write and
+    this commit; committing it anyway would make the table unreadable. One listing per
+    partition folder, not one request per file.
+    """
+    fs = filesystem(settings)
+    base = strip_scheme(uri).rstrip("/")
+    by_dir: dict[str, list[dict[str, Any]]] = {}
+    for a in adds:
+        by_dir.setdefault(posixpath.dirname(a["path"]), []).append(a)
+    for rel_dir, files in by_dir.items():
+        folder = f"{base}/{rel_dir}" if rel_dir else base
+        fs.invalidate_cache(folder)
+        try:
+            listed = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            listed = []
+        sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in listed}
+        for a in files:
+            got = sizes.get(posixpath.basename(a["path"]))
+            if got is None:
+                problem = "does not exist"
+            elif got != a["size"]:
+                problem = f"has {got} bytes, not the {a['size']} written"
+            else:
+                continue
+            raise LakeError(
+                f"commit to table {name!r} refused: file {a['path']} {problem}; "
+                "nothing was committed, write the batch again"
+            )
+
+
 def commit(
     uri: str,
     adds: Sequence[dict[str, Any]],
@@ -284,9 +335,16 @@ def commit(
 ) -> CommitResult:
     """Make the written files visible in one atomic commit.
 
+    Every file is checked first: one that is missing or not of its written size refuses
+    the commit (:class:`LakeError`), so the log never names a file the store lacks.
+
     ``overwrite_partitions`` removes, in the same commit, every file of the partitions
     the batch touches (and of ``replace_partitions``, for partitions that are now
-    empty), so a re-computed partition replaces the old one atomically.
+    empty), so a re-computed partition replaces the old one atomically. Such a commit is
+    made against the very version its removes were computed from: when another writer
+    committed first (even into a partition that did not exist yet, where there was
+    nothing to remove), it re-reads the log, recomputes its removes and tries again, so
+    the last writer replaces the first one's files instead of adding to them.
     ``batch``: the batch id, state and metadata the commit carries (see :class:`Batch`).
     ``table``: the already open table at ``uri`` (saves re-reading its log).
     """
@@ -305,6 +363,7 @@ def commit(
     dt = table.delta if table is not None else open_table(uri, settings)
     if dt is None:
         batch.check_follows(None, name)
+        _check_files(name, uri, adds, settings)
         if _create(uri, actions, schema, partition_by, batch, rows, settings):
             log.info("table %s created at version 0: %d rows, batch %s", name, rows, batch.app_id)
             return CommitResult(name, 0, len(actions), 0, rows, app_id=batch.app_id)
@@ -317,17 +376,19 @@ def commit(
         log.info("table %s already holds batch %s: commit skipped", name, batch.app_id)
         return skipped
     new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    _check_files(name, uri, adds, settings)
     if new:
         _evolve(dt, new)
         dt.update_incremental()
     props = batch.properties(rows)
+    overwrite = mode == "overwrite_partitions"
+    if overwrite:
+        # No rebase by deltalake: it would turn two overwrites of a partition that did
+        # not exist yet into two appends (neither removes anything to conflict on).
+        props.max_commit_retries = 0
     for attempt in range(COMMIT_RETRIES + 1):
-        batch.check_follows(dt, name)
-        removes = (
-            _removes(dt, adds, partition_by, replace_partitions)
-            if mode == "overwrite_partitions"
-            else []
-        )
+        batch.check_follows(dt, name)  # a batch that must follow a version: still there?
+        removes = _removes(dt, adds, partition_by, replace_partitions) if overwrite else []
         try:
             dt.create_write_transaction(
                 [*actions, *removes],
@@ -337,21 +398,30 @@ def commit(
                 commit_properties=props,
             )
             break
-        except CommitFailedError:
-            # Another writer removed the files we meant to replace: re-read and retry,
-            # unless that writer committed this very batch.
+        except CommitFailedError as e:
+            # Another writer committed since our snapshot: re-read and recompute the
+            # removes, unless that writer committed this very batch.
             if attempt == COMMIT_RETRIES:
-                raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise LakeError(
+                    f"commit to table {name!r} failed: concurrent writers won "
+                    f"{COMMIT_RETRIES + 1} times in a row ({first}); nothing was committed"
+                ) from e
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
             dt = open_table(uri, settings)
             log.info("table %s: commit conflict, retry %d", name, attempt + 1)
             if batch.done(dt):
                 skipped.version = dt.version()
                 log.info("table %s: a concurrent writer committed batch %s", name, batch.app_id)
                 return skipped
+    # Without a rebase the commit is exactly one past the snapshot; an append's rebase
+    # only shows in the log.
+    version = dt.version() + 1 if overwrite or batch.follows is not None else None
     dt.update_incremental()
+    version = dt.version() if version is None else version
     log.info("table %s version %d: %d rows in %d files (%d replaced), batch %s", name,
-             dt.version(), rows, len(actions), len(removes), batch.app_id)  # fmt: skip
-    return CommitResult(name, dt.version(), len(actions), len(removes), rows, app_id=batch.app_id)
+             version, rows, len(actions), len(removes), batch.app_id)  # fmt: skip
+    return CommitResult(name, version, len(actions), len(removes), rows, app_id=batch.app_id)
 
 
 def _removes(dt, adds, partition_by: Sequence[str], extra: Sequence[dict[str, Any]] = ()):
@@ -434,6 +504,9 @@ def merge_table(
 
     Rows whose key exists are updated, the others inserted; the table is created when it
     does not exist. Keys must be unique within ``data`` (the last row of a key wins).
+    A row with a null in a key column never matches (NULL = NULL is not true), so every
+    merge would insert it again: such rows are refused (:class:`LakeError`, nothing is
+    committed); split them off first with :func:`null_key_rows`.
     """
     settings = settings or get_settings()
     uri = table_uri(name, settings)
@@ -441,6 +514,14 @@ def merge_table(
     missing = [k for k in keys if k not in table.schema.names]
     if missing:
         raise LakeError(f"merge key {missing[0]!r} is not a column of the batch for {name!r}")
+    nulls = _null_key_mask(table, keys)
+    if nulls is not None and (n := pc.sum(nulls).as_py() or 0):
+        cols = ", ".join(repr(k) for k in keys if table[k].null_count)
+        raise LakeError(
+            f"merge into table {name!r} refused: {n} of {table.num_rows} rows have a null key "
+            f"column ({cols}); a null key never matches, so such rows are never merged "
+            "(split them off with lake.null_key_rows)"
+        )
     table = last_per_key(table, list(keys))
     dt = open_table(uri, settings)
     if dt is None:
@@ -466,6 +547,34 @@ def merge_table(
         extra={"inserted": metrics.get("num_target_rows_inserted"),
                "updated": metrics.get("num_target_rows_updated")},
     )  # fmt: skip
+
+
+def _null_key_mask(table: pa.Table, keys: Sequence[str]) -> pa.ChunkedArray | None:
+    """True for the rows with a null in any of ``keys`` (None: no key column has a null)."""
+    mask = None
+    for k in keys:
+        if table[k].null_count:
+            m = pc.is_null(table[k])
+            mask = m if mask is None else pc.or_(mask, m)
+    return mask
+
+
+def null_key_rows(
+    table: pa.Table, keys: Sequence[str]
+) -> tuple[pa.Table, list[tuple[dict[str, Any], str]]]:
+    """Split ``table`` into the rows a merge on ``keys`` can take and those it refuses.
+
+    Returns the rows whose key columns are all set, and each other row (as a dict) with
+    its reason, ``null key column 'x'``, naming its first null key column in key order.
+    """
+    mask = _null_key_mask(table, keys)
+    if mask is None:
+        return table, []
+    refused = [
+        (row, f"null key column {next(k for k in keys if row[k] is None)!r}")
+        for row in table.filter(mask).to_pylist()
+    ]
+    return table.filter(pc.invert(mask)), refused
 
 
 def last_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
