@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         600, description="Seconds after which an idle Kubernetes Dask cluster deletes itself."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_batch_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="Bytes of one stream micro-batch; a message larger than this alone is "
+        "quarantined with the reason.",
+    )
 
     app_auth: Literal["none", "basic", "oauth"] = Field(
         "none",

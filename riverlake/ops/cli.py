@@ -21,6 +21,10 @@ from riverlake import __version__, runs
 from riverlake.errors import RiverlakeError
 from riverlake.settings import LIBRARY_LOGGER, Settings, get_settings
 
+#: `run --watch`: consecutive source errors of the stream consumer (the broker away, a lost
+#: lease) it retries, 5 s apart, before the watch stops with the error.
+WATCH_STREAM_RETRIES = 5
+
 app = typer.Typer(
     help="Riverlake: Prefect flows on ephemeral Dask clusters, Delta tables on S3, Panel apps. "
     "Machine output (tables, JSON) goes to stdout; messages go to stderr.",
@@ -291,19 +295,32 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
 
     from riverlake import pipelines
     from riverlake.ops import stack
+    from riverlake.sources.base import SourceError
     from riverlake.sources.stream import consume
 
     stop = threading.Event()
     events = pipelines.pipeline_sources("flight_events", settings)[0]
+    died: list[str] = []  # why the consumer stopped, when it was not asked to
 
     def stream() -> None:
-        while not stop.is_set():
-            try:
-                stats = consume(events, settings, idle_s=None, max_seconds=interval, stop=stop)
-                _say(f"stream {events.name}: {json.dumps(stats.summary())}")
-            except RiverlakeError as e:
-                typer.echo(f"stream {events.name}: {e}; retrying in 5s", err=True)
-                stop.wait(5)
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    stats = consume(events, settings, idle_s=None, max_seconds=interval, stop=stop)
+                    failures = 0
+                    _say(f"stream {events.name}: {json.dumps(stats.summary())}")
+                except SourceError as e:  # the broker away, a lost lease: try again, a while
+                    failures += 1
+                    if failures > WATCH_STREAM_RETRIES:
+                        raise
+                    typer.echo(f"stream {events.name}: {e}; retrying in 5s", err=True)
+                    stop.wait(5)
+        except BaseException as e:  # anything else stops the watch, loudly
+            first = str(e).splitlines()[0] if str(e) else ""
+            died.append(f"{type(e).__name__}: {first}" if not isinstance(e, RiverlakeError)
+                        else first)  # fmt: skip
+            stop.set()
 
     def ctrl_c(signum, frame) -> None:  # the first Ctrl-C: finish the current run, then stop
         typer.echo("stopping after the current run (Ctrl-C again to abort)", err=True)
@@ -327,6 +344,8 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
     finally:
         stop.set()
         consumer.join(timeout=interval + 10)
+    if died:
+        _fail(f"watch stopped: the stream consumer of {events.name} died: {died[0]}")
     _say("watch stopped")
 
 

@@ -6,19 +6,33 @@ Delta's own application-transaction action; the server deduplicates republished
 messages by their ``Nats-Msg-Id`` within a window; and a durable pull consumer with
 ack-all redelivers exactly what was not acknowledged.
 
+One consumer per (stream, table) at a time: a consumer first takes the durable's
+*lease*, a key in a JetStream key-value bucket that expires ``LEASE_TTL_S`` after its
+holder last renewed it (the holder renews it before every fetch and every commit). A
+second consumer (``riverlake run flights --watch`` beside the scheduled
+``flight_events`` deployment) waits for the lease and, if it does not get it in time,
+ends having consumed nothing. A holder that loses its lease stops before committing.
+
 One micro-batch:
 
-1. fetch up to ``batch_size`` messages, waiting at most ``batch_wait_s``;
-2. drop those at or below the sequence the table already holds (a redelivery after a
-   crash between commit and ack), and duplicates of a message id within the batch;
-3. poison messages (not JSON, missing fields, wrong types) go to the quarantine table
-   with their original bytes;
+1. fetch up to ``batch_size`` messages and at most ``max_batch_bytes`` bytes, waiting
+   at most ``batch_wait_s``;
+2. drop those at or below the sequence the table already holds, and duplicates of a
+   message id within the batch;
+3. poison messages (not JSON, nested too deep, a message id that is not a string or an
+   integer, missing fields, wrong types, larger than ``max_batch_bytes``) go to the
+   quarantine table with their original bytes and the reason;
 4. write the rows, then commit them with the last sequence as the transaction version
-   and the state ``{"stream_seq": n}``, in one commit;
+   and the state ``{"stream_seq": n}``, in one commit that must *follow* the sequence
+   the batch started from: if any other commit of this stream landed in between (a
+   consumer whose lease expired mid-commit), this one is refused, never rebased;
 5. acknowledge (ack-all up to the last message) only after the commit.
 
-At-least-once delivery plus the sequence check in the commit make the table
-exactly-once, whatever point a consumer is killed at.
+The batch must start right after the last committed sequence (or at the stream's first
+message, when older ones have expired); anything else means another consumer holds
+the earlier messages, and nothing is committed or acknowledged. At-least-once
+delivery plus these checks make the table exactly-once, whatever point a consumer is
+killed at.
 """
 
 from __future__ import annotations
@@ -27,9 +41,15 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 from riverlake import lake
 from riverlake.settings import Settings
@@ -43,8 +63,18 @@ from riverlake.sources.base import (
 )
 from riverlake.sources.spec import StreamSource
 
+log = logging.getLogger(__name__)
+
 DUPLICATE_WINDOW_S = 600.0
 ACK_WAIT_S = 30.0
+#: The key-value bucket of consumer leases, and how long a lease outlives its holder's
+#: last renewal (so a killed consumer's successor waits at most this long).
+LEASE_BUCKET = "riverlake_leases"
+LEASE_TTL_S = 5.0
+#: How much of an oversized message the quarantine keeps as its original.
+ORIGINAL_PREFIX_BYTES = 64 * 1024
+#: Nesting deeper than this in a message's fields is poison (pyarrow and json recurse).
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -55,7 +85,9 @@ class StreamStats:
     rows_quarantined: int = 0
     rows_deduplicated: int = 0
     redelivered_skipped: int = 0
+    expired_skipped: int = 0
     last_seq: int | None = None
+    lease_holder: str | None = None  # who held the lease when this consumer got none
     latencies_s: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -104,33 +136,155 @@ async def ensure_stream(js, spec: StreamSource) -> None:
         )
 
 
-def _parse(spec: StreamSource, msgs: list) -> tuple[list[dict], list[Bad], int]:
+def _depth(value: Any, limit: int) -> bool:
+    """True when ``value`` (parsed JSON) nests deeper than ``limit``."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            if d > limit:
+                return True
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _record(spec: StreamSource, data: bytes, max_bytes: int) -> dict:
+    """One message as a record; ValueError naming what makes it poison."""
+    if len(data) > max_bytes:
+        raise ValueError(f"message of {len(data)} bytes exceeds max_batch_bytes={max_bytes}")
+    try:
+        rec = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    mid = rec.get(spec.id_field)
+    if mid is None:
+        raise ValueError(f"no {spec.id_field!r}")
+    if isinstance(mid, bool) or not isinstance(mid, str | int):
+        raise ValueError(f"{spec.id_field!r} is {type(mid).__name__}, not a string or an integer")
+    if _depth(rec, MAX_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return rec
+
+
+def _parse(spec: StreamSource, msgs: list, max_bytes: int) -> tuple[list, list[Bad], int]:
+    """The batch's records (with their messages), its poison messages, and the number of
+    in-batch duplicates. Whatever a message holds, it ends in one of the three."""
     records, bad, dupes, seen = [], [], 0, set()
     for m in msgs:
         seq = m.metadata.sequence.stream
         try:
-            rec = json.loads(m.data)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-            mid = rec.get(spec.id_field)
-            if mid is None:
-                raise ValueError(f"no {spec.id_field!r}")
-        except (ValueError, UnicodeDecodeError) as e:
-            bad.append(Bad(f"{spec.stream}#{seq}", f"poison message: {one_line(e)}", m.data))
+            rec = _record(spec, m.data, max_bytes)
+        except Exception as e:  # any message, however hostile, is quarantined
+            bad.append(Bad(f"{spec.stream}#{seq}", f"poison message: {one_line(e)}",
+                           bytes(m.data[:ORIGINAL_PREFIX_BYTES])))  # fmt: skip
             continue
+        mid = rec[spec.id_field]
         if mid in seen:
             dupes += 1
             continue
         seen.add(mid)
         rec["stream_seq"] = seq
-        records.append(rec)
+        records.append((rec, m))
     return records, bad, dupes
 
 
-class Consumer:
-    """A durable pull consumer that commits each micro-batch before acknowledging it."""
+def _typed(spec: StreamSource, schema, records: list, unit: str):
+    """Type the records against ``schema``; one that does not fit is quarantined with the
+    message's original bytes. Only the declared fields are kept."""
+    if schema is not None:
+        records = [({n: r[n] for n in schema.names if n in r}, m) for r, m in records]
+    try:
+        table, rejects = records_to_table([r for r, _ in records], schema, unit)
+        if not rejects:
+            return table, []
+    except Exception:  # type them one by one below
+        pass
+    good, bad = [], []
+    for rec, m in records:
+        one = f"{spec.stream}#{m.metadata.sequence.stream}"
+        try:
+            t, rejects = records_to_table([rec], schema, one)
+            reason = rejects[0].reason if rejects else None
+        except Exception as e:  # whatever pyarrow makes of it
+            t, reason = None, one_line(e)
+        if reason is None:
+            good.append(t)
+        else:
+            bad.append(Bad(one, reason, bytes(m.data[:ORIGINAL_PREFIX_BYTES])))
+    table = pa.concat_tables(good) if good else schema.empty_table()
+    return table, bad
 
-    def __init__(self, spec: StreamSource, settings: Settings):
+
+class Lease:
+    """The right to consume one durable, held in a JetStream key-value bucket.
+
+    The key expires ``LEASE_TTL_S`` after its last write (the bucket's TTL); creating it
+    succeeds only when nobody holds it, and renewing it is a compare-and-set on the
+    revision the holder last wrote, so a holder whose lease expired and was taken learns
+    it at its next renewal, before it commits anything.
+    """
+
+    def __init__(self, js, key: str):
+        self.js, self.key = js, key
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.kv = None
+        self.rev: int | None = None
+
+    async def _bucket(self):
+        from nats.js.errors import BucketNotFoundError
+
+        try:
+            return await self.js.key_value(LEASE_BUCKET)
+        except BucketNotFoundError:
+            return await self.js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1)
+
+    async def acquire(self, wait_s: float) -> str | None:
+        """Take the lease, waiting up to ``wait_s``; None when taken, else who holds it."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        self.kv = await self._bucket()
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.rev = await self.kv.create(self.key, self.holder.encode())
+                return None
+            except KeyWrongLastSequenceError:
+                try:
+                    holder = (await self.kv.get(self.key)).value.decode()
+                except KeyNotFoundError:
+                    continue  # it expired just now
+            if time.monotonic() >= deadline:
+                return holder
+            await asyncio.sleep(0.25)
+
+    async def renew(self, what: str) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            self.rev = await self.kv.update(self.key, self.holder.encode(), last=self.rev)
+        except KeyWrongLastSequenceError:
+            self.rev = None
+            raise SourceError(
+                f"stream consumer {self.key}: lease lost before {what} (another consumer "
+                "took over); nothing committed or acknowledged"
+            ) from None
+
+    async def release(self) -> None:
+        if self.rev is not None:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(self.key, last=self.rev)
+
+
+class Consumer:
+    """A durable pull consumer that commits each micro-batch before acknowledging it.
+
+    ``lease_wait_s``: how long to wait for another consumer's lease (by default long
+    enough for a killed holder's lease to expire); ``leased`` tells whether it was taken.
+    """
+
+    def __init__(self, spec: StreamSource, settings: Settings, lease_wait_s: float | None = None):
         self.spec, self.settings = spec, settings
         self.uri = lake.table_uri(spec.table, settings)
         # One durable consumer per (stream, table): two lakes reading one stream never
@@ -139,6 +293,10 @@ class Consumer:
         self.schema = spec.arrow_schema()
         self.stats = StreamStats()
         self.dt = None
+        self.leased = False
+        self.lease_wait_s = 2 * LEASE_TTL_S if lease_wait_s is None else lease_wait_s
+        self.max_bytes = settings.max_batch_bytes
+        self._seen = self._seen_bytes = 0  # messages and bytes fetched, for the batch bound
 
     async def __aenter__(self) -> Consumer:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -147,6 +305,14 @@ class Consumer:
         self.nc = await connect(self.spec)
         self.js = self.nc.jetstream()
         await ensure_stream(self.js, self.spec)
+        self.lease = Lease(self.js, self.durable)
+        holder = await self.lease.acquire(self.lease_wait_s)
+        if holder is not None:  # another consumer is running: touch nothing
+            self.stats.lease_holder = holder
+            log.warning("stream %s: another consumer (%s) holds the lease of %s; nothing "
+                        "consumed", self.spec.name, holder, self.durable)  # fmt: skip
+            return self
+        self.leased = True
         self.dt = lake.table(self.spec.table, self.settings)
         # The lake, not the broker, holds the position: the durable consumer is re-created
         # to start right after the last committed sequence, so messages a killed consumer
@@ -167,6 +333,8 @@ class Consumer:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self.leased:
+            await self.lease.release()
         await self.nc.close()
 
     def committed_seq(self) -> int:
@@ -174,58 +342,93 @@ class Consumer:
             return 0
         return self.dt.batch_version(app_id(self.spec)) or 0
 
-    async def batch(self) -> int:
-        """Fetch, commit and acknowledge one micro-batch; the number of messages fetched."""
+    async def _fetch(self) -> list:
+        """Up to ``batch_size`` messages and about ``max_batch_bytes`` bytes (the message
+        that crosses the bound is the last), waiting at most ``batch_wait_s``.
 
+        A pull request cannot be bounded in bytes, so each asks for as many messages as
+        fit at the mean size seen so far (one, the first time).
+        """
         msgs: list = []
+        size = 0
         deadline = time.monotonic() + self.spec.batch_wait_s
-        while len(msgs) < self.spec.batch_size:  # fill the batch until its wait is over
+        while len(msgs) < self.spec.batch_size and size < self.max_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0.01:
                 break
+            want = self.spec.batch_size - len(msgs)
+            mean = self._seen_bytes / self._seen if self._seen else None
+            want = 1 if mean is None else max(1, min(want, int((self.max_bytes - size) / mean)))
             try:
-                msgs += await self.sub.fetch(self.spec.batch_size - len(msgs), timeout=remaining)
+                got = await self.sub.fetch(want, timeout=remaining)
             except TimeoutError:  # nats raises both its own and asyncio's
                 break
+            msgs += got
+            got_bytes = sum(len(m.data) for m in got)
+            size += got_bytes
+            self._seen += len(got)
+            self._seen_bytes += got_bytes
+        return msgs
+
+    async def batch(self) -> int:
+        """Fetch, commit and acknowledge one micro-batch; the number of messages fetched."""
+        await self.lease.renew("fetching")
+        msgs = await self._fetch()
         if not msgs:
             return 0
+        first, last = msgs[0].metadata.sequence.stream, msgs[-1].metadata.sequence.stream
+        log.debug("stream %s: fetched %d messages, seq %d-%d", self.spec.name, len(msgs),
+                  first, last)  # fmt: skip
         if self.dt is not None:
             self.dt.refresh()  # another consumer may have committed meanwhile
         done = self.committed_seq()
         fresh = [m for m in msgs if m.metadata.sequence.stream > done]
         self.stats.redelivered_skipped += len(msgs) - len(fresh)
-        if fresh and done and fresh[0].metadata.sequence.stream != done + 1:
+        if fresh and fresh[0].metadata.sequence.stream != done + 1:
             info = await self.js.stream_info(self.spec.stream)
-            if info.state.first_seq <= done + 1:  # not expired: someone else has them
+            start = fresh[0].metadata.sequence.stream
+            if info.state.first_seq <= done + 1 or start > info.state.first_seq:
                 raise SourceError(
-                    f"source {self.spec.name!r}: sequence gap after {done} (another consumer "
-                    f"of {self.durable} is running?); nothing acknowledged"
+                    f"source {self.spec.name!r}: batch starts at {start}, not right after the "
+                    f"last committed {done} (another consumer of {self.durable}?); nothing "
+                    "committed or acknowledged"
                 )
+            log.warning("stream %s: messages %d-%d expired before they were loaded",
+                        self.spec.name, done + 1, start - 1)  # fmt: skip
+            self.stats.expired_skipped += start - done - 1
         if fresh:
-            self._commit(fresh)
+            await self.lease.renew("committing")
+            self._commit(fresh, follows=done)
         await msgs[-1].ack()  # ack-all: everything up to here is in the lake
         return len(msgs)
 
-    def _commit(self, msgs: list) -> None:
+    def _commit(self, msgs: list, follows: int) -> None:
         spec, st = self.spec, self.stats
         first, last = msgs[0].metadata.sequence.stream, msgs[-1].metadata.sequence.stream
-        records, bad, dupes = _parse(spec, msgs)
-        table, rejects = records_to_table(records, self.schema, f"{spec.stream}#{first}-{last}")
+        unit = f"{spec.stream}#{first}-{last}"
+        records, bad, dupes = _parse(spec, msgs, self.max_bytes)
+        table, rejects = _typed(spec, self.schema, records, unit)
         bad += rejects
         batch = batch_id(spec.name, first, [last])
         quarantine(spec.name, bad, batch, self.settings)
         adds = lake.write_fragments(table, self.uri, spec.partition_by, self.settings)
-        res = lake.commit(
-            self.uri, adds, self.schema, partition_by=spec.partition_by,
-            batch=lake.Batch(app_id(spec), version=last, state={spec.name: {"stream_seq": last}}),
-            table=self.dt, settings=self.settings,
-        )  # fmt: skip
+        state = {spec.name: {"stream_seq": last}}
+        try:
+            res = lake.commit(
+                self.uri, adds, self.schema, partition_by=spec.partition_by,
+                batch=lake.Batch(app_id(spec), version=last, state=state, follows=follows),
+                table=self.dt, settings=self.settings,
+            )  # fmt: skip
+        except lake.CommitConflict as e:
+            raise SourceError(f"source {spec.name!r}: batch {first}-{last} raced another "
+                              f"consumer of {self.durable}: {e}") from e  # fmt: skip
         if res.skipped:  # a concurrent consumer committed past us: acknowledging would lose
             raise SourceError(f"source {spec.name!r}: batch {first}-{last} raced another "
                               f"consumer of {self.durable}; nothing acknowledged")  # fmt: skip
         if self.dt is None:  # the first commit created the table
             self.dt = lake.table(spec.table, self.settings)
         # (an open table is brought up to date at the start of the next batch)
+        log.debug("stream %s: committed seq %d-%d", spec.name, first, last)
         now = time.time()
         st.batches += 1
         st.rows_in += len(msgs)
@@ -244,7 +447,10 @@ async def _consume(
     idle_s: float | None,
     stop: Any = None,
 ) -> StreamStats:
-    async with Consumer(spec, settings) as c:
+    wait = None if max_seconds is None else min(max_seconds, 2 * LEASE_TTL_S)
+    async with Consumer(spec, settings, lease_wait_s=wait) as c:
+        if not c.leased:
+            return c.stats
         start = last_msg = time.monotonic()
         while True:
             n = await c.batch()

@@ -1,0 +1,266 @@
+"""The stream connector under concurrency and hostile messages, on the machine's NATS.
+
+Two consumers of one stream do happen (`riverlake run flights --watch` beside the
+scheduled `flight_events` deployment): one holds the stream's lease and the other
+consumes nothing; a consumer whose lease was taken over stops before it commits; and
+a commit that does not follow the last committed sequence is refused, never rebased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pyarrow as pa
+import pytest
+
+from riverlake import lake
+from riverlake.sources import stream
+from riverlake.sources.base import SourceError
+from tests.conftest import ROOT, need
+from tests.integration.test_sources import (
+    _event,
+    local,
+    publish,
+    quarantined,
+    rows,
+    stream_spec,
+)
+
+pytestmark = pytest.mark.integration
+
+NATS = "nats://127.0.0.1:4222"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_nats():
+    with socket.socket() as sock:
+        up = sock.connect_ex(("127.0.0.1", 4222)) == 0
+    need(up, "no NATS server on 127.0.0.1:4222")
+
+
+def _name() -> str:
+    return f"ev{uuid.uuid4().hex[:6]}"
+
+
+# ------------------------------------------------------------ the commit must follow
+
+
+def _events(lo: int, hi: int) -> pa.Table:
+    return pa.table({"event_id": [f"e{i}" for i in range(lo, hi + 1)],
+                     "stream_seq": pa.array(range(lo, hi + 1), pa.int64())})  # fmt: skip
+
+
+def _commit(s, name: str, lo: int, hi: int, follows: int, table=None):
+    uri = lake.table_uri(name, s)
+    data = _events(lo, hi)
+    return lake.commit(
+        uri, lake.write_fragments(data, uri, [], s), data.schema,
+        batch=lake.Batch(f"stream:{name}", version=hi, follows=follows), table=table, settings=s,
+    )  # fmt: skip
+
+
+def test_a_stale_handle_cannot_recommit_a_range_another_consumer_committed(tmp_path):
+    """The review's case: 1-100 committed; another handle commits 101-200; a handle
+    opened before that retries 101-250. Without the check: 350 rows, 250 distinct."""
+    s = local(tmp_path)
+    name = _name()
+    _commit(s, name, 1, 100, follows=0)
+    stale = lake.table(name, s)  # opened at 1-100
+    _commit(s, name, 101, 200, follows=100, table=lake.table(name, s))
+    with pytest.raises(lake.CommitConflict, match=r"must follow 100 but the table holds 200"):
+        _commit(s, name, 101, 250, follows=100, table=stale)
+    ids = [r["event_id"] for r in rows(s, name)]
+    assert len(ids) == len(set(ids)) == 200
+    assert lake.table(name, s).batch_version(f"stream:{name}") == 200
+
+
+def test_a_first_batch_must_start_at_the_streams_first_message(tmp_path):
+    """Nothing committed yet: a consumer that fetched 101-150 (another holds 1-100) must
+    not commit, or the ack-all of 150 would acknowledge 1-100 that were never loaded."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name, batch_size=50)
+    stream.consume(spec, s, idle_s=0.3)  # creates the stream
+    publish(NATS, spec.subjects[0], [_event(i) for i in range(150)])
+
+    async def scenario() -> str:
+        import nats
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        c = stream.Consumer(spec, s)
+        async with c:
+            # what a second subscriber of the same durable would get: the later messages
+            nc = await nats.connect(NATS)
+            js = nc.jetstream()
+            await js.delete_consumer(spec.stream, c.durable)
+            c.sub = await js.pull_subscribe(
+                "", durable=c.durable, stream=spec.stream,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=101, filter_subjects=spec.subjects),
+            )  # fmt: skip
+            try:
+                await c.batch()
+            except SourceError as e:
+                return str(e)
+            finally:
+                await nc.close()
+        return "committed"
+
+    message = asyncio.run(scenario())
+    assert "batch starts at 101, not right after the last committed 0" in message
+    assert "\n" not in message
+    assert lake.table(name, s) is None  # nothing committed
+    assert stream.consume(spec, s, idle_s=1.0).rows_loaded == 150  # a proper consumer: all
+    seqs = sorted(r["stream_seq"] for r in rows(s, name))
+    assert seqs == list(range(1, 151))
+
+
+# ----------------------------------------------------------------------- the lease
+
+
+def _consumer_code(spec, lake_url: str, home: str, seconds: float) -> str:
+    raw = spec.model_dump(by_alias=True)
+    return (
+        "import json, sys\n"
+        "from riverlake.settings import get_settings\n"
+        "from riverlake.sources.spec import parse_source\n"
+        "from riverlake.sources.stream import consume\n"
+        f"s = get_settings(lake_url={lake_url!r}, home={home!r})\n"
+        f"spec = parse_source({raw!r}, s)\n"
+        f"st = consume(spec, s, idle_s=None, max_seconds={seconds})\n"
+        "print(json.dumps(st.summary()))\n"
+    )
+
+
+def test_two_live_consumers_load_every_message_once(tmp_path):
+    """Two consumer processes of one stream and one lake, started together while
+    events are published: one holds the lease and loads everything; the other waited
+    for the lease the whole time and consumed nothing."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name, batch_size=100)
+    stream.consume(spec, s, idle_s=0.3)  # creates the stream
+    total = 2000
+    code = _consumer_code(spec, s.lake_url, str(tmp_path), 12.0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    time.sleep(3)  # both are up and one holds the lease
+    publish(NATS, spec.subjects[0], [_event(i) for i in range(total)])
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    stats = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    loaded = sorted(st["rows_loaded"] for st in stats)
+    assert loaded == [0, total]  # both live at once; only one consumed
+    refused = next(st for st in stats if st["rows_loaded"] == 0)
+    assert refused["lease_holder"] and refused["batches"] == 0  # the conflict happened
+    ids = [r["event_id"] for r in rows(s, name)]
+    assert len(ids) == len(set(ids)) == total
+
+
+def test_a_consumer_that_lost_its_lease_commits_nothing(tmp_path):
+    """A holder stalls past its lease; another consumer takes over and loads the
+    messages; the first, waking up, stops before committing anything."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name, batch_size=100)
+    stream.consume(spec, s, idle_s=0.3)
+    publish(NATS, spec.subjects[0], [_event(i) for i in range(100)])
+
+    async def scenario() -> tuple[str, int]:
+        async with stream.Consumer(spec, s) as first:
+            assert first.leased
+            await asyncio.sleep(stream.LEASE_TTL_S + 1.5)  # stalled: the lease expires
+            async with stream.Consumer(spec, s, lease_wait_s=stream.LEASE_TTL_S) as second:
+                assert second.leased  # taken over
+                n = await second.batch()
+                try:
+                    await first.batch()
+                except SourceError as e:
+                    return str(e), n
+        return "first consumer went on", n
+
+    message, n = asyncio.run(scenario())
+    assert n == 100
+    assert "lease lost before fetching" in message
+    ids = [r["event_id"] for r in rows(s, name)]
+    assert len(ids) == len(set(ids)) == 100
+
+
+# ------------------------------------------------------------------------- poison
+
+
+def _deep(n: int) -> bytes:
+    return b"[" * n + b"]" * n
+
+
+def test_every_hostile_message_ends_loaded_or_quarantined_and_is_acknowledged(tmp_path):
+    s = local(tmp_path, max_batch_bytes=4096)
+    name = _name()
+    spec = stream_spec(s, NATS, name)
+    stream.consume(spec, s, idle_s=0.3)
+    good = [_event(i) for i in range(20)]
+    big = b'{"event_id": "x' + b"y" * 5000 + b'", "carrier": "UA", "flight": 1, "published_at": 1}'
+    hostile = [
+        b'{"event_id": [1]}',  # an unhashable id: TypeError before
+        b'{"event_id": {"a": 1}}',
+        b'{"event_id": true}',
+        b'{"event_id": "d1", "carrier": ' + _deep(20_000) + b"}",  # RecursionError before
+        _deep(2_000),
+        b'{"event_id": "d2", "carrier": "UA", "flight": 1, "published_at": 1, "x": '
+        + _deep(100)
+        + b"}",  # deep, in an undeclared field
+        b'{"event_id": "big", "carrier": "UA", "flight": 99999999999999999999999, '
+        b'"published_at": 1}',  # overflows int64
+        b'{"event_id": "f", "carrier": "UA", "flight": 1.5e400, "published_at": 1}',
+        b'{"event_id": "u", "carrier": "\xff\xfe", "flight": 1, "published_at": 1}',
+        b'{"event_id": "n", "carrier": null, "flight": null, "published_at": null}',
+        big,
+        b"",
+        b"\x00\x01",
+        b'"just a string"',
+    ]
+    publish(NATS, spec.subjects[0], [*good, *((None, h) for h in hostile)])
+    st = stream.consume(spec, s, idle_s=1.0)
+    assert st.rows_in == len(good) + len(hostile)
+    assert st.rows_loaded + st.rows_quarantined + st.rows_deduplicated == st.rows_in
+    got = {r["event_id"] for r in rows(s, name)}
+    assert {f"e{i}" for i in range(20)} <= got
+    q = quarantined(s, name)
+    assert len(q) == st.rows_quarantined >= 10
+    reasons = " | ".join(r["reason"] for r in q)
+    for text in ("'event_id' is list, not a string or an integer",
+                 "'event_id' is dict", "'event_id' is bool",
+                 "JSON nested deeper than 64 levels",
+                 f"message of {len(big)} bytes exceeds max_batch_bytes=4096",
+                 "not a JSON object"):  # fmt: skip
+        assert text in reasons, text
+    assert all(r["reason"] and "\n" not in r["reason"] for r in q)
+    assert all(len(r["original"]) <= stream.ORIGINAL_PREFIX_BYTES for r in q)
+    # everything was acknowledged: nothing comes again, nothing is quarantined twice
+    again = stream.consume(spec, s, idle_s=0.5)
+    assert again.rows_in == 0
+    assert len(quarantined(s, name)) == len(q)
+
+
+def test_batches_are_bounded_in_bytes(tmp_path):
+    s = local(tmp_path, max_batch_bytes=20_000)
+    name = _name()
+    spec = stream_spec(s, NATS, name, batch_size=1000)
+    stream.consume(spec, s, idle_s=0.3)
+    pad = "p" * 900
+    msgs = [(f"e{i}", json.dumps({"event_id": f"e{i}", "carrier": pad, "flight": i,
+                                  "published_at": 1.0}).encode()) for i in range(300)]  # fmt: skip
+    publish(NATS, spec.subjects[0], msgs)
+    st = stream.consume(spec, s, idle_s=1.0)
+    assert st.rows_loaded == 300
+    sizes = [c["rows"] for c in lake.table(name, s).commits() if c["rows"]]
+    assert sum(sizes) == 300
+    assert max(sizes) <= 22  # about 20 kB of ~960-byte messages a batch, not 1000
