@@ -11,6 +11,9 @@ Every connector (files, http, sql) has the same three steps:
   Dask workers, in parallel.
 - ``next_state(spec, state, units, outs)``: the state after this batch.
 
+A keyed source's rows with a null in a key column are quarantined (``null key column
+'x'``): a merge never matches a null key, so it would insert such a row on every run.
+
 The driver then commits: quarantine first (a merge on (source, unit): idempotent),
 then the data *with the new state in the same commit* (Delta commit metadata), so a
 run killed at any point either committed both or neither. The batch id is a hash of
@@ -34,7 +37,7 @@ from riverlake import lake
 from riverlake.errors import RiverlakeError
 from riverlake.settings import Settings, get_settings
 from riverlake.sources import files, http, sql, stream
-from riverlake.sources.base import Mapper, UnitOut, batch_id, conform, quarantine
+from riverlake.sources.base import Bad, Mapper, UnitOut, batch_id, conform, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,17 @@ def _run_unit(connector, spec, settings: Settings, unit: Any) -> UnitOut:
             out.adds = lake.write_fragments(table, uri, spec.partition_by, settings)
             out.table = None
     return out
+
+
+def _refuse_null_keys(keys: Sequence[str], unit: Any, out: UnitOut) -> None:
+    """Move the rows of ``out`` with a null key column to its quarantined things."""
+    if out.table is None or not out.table.num_rows:
+        return
+    out.table, refused = lake.null_key_rows(out.table, keys)
+    for row, reason in refused:
+        original = json.dumps(row, sort_keys=True, default=str).encode()
+        out.bad.append(Bad(_unit_name(unit), reason, original))
+    out.rows_loaded -= len(refused)
 
 
 def _unit_name(unit: Any) -> str:
@@ -152,6 +166,9 @@ def ingest(
                             version=table.version)  # fmt: skip
     outs: list[UnitOut] = mapper(partial(_run_unit, conn, spec, settings), units)
     new_state = conn.next_state(spec, state, units, outs)
+    if spec.key and getattr(spec, "sink", "table") == "table":
+        for unit, out in zip(units, outs, strict=True):
+            _refuse_null_keys(spec.key, unit, out)
     bad = [b for o in outs for b in o.bad]
     if new_state == state and not any(o.rows_in for o in outs):
         return IngestResult(spec.name, spec.table, batch, skipped=True, state=state)

@@ -4,7 +4,8 @@ Incremental by a cursor column: a run reads rows with ``since < cursor <= upto``
 ``upto`` is the column's maximum when the run was planned, so rows written during the
 read wait for the next run instead of being half-seen. Parallel by ranges of an
 integer split column: each range is one unit, read by its own connection on a Dask
-worker. Identifiers come from the validated spec; values are always bound parameters.
+worker; the rows whose split column is NULL (no range holds them) are one more unit.
+Identifiers come from the validated spec; values are always bound parameters.
 
 The usual caveat of cursor extraction holds: a row committed later with a cursor value
 at or below one already read is not seen (use a database-assigned updated_at).
@@ -60,15 +61,16 @@ def plan(spec: SqlSource, state: dict | None, settings: Settings) -> list[dict[s
             clauses, params = _where(spec, state, upto)
             where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
             if spec.split_column:
-                lo, hi, n = conn.execute(
+                col = spec.split_column
+                lo, hi, n, n_split = conn.execute(
                     sa.text(
-                        f"SELECT min({spec.split_column}), max({spec.split_column}), count(*) "
+                        f"SELECT min({col}), max({col}), count(*), count({col}) "
                         f"FROM {spec.source_table}{where}"
                     ),
                     params,
                 ).one()
             else:
-                n = conn.execute(
+                n = n_split = conn.execute(
                     sa.text(f"SELECT count(*) FROM {spec.source_table}{where}"), params
                 ).scalar()
                 lo = hi = None
@@ -80,20 +82,26 @@ def plan(spec: SqlSource, state: dict | None, settings: Settings) -> list[dict[s
     if not n:
         return []
     base = {"since": (state or {}).get("cursor"), "upto": upto}
-    if lo is None:
+    if lo is None:  # no split column, or every row's is NULL: one unit reads them all
         return [{**base, "name": spec.source_table, "lo": None, "hi": None}]
     step = max(1, -(-(int(hi) - int(lo) + 1) // spec.partitions))
-    return [
+    units = [
         {**base, "name": f"{spec.source_table}[{a}:{min(a + step, int(hi) + 1)})", "lo": a,
          "hi": min(a + step, int(hi) + 1)}
         for a in range(int(lo), int(hi) + 1, step)
     ]  # fmt: skip
+    if n > n_split:  # rows whose split column is NULL fall in no range
+        name = f"{spec.source_table}[{spec.split_column} IS NULL]"
+        units.append({**base, "name": name, "lo": None, "hi": None, "split_null": True})
+    return units
 
 
 def read(spec: SqlSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
     cols = ", ".join(spec.columns) if spec.columns else "*"
     clauses, params = _where(spec, {"cursor": unit["since"]}, unit["upto"])
-    if unit["lo"] is not None:
+    if unit.get("split_null"):
+        clauses.append(f"{spec.split_column} IS NULL")
+    elif unit["lo"] is not None:
         clauses += [f"{spec.split_column} >= :lo", f"{spec.split_column} < :hi"]
         params |= {"lo": unit["lo"], "hi": unit["hi"]}
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
