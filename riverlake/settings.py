@@ -102,6 +102,32 @@ class Settings(BaseSettings):
         description="Flight events per second that the local stack's replayer publishes "
         "(0: the replayer is not started).",
     )
+    # Input caps: what a source may hand us is bounded; what exceeds a cap is quarantined
+    # with the cap named in its reason (and a bounded prefix of its bytes), never loaded.
+    max_file_bytes: int = Field(
+        2 << 30,
+        ge=1,
+        description="Most bytes of one file, decompressed, that the files connector reads; "
+        "gzip/zstd is inflated in a stream that stops here (a compression bomb is never "
+        "inflated whole). A larger file is quarantined.",
+    )
+    max_response_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="Most bytes of one HTTP response body (decoded) that the HTTP connector "
+        "reads; a larger page is quarantined and paging stops there.",
+    )
+    max_batch_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="Most bytes of message payloads in one stream micro-batch.",
+    )
+    max_json_depth: int = Field(
+        64,
+        ge=1,
+        description="Deepest nesting of arrays and objects accepted in JSON input (JSON lines, "
+        "API pages, stream messages); deeper input is quarantined before any parser sees it.",
+    )
 
     cluster: str = Field(
         "local",
