@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -183,6 +184,27 @@ def make_dask_autoscaler_spec(cluster_name: str, worker_profile: str) -> dict[st
 
 #: Worker variables that are secrets: a manifest refers to a Secret, never holds them.
 SECRET_ENV = ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
+#: The Secret of the S3 credentials (optional: in a cluster, IRSA usually provides them).
+S3_SECRET = "riverlake-s3"
+#: The Secret that holds the SQL URL, under the key of its variable, when the URL carries
+#: a password (``postgresql://user:password@host/db`` or ``?password=``).
+SQL_SECRET = "riverlake-sql"
+SQL_URL_ENV = "RIVERLAKE_SQL_URL"
+
+
+def has_password(url: str) -> bool:
+    """True when ``url`` carries a password, in its user info or as a query parameter."""
+    parts = urlsplit(url)
+    try:
+        in_userinfo = parts.password is not None
+    except ValueError:  # an unparsable URL may still hold one: treat it as secret
+        return True
+    return in_userinfo or "password" in parse_qs(parts.query)
+
+
+def _secret_ref(name: str, secret: str, optional: bool) -> dict[str, Any]:
+    ref = {"name": secret, "key": name, **({"optional": True} if optional else {})}
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def make_dask_cluster_spec(options: ClusterOptions, name: str | None = None) -> dict[str, Any]:
@@ -201,14 +223,18 @@ def make_dask_cluster_spec(options: ClusterOptions, name: str | None = None) -> 
     if owners := owner_reference(options.pod_name, options.pod_uid):
         spec["metadata"]["ownerReferences"] = owners
     spec["spec"]["idleTimeout"] = options.idle_timeout
-    env = [{"name": k, "value": v} for k, v in options.worker_env if k not in SECRET_ENV]
-    # Credentials never go into the manifest: in a cluster the pods get them from the
-    # service account (IRSA) or from this Secret, when one exists.
-    env += [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": "riverlake-s3", "key": key,
-                                                     "optional": True}}}
-        for key in SECRET_ENV
-    ]  # fmt: skip
+    # Credentials never go into the manifest: in a cluster the pods get the S3 keys from
+    # the service account (IRSA) or from the S3 Secret, when one exists, and a SQL URL
+    # with a password from the SQL Secret (which must exist then: the run has one).
+    env = []
+    for k, v in options.worker_env:
+        if k in SECRET_ENV:
+            continue
+        if k == SQL_URL_ENV and has_password(v):
+            env.append(_secret_ref(k, SQL_SECRET, optional=False))
+        else:
+            env.append({"name": k, "value": v})
+    env += [_secret_ref(key, S3_SECRET, optional=True) for key in SECRET_ENV]
     worker = spec["spec"]["worker"]
     worker["replicas"] = prof["minimum"]
     wc = worker["spec"]["containers"][0]

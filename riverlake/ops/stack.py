@@ -6,8 +6,10 @@ replayer, the SQL dimensions, and the daily flight drops that ``riverlake run`` 
 for. This module is the only part of the product that imports the demo.
 
 Each service is started in its own session with its log and a pid file under the
-state folder (``settings.home``). ``down`` stops only processes whose pid file this
-module wrote and whose command line still matches, so it never kills a stranger.
+state folder (``settings.home``), which is private to its owner: the folder and all in
+it are mode 700/600, and services run with umask 077 so what they write stays so.
+``down`` stops only processes whose pid file this module wrote and whose command line
+still matches, so it never kills a stranger.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +35,8 @@ from riverlake.errors import StackError
 from riverlake.settings import CREDENTIALS_FILE, LIBRARY_LOGGER, Settings
 
 STARTUP_TIMEOUT_S = 120
+#: The umask of the stack's services and of what this module writes: owner only.
+PRIVATE_UMASK = 0o077
 WORK_POOL = "riverlake-local"
 
 
@@ -275,7 +280,7 @@ def _ensure_credentials(settings: Settings) -> tuple[str, str]:
         data = json.loads(f.read_text())
     else:
         data = {"access_key": "rl" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(30)}
-        f.parent.mkdir(parents=True, exist_ok=True)
+        f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         f.touch(mode=0o600)
         f.write_text(json.dumps(data))
     if settings.s3_access_key and settings.s3_secret_key:
@@ -285,7 +290,7 @@ def _ensure_credentials(settings: Settings) -> tuple[str, str]:
 
 def _write_s3_config(settings: Settings, key: str, secret: str) -> None:
     cfg = settings.home.resolve() / "seaweedfs" / "s3.json"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Only this identity exists: anonymous requests get 403.
     identities = {
         "identities": [
@@ -309,19 +314,30 @@ def _check_ports(svc: Service) -> None:
             )
 
 
+def _private_opener(path: str, flags: int) -> int:
+    """``open(..., opener=)``: a file created readable by its owner only."""
+    return os.open(path, flags, 0o600)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(path, "w", opener=_private_opener) as f:
+        f.write(text)
+
+
 def _start(svc: Service, home: Path) -> None:
     log = svc.log_file(home)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    svc.pid_file(home).parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {**os.environ, **svc.env}
     env = {k: v for k, v in env.items() if v != ""}
-    with open(log, "ab") as out:
+    with open(log, "ab", opener=_private_opener) as out:
         proc = subprocess.Popen(
             svc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True, cwd=home,
+            env=env, start_new_session=True, cwd=home, umask=PRIVATE_UMASK,
         )  # fmt: skip
-    svc.pid_file(home).write_text(
-        json.dumps({"pid": proc.pid, "argv": svc.argv, "ports": svc.ports, "started": time.time()})
+    _write_private(
+        svc.pid_file(home),
+        json.dumps({"pid": proc.pid, "argv": svc.argv, "ports": svc.ports, "started": time.time()}),
     )
 
 
@@ -385,7 +401,7 @@ def demo_enabled(settings: Settings) -> bool:
 
 
 def set_demo(settings: Settings, demo: bool) -> None:
-    (settings.home / STACK_FILE).write_text(json.dumps({"demo": demo}))
+    _write_private(settings.home / STACK_FILE, json.dumps({"demo": demo}))
 
 
 def _demo_drops(settings: Settings, pipeline: str):
@@ -419,10 +435,25 @@ DEMO_PIPELINE = "flights"
 
 
 def ensure_home(settings: Settings) -> Path:
-    """The state folder, private to its owner (it holds credentials, data and logs)."""
+    """The state folder, private to its owner (it holds credentials, data and logs).
+
+    A folder left readable by an older version is tightened with everything in it:
+    folders to 700, files lose their group and other bits. Links are not followed.
+    """
     home = settings.home.resolve()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     home.chmod(0o700)
+    for root, dirs, files in os.walk(home):
+        for name in dirs + files:
+            path = Path(root, name)
+            with contextlib.suppress(FileNotFoundError):  # a running service's temp file
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                mode = stat.S_IMODE(st.st_mode)
+                private = 0o700 if stat.S_ISDIR(st.st_mode) else mode & 0o700
+                if mode != private:
+                    path.chmod(private)
     return home
 
 

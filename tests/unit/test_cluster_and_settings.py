@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -10,6 +15,7 @@ import yaml
 
 from riverlake import cluster
 from riverlake.errors import RiverlakeError
+from riverlake.ops import stack
 from riverlake.settings import get_settings
 
 pytestmark = pytest.mark.unit
@@ -51,6 +57,43 @@ def test_dask_cluster_spec_is_valid_sized_by_profile_and_owned_by_the_run_pod(mo
     assert "valueFrom" in env["RIVERLAKE_S3_SECRET_KEY"]  # from a Secret, never inline
     assert "do-not-leak" not in yaml.safe_dump(spec)
     assert spec["spec"]["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == "rl-test"
+
+
+@pytest.mark.parametrize(
+    ("url", "forms"),
+    [
+        ("postgresql+psycopg://riverlake:s3cr3t-pw@db.example:5432/dims", ["s3cr3t-pw"]),
+        ("postgresql://riverlake:p%40ss%2Fw0rd@db.example/dims", ["p%40ss%2Fw0rd", "p@ss/w0rd"]),
+        ("postgresql://riverlake@db.example/dims?password=qs-s3cr3t", ["qs-s3cr3t"]),
+    ],
+    ids=["userinfo", "percent-encoded", "query-parameter"],
+)
+def test_a_sql_url_with_a_password_reaches_the_manifest_as_a_secret_reference(
+    monkeypatch, url, forms
+):
+    monkeypatch.setenv("RIVERLAKE_SQL_URL", url)
+    options = cluster.cluster_options(get_settings())
+    assert options.env["RIVERLAKE_SQL_URL"] == url  # local workers still get the URL itself
+    spec = cluster.make_dask_cluster_spec(options, name="rl-test")
+    jsonschema.validate(spec, crd_schema("daskcluster"))
+    rendered = json.dumps(spec) + yaml.safe_dump(spec)
+    for form in forms:
+        assert form not in rendered, f"the password ({form}) is in the manifest"
+    for role in ("worker", "scheduler"):
+        (c,) = spec["spec"][role]["spec"]["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RIVERLAKE_SQL_URL"] == {
+            "name": "RIVERLAKE_SQL_URL",
+            "valueFrom": {"secretKeyRef": {"name": "riverlake-sql", "key": "RIVERLAKE_SQL_URL"}},
+        }
+
+
+def test_a_sql_url_without_a_password_stays_in_the_manifest(monkeypatch):
+    url = "postgresql+psycopg://riverlake@db.example:5432/dims"
+    monkeypatch.setenv("RIVERLAKE_SQL_URL", url)
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="rl-t")
+    (c,) = spec["spec"]["worker"]["spec"]["containers"]
+    assert {"name": "RIVERLAKE_SQL_URL", "value": url} in c["env"]
 
 
 def test_without_a_pod_there_is_no_owner():
@@ -132,3 +175,59 @@ def test_settings_defaults_and_credentials_file(tmp_path, monkeypatch):
     assert s.prefect_api_url == "http://127.0.0.1:4200/api"
     assert s.s3_access_key.get_secret_value() == "a"
     assert "s" not in repr(s.s3_secret_key)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+def test_the_state_folder_and_what_an_earlier_up_left_in_it_are_made_private(tmp_path):
+    home = tmp_path / "state"
+    dirs = ["logs", "run", "seaweedfs", "seaweedfs/volume", "demo"]
+    files = {"prefect.db": 0o644, "logs/seaweedfs.log": 0o664, "run/seaweedfs.pid": 0o644,
+             "seaweedfs/volume/1.dat": 0o666, "seaweedfs/s3.json": 0o600,
+             "demo/run.sh": 0o755, "credentials.json": 0o640}  # fmt: skip
+    for d in ["", *dirs]:  # an older, world-readable state folder
+        (home / d).mkdir(exist_ok=True)
+        (home / d).chmod(0o755)
+    for f, mode in files.items():
+        (home / f).write_text('{"access_key": "a", "secret_key": "s"}')
+        (home / f).chmod(mode)
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not ours")
+    outside.chmod(0o644)
+    (home / "link").symlink_to(outside)
+    assert stack.ensure_home(get_settings(home=home)) == home.resolve()
+    assert _mode(home) == 0o700
+    assert {d: _mode(home / d) for d in dirs} == dict.fromkeys(dirs, 0o700)
+    assert {f: _mode(home / f) for f in files} == {f: m & 0o700 for f, m in files.items()}
+    assert _mode(outside) == 0o644  # a link out of the folder is not followed
+
+
+def test_a_new_state_folder_and_a_services_files_are_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        home = stack.ensure_home(get_settings(home=tmp_path / "new" / "state"))
+        assert _mode(home) == 0o700
+        probe = stack.Service(
+            name="probe", argv=[sys.executable, "-c", "open('made-by-service', 'w').write('x')"],
+            ports={}, health_url="", url="",
+        )  # fmt: skip
+        stack._start(probe, home)
+        made = home / "made-by-service"
+        deadline = time.monotonic() + 20
+        while not (made.exists() and made.read_text() == "x") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.set_demo(get_settings(home=home), True)
+    finally:
+        os.umask(old)
+    created = {
+        "made-by-service": _mode(made),
+        "logs": _mode(home / "logs"),
+        "logs/probe.log": _mode(probe.log_file(home)),
+        "run": _mode(home / "run"),
+        "run/probe.pid": _mode(probe.pid_file(home)),
+        "stack.json": _mode(home / stack.STACK_FILE),
+    }
+    assert created == {"made-by-service": 0o600, "logs": 0o700, "logs/probe.log": 0o600,
+                       "run": 0o700, "run/probe.pid": 0o600, "stack.json": 0o600}  # fmt: skip
