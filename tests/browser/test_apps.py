@@ -170,3 +170,37 @@ def test_prefect_ui_lists_the_flow_run(served, page, stack_env):
     page.goto(api.removesuffix("/api") + "/runs")
     page.get_by_text(latest["name"]).first.wait_for(timeout=60000)
     assert latest["state_type"] == "COMPLETED"
+
+
+XSS = '<img src=x onerror="window.__xss=1">'
+
+
+def _api(stack_env, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{stack_env['RIVERLAKE_PREFECT_PORT']}/api{path}",
+        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    return json.loads(urllib.request.urlopen(req, timeout=10).read() or b"{}")
+
+
+def test_a_run_named_with_html_renders_as_text_in_pipeline_health(served, page, stack_env):
+    """Stored XSS: anyone who can start a flow run names it. The name shows as text, the
+    image is never created and its handler never runs."""
+    flow = _api(stack_env, "/flows/", {"name": "xss-probe"})
+    run = _api(stack_env, "/flow_runs/", {"flow_id": flow["id"], "name": XSS,
+                                          "state": {"type": "RUNNING", "name": "Running"}})  # fmt: skip
+    try:
+        open_app(page, f"{served}/pipeline_health", 1)
+        page.locator(".prefect-runs").get_by_text(XSS, exact=True).wait_for(timeout=60000)
+        assert page.evaluate("window.__xss") is None  # the handler never ran
+        assert page.locator('.prefect-runs img[src="x"]').count() == 0  # nor the element
+        assert (
+            page.evaluate(
+                "Array.from(document.querySelectorAll('*')).flatMap(e => e.shadowRoot ?"
+                " Array.from(e.shadowRoot.querySelectorAll('img[src=\"x\"]')) : []).length"
+            )
+            == 0
+        )  # Panel renders into shadow roots: none holds the image either
+    finally:
+        _api(stack_env, f"/flow_runs/{run['id']}/set_state",
+             {"state": {"type": "COMPLETED", "name": "Completed"}, "force": True})  # fmt: skip
