@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     )
     # Input caps: what a source may hand us is bounded; what exceeds a cap is quarantined
     # with the cap named in its reason (and a bounded prefix of its bytes), never loaded.
+    # (max_batch_bytes, the stream micro-batch cap, is declared further down.)
     max_file_bytes: int = Field(
         2 << 30,
         ge=1,
@@ -116,11 +117,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Most bytes of one HTTP response body (decoded) that the HTTP connector "
         "reads; a larger page is quarantined and paging stops there.",
-    )
-    max_batch_bytes: int = Field(
-        64 << 20,
-        ge=1,
-        description="Most bytes of message payloads in one stream micro-batch.",
     )
     max_json_depth: int = Field(
         64,
