@@ -305,6 +305,10 @@ def _check_files(name: str, uri: str, adds: Sequence[dict[str, Any]], settings) 
             listed = fs.ls(folder, detail=True)
         except FileNotFoundError:
             listed = []
+        finally:
+            # s3fs would answer later opens from this listing: files written after it
+            # (a merge's, an optimize's) would look missing to readers in this process.
+            fs.invalidate_cache(folder)
         sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in listed}
         for a in files:
             got = sizes.get(posixpath.basename(a["path"]))
