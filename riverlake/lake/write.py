@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
@@ -286,42 +287,44 @@ def _create(uri, actions, schema, partition_by, batch: Batch, rows: int, setting
         return False
 
 
+def _stored_size(fs, path: str) -> int | None:
+    """The size of ``path`` on the store now (None: no such file), never from a cache."""
+    fs.invalidate_cache(path)
+    try:
+        return fs.info(path).get("size")
+    except FileNotFoundError:
+        return None
+    finally:
+        fs.invalidate_cache(path)  # s3fs caches what it saw; later readers must look again
+
+
 def _check_files(name: str, uri: str, adds: Sequence[dict[str, Any]], settings) -> None:
     """Refuse, in one line, a commit of a file that is not on the store as it was written.
 
     A vacuum (or anything else) may have deleted or changed a file between its write and
-    this commit; committing it anyway would make the table unreadable. One listing per
-    partition folder, not one request per file.
+    this commit; committing it anyway would make the table unreadable. One request per
+    file (not a listing of its folder, which grows with the partition), a few at once.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not adds:
+        return
     fs = filesystem(settings)
     base = strip_scheme(uri).rstrip("/")
-    by_dir: dict[str, list[dict[str, Any]]] = {}
-    for a in adds:
-        by_dir.setdefault(posixpath.dirname(a["path"]), []).append(a)
-    for rel_dir, files in by_dir.items():
-        folder = f"{base}/{rel_dir}" if rel_dir else base
-        fs.invalidate_cache(folder)
-        try:
-            listed = fs.ls(folder, detail=True)
-        except FileNotFoundError:
-            listed = []
-        finally:
-            # s3fs would answer later opens from this listing: files written after it
-            # (a merge's, an optimize's) would look missing to readers in this process.
-            fs.invalidate_cache(folder)
-        sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in listed}
-        for a in files:
-            got = sizes.get(posixpath.basename(a["path"]))
-            if got is None:
-                problem = "does not exist"
-            elif got != a["size"]:
-                problem = f"has {got} bytes, not the {a['size']} written"
-            else:
-                continue
-            raise LakeError(
-                f"commit to table {name!r} refused: file {a['path']} {problem}; "
-                "nothing was committed, write the batch again"
-            )
+    paths = [f"{base}/{a['path']}" for a in adds]
+    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        sizes = list(pool.map(partial(_stored_size, fs), paths))
+    for a, got in zip(adds, sizes, strict=True):
+        if got is None:
+            problem = "does not exist"
+        elif got != a["size"]:
+            problem = f"has {got} bytes, not the {a['size']} written"
+        else:
+            continue
+        raise LakeError(
+            f"commit to table {name!r} refused: file {a['path']} {problem}; "
+            "nothing was committed, write the batch again"
+        )
 
 
 def commit(
