@@ -1,5 +1,5 @@
 """What every connector shares: the quarantine record, a unit's output, the source
-error, and the typing of rows against a declared schema.
+error, the typing of rows against a declared schema, and the guard on JSON nesting.
 
 The connectors (files, http, sql, stream) import this module; the ingestion driver
 (:mod:`riverlake.sources.ingest`) imports the connectors. Nothing here imports either.
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from riverlake import lake
@@ -32,6 +33,11 @@ SOURCE_QUARANTINE_SCHEMA = pa.schema(
         ("quarantined_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: Most bytes of a thing's original that the quarantine keeps when the thing exceeded an
+#: input cap (``max_file_bytes``, ``max_response_bytes``): a bounded prefix, so a 2 GB file
+#: or a compression bomb never lands whole in the quarantine table.
+ORIGINAL_PREFIX_BYTES = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +141,95 @@ def quarantine(source: str, bad: Sequence[Bad], batch: str, settings: Settings) 
     lake.merge_table(lake.SOURCE_QUARANTINE, table, ["source", "unit"], partition_by=["source"],
                      settings=settings)  # fmt: skip
     return len(bad)
+
+
+# ------------------------------------------------------------------------- JSON nesting
+#
+# Deeply nested JSON is a denial of service: pyarrow's JSON reader segfaults on a line
+# nested 20,000 deep, Python's json module raises RecursionError near 1,000, and any
+# recursive code over the parsed value does too. So the depth is measured on the bytes,
+# before a parser sees them: a vectorised scan (numpy) over the brackets that are not
+# inside strings, in chunks of a few MiB so its memory stays bounded. It reads about
+# 100 MiB of JSON lines a second on one core (tests/unit/test_sources_hostile.py).
+#
+# The scan follows a parser byte for byte up to the first syntax error (after which the
+# parser stops, so what the scan makes of the rest does not matter): a quote opens or
+# closes a string unless an odd number of backslashes precedes it, and a raw newline
+# ends a string (no JSON parser accepts one inside a string).
+
+_CHUNK_BYTES = 4 << 20
+_QUOTE, _BACKSLASH, _NEWLINE = 0x22, 0x5C, 0x0A
+_OPENS, _CLOSES = 0x7B, 0x7D  # "{" and "}"; "[" and "]" are these minus 0x20
+
+
+def json_too_deep_reason(limit: int) -> str:
+    return f"JSON nested deeper than {limit} levels"
+
+
+def _scan_chunk(
+    a: np.ndarray, depth0: int, in_string0: int, lines: bool
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Nesting along one chunk, from its structural bytes (quotes, brackets, newlines).
+
+    Returns each structural byte's segment (the newlines before it in the chunk, itself
+    included) and the depth after it, then the depth, the in-string parity and the
+    newline count at the chunk's end.
+    """
+    is_quote = a == _QUOTE
+    q = np.flatnonzero(is_quote[1:]) + 1
+    q = q[a[q - 1] == _BACKSLASH]  # quotes right after a backslash: escaped if its run is odd
+    if q.size:
+        backslashes = np.flatnonzero(a == _BACKSLASH)
+        new_run = np.ones(backslashes.size, dtype=bool)
+        new_run[1:] = np.diff(backslashes) != 1
+        run_start = backslashes[new_run][np.cumsum(new_run) - 1]
+        run = q - run_start[np.searchsorted(backslashes, q - 1)]
+        is_quote[q[run % 2 == 1]] = False
+    folded = a | 0x20
+    is_open, is_close, is_newline = folded == _OPENS, folded == _CLOSES, a == _NEWLINE
+    pos = np.flatnonzero(is_quote | is_open | is_close | is_newline)
+    newline = is_newline[pos]
+    seg = np.cumsum(newline, dtype=np.int32)
+    quotes = np.cumsum(is_quote[pos], dtype=np.int32)
+    quotes -= np.concatenate(([0], quotes[newline]))[seg]  # strings end at a newline
+    outside = ((quotes + np.where(seg == 0, in_string0, 0)) & 1) == 0
+    delta = (is_open[pos].astype(np.int32) - is_close[pos]) * outside
+    depth = np.cumsum(delta)
+    if lines:  # each line starts at depth 0 (the chunk's first at depth0)
+        depth -= np.concatenate(([0], depth[newline]))[seg]
+        depth += np.where(seg == 0, depth0, 0)
+    else:
+        depth += depth0
+    if not pos.size:
+        return seg, depth, depth0, in_string0, 0
+    n = int(seg[-1])
+    in_string = (int(quotes[-1]) + (in_string0 if n == 0 else 0)) & 1
+    return seg, depth, int(depth[-1]), in_string, n
+
+
+def _scan(data: bytes | bytearray | memoryview, lines: bool, chunk_bytes: int):
+    """Yield (line numbers, depths) of the brackets outside strings, chunk by chunk."""
+    a = np.frombuffer(data, dtype=np.uint8)
+    depth, in_string, line, start = 0, 0, 0, 0
+    while start < a.size:
+        end = min(start + max(1, chunk_bytes), a.size)
+        while end < a.size and a[end - 1] == _BACKSLASH:  # never split a backslash run
+            end += 1
+        seg, d, depth, in_string, n = _scan_chunk(a[start:end], depth, in_string, lines)
+        yield seg + line, d
+        line, start = line + n, end
+
+
+def json_depth(data: bytes | bytearray | memoryview, *, chunk_bytes: int = _CHUNK_BYTES) -> int:
+    """The deepest nesting of arrays and objects in one JSON document (0 for a scalar)."""
+    return max((int(d.max()) for _, d in _scan(data, False, chunk_bytes) if d.size), default=0)
+
+
+def deep_json_lines(
+    data: bytes | bytearray | memoryview, limit: int, *, chunk_bytes: int = _CHUNK_BYTES
+) -> list[int]:
+    """The lines (numbered from 0) of JSON lines ``data`` nested deeper than ``limit``."""
+    deep: set[int] = set()
+    for lines, depths in _scan(data, True, chunk_bytes):
+        deep.update(np.unique(lines[depths > limit]).tolist())
+    return sorted(deep)

@@ -3,8 +3,15 @@
 Requests retry on 429, 5xx and connection errors with exponential backoff and jitter,
 honouring ``Retry-After`` (seconds or an HTTP date). Refused credentials (401/403) and
 other 4xx fail the run at once with one line naming the source. A page that is not
-JSON, or has no record list, is quarantined with its original bytes; paging stops
-there and the cursor advances only over the records before it.
+JSON, has no record list, is nested deeper than ``max_json_depth``, names a next cursor
+that is not a string or a number or that was already read (an API paging in a loop),
+or whose body exceeds ``max_response_bytes`` (Settings) is quarantined with its
+original bytes (over the cap: its first ``max_response_bytes``, at most
+:data:`~riverlake.sources.base.ORIGINAL_PREFIX_BYTES`); paging stops there and the
+cursor advances only over the records before it.
+
+Bodies are streamed and decoded (gzip, deflate) by this module in bounded steps, so a
+response is never held beyond the cap, and a compressed one is never inflated past it.
 
 Cursor pagination is sequential by nature (each page names the next), so it is one
 unit; offset and page APIs that report a total are split into one unit per page and
@@ -15,20 +22,34 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import random
 import time
+import zlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from riverlake.settings import Settings
-from riverlake.sources.base import Bad, SourceError, UnitOut, one_line, records_to_table
+from riverlake.sources.base import (
+    ORIGINAL_PREFIX_BYTES,
+    Bad,
+    SourceError,
+    UnitOut,
+    json_depth,
+    json_too_deep_reason,
+    one_line,
+    records_to_table,
+)
 from riverlake.sources.spec import HttpSource
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_WAIT_S = 60.0
+#: Most units (pages) an offset/page API's reported total may plan.
+MAX_PAGES = 100_000
+_ZLIB_AUTO = 32 + zlib.MAX_WBITS  # a gzip or zlib header, whichever the body has
 
 
 class MalformedPage(ValueError):
@@ -55,28 +76,67 @@ def backoff(spec: HttpSource, attempt: int) -> float:
     return spec.backoff_s * 2**attempt * (1 + 0.2 * random.random())
 
 
-def get(client: httpx.Client, spec: HttpSource, params: dict[str, Any]) -> httpx.Response:
-    """GET with retries; returns a 2xx response or raises SourceError (one line)."""
+class Fetched(NamedTuple):
+    """One 2xx response, its body read under the cap."""
+
+    response: httpx.Response  # closed: status, headers and request remain
+    body: bytes  # decoded; at most the cap (its first bytes when over it)
+    problem: str | None  # why the body cannot be used (over the cap, undecodable)
+
+
+def _body(r: httpx.Response, cap: int) -> tuple[bytes, str | None]:
+    """The decoded body, read in a stream that stops past ``cap`` bytes."""
+    over = f"response body exceeds max_response_bytes={cap}"
+    out = bytearray()
+    encoding = r.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        d = zlib.decompressobj(_ZLIB_AUTO)
+        for raw in r.iter_raw():
+            pending = raw
+            while pending:
+                try:  # never more than the cap allows: a bomb is never inflated whole
+                    out += d.decompress(pending, cap + 1 - len(out))
+                except zlib.error as e:
+                    return bytes(out[:cap]), f"undecodable {encoding} body: {one_line(e)}"
+                if len(out) > cap:
+                    return bytes(out[:cap]), over
+                if d.eof:  # concatenated gzip members
+                    pending, d = d.unused_data, zlib.decompressobj(_ZLIB_AUTO)
+                else:
+                    pending = d.unconsumed_tail
+        return bytes(out), None
+    chunks = r.iter_raw() if encoding in ("", "identity") else r.iter_bytes()
+    for chunk in chunks:
+        out += chunk
+        if len(out) > cap:
+            return bytes(out[:cap]), over
+    return bytes(out), None
+
+
+def get(client: httpx.Client, spec: HttpSource, params: dict[str, Any], max_bytes: int) -> Fetched:
+    """GET with retries; returns a 2xx response with its body read up to ``max_bytes``,
+    or raises SourceError (one line)."""
     last = ""
     for attempt in range(spec.max_retries + 1):
         try:
-            r = client.get(spec.url, params=params)
+            with client.stream("GET", spec.url, params=params) as r:
+                if r.status_code in (401, 403):
+                    raise SourceError(
+                        f"source {spec.name!r}: {spec.url} refused the credentials "
+                        f"(HTTP {r.status_code})"
+                    )
+                if r.status_code in RETRY_STATUS:
+                    last = f"HTTP {r.status_code}"
+                    wait = retry_after(r.headers.get("Retry-After"))
+                    wait = backoff(spec, attempt) if wait is None else wait
+                elif r.status_code >= 400:
+                    raise SourceError(
+                        f"source {spec.name!r}: {spec.url} answered HTTP {r.status_code}"
+                    )
+                else:
+                    return Fetched(r, *_body(r, max_bytes))
         except httpx.TransportError as e:
             last, wait = one_line(e) or type(e).__name__, backoff(spec, attempt)
-        else:
-            if r.status_code in (401, 403):
-                raise SourceError(
-                    f"source {spec.name!r}: {spec.url} refused the credentials "
-                    f"(HTTP {r.status_code})"
-                )
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}"
-                wait = retry_after(r.headers.get("Retry-After"))
-                wait = backoff(spec, attempt) if wait is None else wait
-            elif r.status_code >= 400:
-                raise SourceError(f"source {spec.name!r}: {spec.url} answered HTTP {r.status_code}")
-            else:
-                return r
         if attempt == spec.max_retries:
             break
         time.sleep(min(wait, MAX_WAIT_S))
@@ -93,12 +153,23 @@ def _path(doc: Any, dotted: str) -> Any:
     return doc
 
 
-def parse_page(spec: HttpSource, body: bytes) -> tuple[list[dict], Any]:
-    """The records of a page and the page document; MalformedPage when it is neither."""
+def load_json(body: bytes, max_depth: int | None = None) -> Any:
+    """A JSON document; MalformedPage when it is not JSON or nests deeper than
+    ``max_depth`` (``max_json_depth``'s default when None), checked on the bytes first."""
+    limit = Settings.model_fields["max_json_depth"].default if max_depth is None else max_depth
+    if json_depth(body) > limit:
+        raise MalformedPage(json_too_deep_reason(limit))
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # decoding, UTF-8, digits of an int
         raise MalformedPage(f"not JSON: {one_line(e)}") from e
+
+
+def parse_page(
+    spec: HttpSource, body: bytes, max_depth: int | None = None
+) -> tuple[list[dict], Any]:
+    """The records of a page and the page document; MalformedPage when it is neither."""
+    doc = load_json(body, max_depth)
     records = _path(doc, spec.records_path)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise MalformedPage(f"{spec.records_path!r} is not a list of objects")
@@ -107,6 +178,8 @@ def parse_page(spec: HttpSource, body: bytes) -> tuple[list[dict], Any]:
 
 def _client(spec: HttpSource) -> httpx.Client:
     headers = dict(spec.headers)
+    if not any(k.lower() == "accept-encoding" for k in headers):
+        headers["Accept-Encoding"] = "gzip, deflate"  # the encodings _body decodes in steps
     token = os.environ.get(spec.token_env) if spec.token_env else None
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -123,17 +196,27 @@ def _base_params(spec: HttpSource, state: dict | None) -> dict[str, Any]:
 
 def plan(spec: HttpSource, state: dict | None, settings: Settings) -> list[dict[str, Any]]:
     params = _base_params(spec, state)
+    cap = settings.max_response_bytes
     if spec.pagination == "cursor" or spec.total_path is None:
         with _client(spec) as c:  # reachability and credentials, before anything is read
-            get(c, spec, {**params, spec.limit_param: 1})
+            get(c, spec, {**params, spec.limit_param: 1}, cap)
         return [{"name": spec.url, "params": params, "pages": "all"}]
     with _client(spec) as c:  # one record is enough to learn the total
-        first = get(c, spec, {**params, **_page(spec, 0), spec.limit_param: 1})
+        first = get(c, spec, {**params, **_page(spec, 0), spec.limit_param: 1}, cap)
     try:
-        total = int(_path(json.loads(first.content), spec.total_path))
-    except (MalformedPage, ValueError, TypeError) as e:
-        raise SourceError(f"source {spec.name!r}: no total at {spec.total_path!r}") from e
+        if first.problem:
+            raise MalformedPage(first.problem)
+        total = int(_path(load_json(first.body, settings.max_json_depth), spec.total_path))
+    except (MalformedPage, ValueError, TypeError, OverflowError) as e:
+        raise SourceError(
+            f"source {spec.name!r}: no total at {spec.total_path!r} ({one_line(e)})"
+        ) from e
     n = max(1, -(-total // spec.page_size))
+    if n > MAX_PAGES:
+        raise SourceError(
+            f"source {spec.name!r}: a total of {total} records is more than {MAX_PAGES} "
+            f"pages of {spec.page_size}"
+        )
     return [{"name": f"{spec.url}#page{i}", "params": params, "pages": i} for i in range(n)]
 
 
@@ -143,29 +226,66 @@ def _page(spec: HttpSource, i: int) -> dict[str, Any]:
     return {spec.page_param: i + 1}
 
 
+def _next_cursor(spec: HttpSource, doc: dict, seen: set) -> tuple[Any, str | None]:
+    """The page's next cursor (None at the end), or why it cannot be followed."""
+    nxt = doc.get(spec.next_cursor_path)
+    if nxt is None or nxt == "" or nxt is False:
+        return None, None
+    if isinstance(nxt, bool) or not isinstance(nxt, str | int | float):
+        return None, f"{spec.next_cursor_path!r} is {type(nxt).__name__}, not a string or number"
+    if nxt in seen:
+        return None, f"next cursor {str(nxt)[:40]!r} was already read: the API pages in a loop"
+    return nxt, None
+
+
+def _comparable(values: list, like: Any = None) -> list:
+    """The cursor values of one kind (strings, or finite numbers), so they have a max:
+    the kind of ``like`` (the committed cursor), else the more common kind."""
+    strs = [v for v in values if isinstance(v, str)]
+    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(v)]  # fmt: skip
+    if isinstance(like, str):
+        return strs
+    if like is not None:
+        return nums
+    return strs if len(strs) >= len(nums) else nums
+
+
 def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
     records: list[dict] = []
     bad: list[Bad] = []
+    cap, depth = settings.max_response_bytes, settings.max_json_depth
     with _client(spec) as c:
         params = dict(unit["params"])
         one_page = unit["pages"] != "all"  # a unit of an offset/page API with a total
         i = unit["pages"] if one_page else 0
+        seen = {params.get(spec.cursor_param)}
         while True:
-            r = get(
-                c, spec, params if spec.pagination == "cursor" else {**params, **_page(spec, i)}
+            f = get(
+                c,
+                spec,
+                params if spec.pagination == "cursor" else {**params, **_page(spec, i)},
+                cap,
             )
+            where = f"{spec.url}?{f.response.request.url.query.decode()}"
+            if f.problem:
+                bad.append(Bad(where, f.problem, f.body[:ORIGINAL_PREFIX_BYTES]))
+                break
             try:
-                page, doc = parse_page(spec, r.content)
+                page, doc = parse_page(spec, f.body, depth)
             except MalformedPage as e:
-                bad.append(Bad(f"{spec.url}?{r.request.url.query.decode()}", str(e), r.content))
+                bad.append(Bad(where, str(e), f.body))
                 break
             records.extend(page)
             if one_page or not page:
                 break
             if spec.pagination == "cursor":
-                nxt = doc.get(spec.next_cursor_path)
-                if not nxt:
+                nxt, problem = _next_cursor(spec, doc, seen)
+                if problem:
+                    bad.append(Bad(where, problem, f.body))
+                if nxt is None:
                     break
+                seen.add(nxt)
                 params[spec.cursor_param] = nxt
             elif len(page) < spec.page_size:
                 break
@@ -174,7 +294,8 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
     table, rejects = records_to_table(records, spec.arrow_schema(), unit["name"])
     out = UnitOut(table=table, bad=bad + rejects, rows_in=rows_in)
     if spec.cursor_field and records:
-        values = [r.get(spec.cursor_field) for r in records if r.get(spec.cursor_field) is not None]
+        values = _comparable([r.get(spec.cursor_field) for r in records], unit["params"].get(
+            spec.since_param))  # fmt: skip
         if bad and values:
             # Paging stopped early: records sharing the last cursor value may be on the
             # pages not read, so the cursor stays below that value (the merge on the key
@@ -185,8 +306,8 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
 
 
 def next_state(spec: HttpSource, state, units, outs) -> dict[str, Any]:
-    values = [o.state for o in outs if o.state is not None]
     old = (state or {}).get("cursor")
+    values = _comparable([o.state for o in outs if o.state is not None], old)
     if old is not None:
         values.append(old)
     return {"cursor": max(values) if values else None}
