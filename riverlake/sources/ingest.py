@@ -94,7 +94,8 @@ def _refuse_null_keys(keys: Sequence[str], unit: Any, out: UnitOut) -> None:
     """Move the rows of ``out`` with a null key column to its quarantined things."""
     if out.table is None or not out.table.num_rows:
         return
-    out.table, refused = lake.null_key_rows(out.table, keys)
+    present = [k for k in keys if k in out.table.column_names]  # merge_table names the others
+    out.table, refused = lake.null_key_rows(out.table, present)
     for row, reason in refused:
         original = json.dumps(row, sort_keys=True, default=str).encode()
         out.bad.append(Bad(_unit_name(unit), reason, original))
