@@ -10,6 +10,8 @@ import gzip
 import io
 import json
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
@@ -431,17 +433,48 @@ def test_stream_poison_messages_and_duplicates(stack_env, tmp_path):
     assert {r["original"] for r in quarantined(s, name)} >= {b"not json"}
 
 
+def _lines(proc) -> queue.Queue:
+    """The process's stderr lines, as they come, on a queue (None at the end)."""
+    q: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stderr:
+            q.put(line.rstrip("\n"))
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def _until(q: queue.Queue, pattern: str, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = q.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if m := re.search(pattern, line):
+            return m
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s")
+
+
 def test_stream_consumer_killed_mid_run_loses_and_duplicates_nothing(stack_env, tmp_path):
-    """SIGKILL a consumer process several times while events flow; then drain."""
+    """SIGKILL a consumer process three times, each right after it fetched a batch it had
+    not committed (proved from its log and the lake), while events flow; each successor
+    fetches those messages again (the redelivery path); then drain: every event once."""
     name = f"ev{uuid.uuid4().hex[:6]}"
     url = str(get_settings().nats_url)
     lake_url = str(tmp_path / "lake")
-    raw = stream_spec(get_settings(), url, name).model_dump(by_alias=True)
+    raw = stream_spec(get_settings(), url, name, batch_size=100).model_dump(by_alias=True)
     code = (
-        "import sys\n"
+        "import logging, sys\n"
         "from riverlake.settings import get_settings\n"
         "from riverlake.sources.spec import parse_source\n"
         "from riverlake.sources.stream import consume\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+        "logging.getLogger('riverlake.sources.stream').setLevel(logging.DEBUG)\n"
         f"s = get_settings(lake_url={lake_url!r}, home={str(tmp_path)!r})\n"
         f"spec = parse_source({raw!r}, s)\n"
         "consume(spec, s, idle_s=None, max_seconds=float(sys.argv[1]))\n"
@@ -453,23 +486,39 @@ def test_stream_consumer_killed_mid_run_loses_and_duplicates_nothing(stack_env, 
     pub = threading.Thread(target=publish, args=(url, f"{name}.events",
                                                  [_event(i) for i in range(total)]))  # fmt: skip
     pub.start()
+    s = local(tmp_path)
+    fetched = r"fetched \d+ messages, seq (\d+)-(\d+)"
+    killed: list[tuple[int, int]] = []  # (first, last) of each batch in flight at a kill
+    uncommitted = 0
     for _ in range(3):
-        p = subprocess.Popen([sys.executable, "-c", code, "60"], env=env)
-        time.sleep(3.0)
+        p = subprocess.Popen([sys.executable, "-c", code, "60"], env=env,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+        log = _lines(p)
+        if killed:  # the redelivery path: the successor starts at the killed batch again
+            m = _until(log, fetched, 60)
+            committed = lake.table(name, s).batch_version(f"stream:{name.upper()}:{name}-consumer")
+            assert int(m.group(1)) == committed + 1 <= killed[-1][0] or committed >= killed[-1][1]
+        _until(log, r"committed seq", 60)  # it has loaded something
+        m = _until(log, fetched, 60)  # and has a batch in flight now
         p.send_signal(signal.SIGKILL)
         p.wait()
+        killed.append((int(m.group(1)), int(m.group(2))))
+        done = lake.table(name, s).batch_version(f"stream:{name.upper()}:{name}-consumer")
+        uncommitted += done < killed[-1][1]  # the kill landed between fetch and commit
     pub.join()
+    t = lake.table(name, s)
+    assert t is not None
     last = subprocess.Popen([sys.executable, "-c", code, "8"], env=env)
     assert last.wait(120) == 0
     from riverlake.sources.stream import consume
 
-    s = local(tmp_path)
-    consume(stream_spec(s, url, name), s, idle_s=2.0)  # whatever was left unacked
+    consume(stream_spec(s, url, name, batch_size=100), s, idle_s=2.0)  # what was left unacked
     got = rows(s, name)
     ids = [r["event_id"] for r in got]
     assert len(ids) == len(set(ids)) == total
     seqs = sorted(r["stream_seq"] for r in got)
     assert seqs == list(range(seqs[0], seqs[0] + total))
+    assert len(killed) == 3 and uncommitted >= 1, (killed, uncommitted)
 
 
 def test_stream_on_the_machines_nats(tmp_path):

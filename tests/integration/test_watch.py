@@ -51,3 +51,28 @@ def test_watch_keeps_the_lake_current_until_ctrl_c(stack_env):
     assert proc.returncode == 0, out[-3000:]
     assert "watch stopped" in out
     assert out.count("pipeline flights done in") >= 3
+
+
+def test_watch_stops_loudly_when_its_stream_consumer_dies(stack_env):
+    """A consumer that cannot go on (here: the events table has another type for
+    event_id, which no retry fixes) stops the watch with its reason and exit code 1,
+    instead of dying silently while the batch runs go on."""
+    import pyarrow as pa
+
+    lake_url = "s3://riverlake-test/watch-dead"
+    settings = get_settings(lake_url=lake_url)
+    lake.write_table("flight_events", pa.table({"event_id": pa.array([1], pa.int64())}),
+                     settings=settings)  # fmt: skip
+    env = {**os.environ, "RIVERLAKE_LAKE_URL": lake_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "riverlake.ops.cli", "run", "flights", "--watch", "--interval", "3",
+         "--start", "2013-01-01", "--end", "2013-01-01"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "riverlake: error: watch stopped: the stream consumer of flight_events died: column "
+        "'event_id' of table 'flight_events' is int64"
+    ), last
+    assert [r["event_id"] for r in _rows("flight_events", settings)] == [1]  # nothing added
