@@ -222,7 +222,8 @@ def _scan(data: bytes | bytearray | memoryview, lines: bool, chunk_bytes: int):
 
 def json_depth(data: bytes | bytearray | memoryview, *, chunk_bytes: int = _CHUNK_BYTES) -> int:
     """The deepest nesting of arrays and objects in one JSON document (0 for a scalar)."""
-    return max((int(d.max()) for _, d in _scan(data, False, chunk_bytes) if d.size), default=0)
+    deepest = (int(d.max()) for _, d in _scan(data, False, chunk_bytes) if d.size)
+    return max(0, max(deepest, default=0))
 
 
 def deep_json_lines(

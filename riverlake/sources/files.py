@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -53,6 +54,8 @@ from riverlake.sources.spec import FileSource
 _CODECS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 #: Reads of one file that found it changing before the unit fails.
 READ_TRIES = 3
+#: JSON lines quarantined one by one, at most, before a file is quarantined whole.
+MAX_BAD_LINES = 1000
 _READ_CHUNK = 1 << 20
 _FIRST_LINE = re.compile(rb"[^\r\n]*")  # Arrow's CSV reader ends a line at \r, \n or \r\n
 
@@ -153,6 +156,48 @@ def _csv_names(spec: FileSource, data: bytes | bytearray) -> list[str]:
     return names
 
 
+def _utf8(data: bytes | bytearray) -> bool:
+    """Whether ``data`` is valid UTF-8 (Arrow's validation, without a Python copy)."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(
+            full=True
+        )
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _bad_json_lines(data: bytes | bytearray, limit: int) -> dict[int, str]:
+    """The lines of JSON lines ``data`` that pyarrow's reader must never see, with the
+    reason: nested deeper than ``limit``, not a JSON object (the reader segfaults on deep
+    nesting, and on a first line ``null``), or not UTF-8 (the reader would load the bytes
+    as strings that are not text). Numbered from 0; blank lines are fine.
+    More than :data:`MAX_BAD_LINES` of them make the file unreadable (ValueError)."""
+    problems = {i: f"{json_too_deep_reason(limit)} (line {i + 1})"
+                for i in deep_json_lines(data, limit)}  # fmt: skip
+    a = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(a == 0x0A) + 1))
+    starts = starts[starts < a.size]
+    for i in np.flatnonzero(a[starts] != 0x7B).tolist():  # lines not starting with "{"
+        if i in problems or len(problems) > MAX_BAD_LINES:
+            continue
+        end = data.find(b"\n", starts[i])
+        line = bytes(data[starts[i] : None if end < 0 else end]).strip(b" \t\r")
+        if line and not line.startswith(b"{"):
+            problems[i] = f"line {i + 1} is not a JSON object"
+    if not _utf8(data):  # pyarrow's reader would load the bytes as they are
+        for i, line in enumerate(bytes(data).split(b"\n")):
+            if len(problems) > MAX_BAD_LINES:
+                break
+            if i not in problems and not _utf8(line):
+                problems[i] = f"line {i + 1} is not valid UTF-8"
+    if len(problems) > MAX_BAD_LINES:
+        first = min(problems)
+        raise ValueError(f"{problems[first]}, and more than {MAX_BAD_LINES} lines like it")
+    return problems
+
+
 def decode(
     spec: FileSource, path: str, data: bytes | bytearray, settings: Settings
 ) -> tuple[pa.Table, list[Bad]]:
@@ -163,15 +208,12 @@ def decode(
     if spec.format == "parquet":
         table = pq.read_table(_buffer(data))
     elif spec.format == "jsonl":
-        limit = settings.max_json_depth
-        deep = deep_json_lines(data, limit)
-        if deep:  # never handed to pyarrow: its reader segfaults on deep nesting
+        problems = _bad_json_lines(data, settings.max_json_depth)
+        if problems:  # never handed to pyarrow, which segfaults on them
             lines = bytes(data).split(b"\n")
-            reason = json_too_deep_reason(limit)
-            bad = [Bad(path, f"{reason} (line {i + 1})", lines[i]) for i in deep]
-            skip = set(deep)
-            data = b"\n".join(line for i, line in enumerate(lines) if i not in skip)
-        if deep and not data.strip():
+            bad = [Bad(path, reason, lines[i]) for i, reason in sorted(problems.items())]
+            data = b"\n".join(line for i, line in enumerate(lines) if i not in problems)
+        if problems and not data.strip():
             table = pa.table({c: pa.array([], pa.string()) for c in spec.columns})
         else:
             table = pajson.read_json(_buffer(data))
@@ -185,6 +227,10 @@ def decode(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True
             ),
         )
+    try:  # no reader checks every value: Parquet or a JSON escape may hold invalid UTF-8
+        table.validate(full=True)
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"invalid data: {one_line(e)}") from e
     dup = next((c for i, c in enumerate(table.column_names) if c in table.column_names[:i]), None)
     if dup is not None:
         raise ValueError(f"duplicate column {dup[:80]!r}")

@@ -233,6 +233,8 @@ def _next_cursor(spec: HttpSource, doc: dict, seen: set) -> tuple[Any, str | Non
         return None, None
     if isinstance(nxt, bool) or not isinstance(nxt, str | int | float):
         return None, f"{spec.next_cursor_path!r} is {type(nxt).__name__}, not a string or number"
+    if isinstance(nxt, float) and not math.isfinite(nxt):  # NaN is never seen twice
+        return None, f"{spec.next_cursor_path!r} is {nxt}, not a finite number"
     if nxt in seen:
         return None, f"next cursor {str(nxt)[:40]!r} was already read: the API pages in a loop"
     return nxt, None

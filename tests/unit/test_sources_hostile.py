@@ -234,6 +234,35 @@ def test_jsonl_line_nested_2000_deep_is_quarantined_and_the_rest_loads(tmp_path)
     assert ingest.ingest(spec, s).skipped  # the manifest advanced
 
 
+def test_jsonl_first_line_null_is_quarantined_instead_of_crashing_the_process(tmp_path):
+    """Found by tests/unit/test_sources_fuzz.py: pyarrow's JSON reader segfaults on a file
+    whose first line is ``null``; lines that are not objects never reach it."""
+    path = tmp_path / "null.jsonl"
+    path.write_bytes(b'null\n{"id": 2, "name": "b", "value": 2.5}\n[1]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIVERLAKE_")}
+    p = subprocess.run([sys.executable, "-c", _jsonl_read_script(path, tmp_path / "lake")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)  # fmt: skip
+    assert p.returncode == 0, f"rc={p.returncode}: {p.stderr[-500:]}"
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out == {"rows_in": 3, "ids": [2], "bad": [["line 1 is not a JSON object", 4],
+                                                      ["line 3 is not a JSON object", 3]]}  # fmt: skip
+
+
+def test_jsonl_invalid_utf8_line_is_quarantined_and_the_rest_loads(tmp_path):
+    """Found by the fuzz tests: pyarrow loads invalid UTF-8 in a JSON string as it is, and
+    the typing of the rows then failed with an uncaught UnicodeDecodeError."""
+    path = tmp_path / "a.jsonl"
+    bad_line = b'{"id": 1, "name": "\xff\xfe", "value": 1}'
+    path.write_bytes(bad_line + b'\n{"id": 2, "name": "b", "value": 2.5}\n')
+    s = local(tmp_path)
+    spec = table_spec(s, str(path), "jsonl", "js")
+    res = ingest.ingest(spec, s)
+    assert (res.rows_in, res.rows_loaded, res.rows_quarantined) == (2, 1, 1)
+    assert ids(s, "js") == [2]
+    (q,) = quarantined(s, "js")
+    assert (q["reason"], q["original"]) == ("line 1 is not valid UTF-8", bad_line)
+
+
 def test_max_json_depth_is_a_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("RIVERLAKE_MAX_JSON_DEPTH", "3")
     s = local(tmp_path)
@@ -479,6 +508,35 @@ def _weather_spec(s: Settings, url: str, **kw):
 def _page(ids_, nxt=None, pad: int = 0) -> bytes:
     recs = [{"id": i, "updated_at": f"t{i:03d}", "pad": "x" * pad} for i in ids_]
     return json.dumps({"data": recs, "next_cursor": nxt}).encode()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("nxt", "reason"),
+    [
+        ("c1", "next cursor 'c1' was already read: the API pages in a loop"),
+        (float("nan"), "'next_cursor' is nan, not a finite number"),
+        ({"a": 1}, "'next_cursor' is dict, not a string or number"),
+    ],
+)
+def test_an_api_paging_in_a_loop_stops_with_the_page_quarantined(tmp_path, nxt, reason):
+    """Every page names the same next cursor (or NaN, which never equals itself): paging
+    stopped only at the test's timeout; now the page that loops is quarantined."""
+
+    def serve(method: str, path: str):
+        doc = {"data": [{"id": 1, "updated_at": "t001"}], "next_cursor": nxt}
+        return 200, {}, json.dumps(doc).encode()
+
+    s = local(tmp_path)
+    with Server(serve) as srv:
+        spec = _weather_spec(s, f"{srv.url}/w")
+        res = ingest.ingest(spec, s)
+        n = len(srv.requests)
+    assert n <= 4  # the probe, then at most two pages
+    assert res.rows_quarantined == 1
+    assert res.rows_in == res.rows_loaded + 1 + res.rows_deduplicated  # c1: record 1 twice
+    assert [q["reason"] for q in quarantined(s, "w")] == [reason]
+    assert ids(s, "w") == [1]
 
 
 def test_an_http_response_over_max_response_bytes_is_quarantined_and_paging_stops(tmp_path):
