@@ -163,6 +163,13 @@ class Settings(BaseSettings):
         600, description="Seconds after which an idle Kubernetes Dask cluster deletes itself."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    vacuum_min_retention_hours: int = Field(
+        1,
+        ge=0,
+        description="Shortest retention `vacuum` accepts: a file a writer has written but not "
+        "committed yet is an orphan to vacuum, so a shorter retention could delete it before "
+        "its commit. 0 only where no writer can be running.",
+    )
     max_batch_bytes: int = Field(
         64 << 20,
         ge=1024,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from riverlake.errors import LakeError
-from riverlake.lake.names import MIN_VACUUM_RETENTION_HOURS
 from riverlake.lake.store import open_table, table_uri
 from riverlake.settings import Settings, get_settings
 
@@ -27,17 +26,17 @@ def vacuum(
 
     ``full`` mode also removes files no commit ever referenced: the orphans of a run
     that died between writing its files and committing them. Files that a running
-    writer has written but not committed yet look the same, so a retention below
-    :data:`~riverlake.lake.names.MIN_VACUUM_RETENTION_HOURS` is refused.
+    writer has written but not committed yet look the same, so a retention below the
+    ``vacuum_min_retention_hours`` setting (1 hour by default) is refused.
     """
-    if retention_hours < MIN_VACUUM_RETENTION_HOURS:
+    settings = settings or get_settings()
+    minimum = settings.vacuum_min_retention_hours
+    if retention_hours < minimum:
         raise LakeError(
             f"vacuum of table {name!r}: a retention of {retention_hours} hours is below the "
-            f"minimum of {MIN_VACUUM_RETENTION_HOURS} "
-            "(riverlake.lake.names.MIN_VACUUM_RETENTION_HOURS): files being written but not "
-            "committed yet would be deleted"
+            f"minimum of {minimum} (RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): files being "
+            "written but not committed yet would be deleted"
         )
-    settings = settings or get_settings()
     dt = open_table(table_uri(name, settings), settings)
     if dt is None:
         raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")

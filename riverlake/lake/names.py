@@ -28,7 +28,3 @@ QUALITY_REPORT = "quality_report"
 CATALOG_HISTORY = 100
 #: How often a commit that lost a race re-reads the log and tries again.
 COMMIT_RETRIES = 5
-#: The shortest retention a vacuum accepts, in hours. A file a writer has written but not
-#: committed yet is an orphan to vacuum; a shorter retention could delete it before its
-#: commit (whose check then refuses the commit). Writes take seconds to minutes.
-MIN_VACUUM_RETENTION_HOURS = 1

@@ -428,7 +428,13 @@ def optimize(
 @app.command()
 def vacuum(
     table: Annotated[str, typer.Argument(help="Table to vacuum.")],
-    retention_hours: Annotated[int, typer.Option(help="Keep files younger than this.")] = 168,
+    retention_hours: Annotated[
+        int,
+        typer.Option(
+            help="Keep files younger than this; at least RIVERLAKE_VACUUM_MIN_RETENTION_HOURS "
+            "(1 by default: files being written are not committed yet)."
+        ),
+    ] = 168,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
 ) -> None:
     """Delete unreferenced files (old versions, orphans of failed runs) past the retention."""

@@ -118,22 +118,30 @@ async def connect(spec: StreamSource):
 
 
 async def ensure_stream(js, spec: StreamSource) -> None:
-    """Create the stream if it does not exist (idempotent)."""
+    """Create the stream if it does not exist (idempotent); a broker that refuses (no
+    storage left for the stream's max_bytes, a subject owned by another stream) fails
+    in one line naming the source."""
     from nats.js.api import StreamConfig
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import APIError, NotFoundError
 
     try:
         await js.stream_info(spec.stream)
     except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=spec.stream,
-                subjects=spec.subjects,
-                max_age=float(spec.max_age_s),
-                max_bytes=spec.max_bytes,
-                duplicate_window=DUPLICATE_WINDOW_S,
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=spec.stream,
+                    subjects=spec.subjects,
+                    max_age=float(spec.max_age_s),
+                    max_bytes=spec.max_bytes,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                )
             )
-        )
+        except APIError as e:
+            raise SourceError(
+                f"source {spec.name!r}: {spec.url} refused to create stream {spec.stream} "
+                f"(max_bytes={spec.max_bytes}): {e.description or e}"
+            ) from e
 
 
 def _depth(value: Any, limit: int) -> bool:
@@ -357,7 +365,7 @@ class Consumer:
             if remaining <= 0.01:
                 break
             want = self.spec.batch_size - len(msgs)
-            mean = self._seen_bytes / self._seen if self._seen else None
+            mean = max(1.0, self._seen_bytes / self._seen) if self._seen else None
             want = 1 if mean is None else max(1, min(want, int((self.max_bytes - size) / mean)))
             try:
                 got = await self.sub.fetch(want, timeout=remaining)

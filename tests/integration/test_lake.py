@@ -26,6 +26,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+def no_writer():
+    """Settings for vacuuming a test's own table, which no other writer touches: the
+    minimum retention that protects in-flight files is not needed there."""
+    return get_settings(vacuum_min_retention_hours=0)
+
+
 @pytest.fixture
 def name(stack_env) -> str:
     """A fresh table name per test (tables live in the session's S3 bucket)."""
@@ -136,7 +142,7 @@ def test_exception_after_some_files_commits_nothing_and_rerun_writes_once(name):
     assert len(lake.read_pandas(name)) == 400
     assert lake.write_table(name, df, partition_by=["year", "month"], app_id="test:b2").skipped
     assert len(lake.read_pandas(name)) == 400
-    removed = lake.vacuum(name, retention_hours=0)
+    removed = lake.vacuum(name, retention_hours=0, settings=no_writer())
     assert len(removed) == len(orphans)  # only the failed run's files, never a live one
     assert stored_files(name) == live_files(name)
 
@@ -184,7 +190,9 @@ def test_driver_killed_between_file_writes_and_commit(name):
     r = lake.write_table(name, df, partition_by=["year", "month"], app_id="test:b4")
     assert r.rows == 300 and len(lake.read_pandas(name)) == 300
     assert lake.write_table(name, df, partition_by=["year", "month"], app_id="test:b4").skipped
-    assert len(lake.vacuum(name, retention_hours=0)) == 3  # the dead run's orphans
+    assert (
+        len(lake.vacuum(name, retention_hours=0, settings=no_writer())) == 3
+    )  # the dead run's orphans
     assert stored_files(name) == live_files(name)
     assert len(lake.read_pandas(name)) == 300
 
@@ -294,7 +302,7 @@ def test_optimize_compacts_small_files_and_catalog_reports(name):
     info = {t["name"]: t for t in lake.list_tables()}[name]
     assert info["rows"] == 60 and info["files"] == 1 and info["version"] == 6
     assert info["batches"] == [f"test:c{i}" for i in reversed(range(6))]
-    assert len(lake.vacuum(name, retention_hours=0)) == 6
+    assert len(lake.vacuum(name, retention_hours=0, settings=no_writer())) == 6
 
 
 # ----------------------------------------------------------------------- concurrency
@@ -352,9 +360,17 @@ def test_optimize_and_vacuum_commands(name):
         lake.write_table(name, frame(months=(1,), n=5, offset=i * 10))
     res = riverlake_cli("optimize", name)
     assert res.returncode == 0 and f"{name}: 3 files compacted into 1" in res.stdout, res.stderr
-    res = riverlake_cli("vacuum", name, "--retention-hours", "0", "--dry-run")
+    res = riverlake_cli("vacuum", name, "--retention-hours", "0")
+    assert res.returncode == 1 and res.stderr.strip() == (
+        f"riverlake: error: vacuum of table {name!r}: a retention of 0 hours is below the "
+        "minimum of 1 (RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): files being written but not "
+        "committed yet would be deleted"
+    )
+    assert len(stored_files(name)) == 4  # nothing deleted
+    no_writer = {"RIVERLAKE_VACUUM_MIN_RETENTION_HOURS": "0"}  # this test's table only
+    res = riverlake_cli("vacuum", name, "--retention-hours", "0", "--dry-run", env=no_writer)
     assert res.returncode == 0 and f"{name}: would delete 3 files" in res.stdout, res.stderr
     assert len(stored_files(name)) == 4
-    res = riverlake_cli("vacuum", name, "--retention-hours", "0")
+    res = riverlake_cli("vacuum", name, "--retention-hours", "0", env=no_writer)
     assert f"{name}: deleted 3 files" in res.stdout
     assert stored_files(name) == live_files(name) and len(lake.read_pandas(name)) == 15

@@ -6,6 +6,7 @@ Lakes are local folders here unless a test is about S3, so each test owns its st
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -404,6 +405,24 @@ def publish(url, subject, payloads):
     asyncio.run(_publish(url, subject, payloads))
 
 
+def delete_streams(url: str, names: list[str]) -> None:
+    """Delete test streams (a server reserves each one's max_bytes of its storage)."""
+    import asyncio
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        for n in names:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(n)
+        await nc.close()
+
+    asyncio.run(run())
+
+
 def _event(i: int) -> tuple[str, bytes]:
     ev = {"event_id": f"e{i}", "carrier": "UA", "flight": i, "published_at": time.time()}
     return ev["event_id"], json.dumps(ev).encode()
@@ -530,11 +549,14 @@ def test_stream_on_the_machines_nats(tmp_path):
     need(up, "no NATS server on 127.0.0.1:4222")
     s = local(tmp_path)
     name = f"ev{uuid.uuid4().hex[:6]}"
-    spec = stream_spec(s, "nats://127.0.0.1:4222", name)
-    consume(spec, s, idle_s=0.3)
-    publish(spec.url, spec.subjects[0], [_event(i) for i in range(50)])
-    assert consume(spec, s, idle_s=1.0).rows_loaded == 50
-    assert consume(spec, s, idle_s=0.5).rows_loaded == 0
+    spec = stream_spec(s, "nats://127.0.0.1:4222", name, max_bytes=64 << 20)
+    try:
+        consume(spec, s, idle_s=0.3)
+        publish(spec.url, spec.subjects[0], [_event(i) for i in range(50)])
+        assert consume(spec, s, idle_s=1.0).rows_loaded == 50
+        assert consume(spec, s, idle_s=0.5).rows_loaded == 0
+    finally:
+        delete_streams(spec.url, [spec.stream])
 
 
 def test_stream_unreachable_broker_fails_in_one_line(tmp_path):

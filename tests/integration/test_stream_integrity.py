@@ -19,6 +19,8 @@ import uuid
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from riverlake import lake
 from riverlake.sources import stream
@@ -26,12 +28,13 @@ from riverlake.sources.base import SourceError
 from tests.conftest import ROOT, need
 from tests.integration.test_sources import (
     _event,
+    delete_streams,
     local,
     publish,
     quarantined,
     rows,
-    stream_spec,
 )
+from tests.integration.test_sources import stream_spec as _stream_spec
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +48,25 @@ def machine_nats():
     need(up, "no NATS server on 127.0.0.1:4222")
 
 
+_CREATED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _delete_streams():
+    """The machine's NATS reserves each stream's max_bytes: leave none behind."""
+    yield
+    delete_streams(NATS, [n.upper() for n in _CREATED])
+    _CREATED.clear()
+
+
 def _name() -> str:
-    return f"ev{uuid.uuid4().hex[:6]}"
+    name = f"ev{uuid.uuid4().hex[:6]}"
+    _CREATED.append(name)
+    return name
+
+
+def stream_spec(settings, url: str, name: str, **kw):
+    return _stream_spec(settings, url, name, **{"max_bytes": 64 << 20, **kw})
 
 
 # ------------------------------------------------------------ the commit must follow
@@ -264,3 +284,93 @@ def test_batches_are_bounded_in_bytes(tmp_path):
     sizes = [c["rows"] for c in lake.table(name, s).commits() if c["rows"]]
     assert sum(sizes) == 300
     assert max(sizes) <= 22  # about 20 kB of ~960-byte messages a batch, not 1000
+
+
+# ------------------------------------------------------------------------- fuzzed
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
+)  # fmt: skip
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+_field_names = st.sampled_from(["event_id", "carrier", "flight", "published_at", "stream_seq", "x"])
+_records = st.dictionaries(_field_names, _json, max_size=6)
+
+
+def _encoded(value) -> bytes:
+    return json.dumps(value, allow_nan=True).encode()
+
+
+_messages = st.one_of(
+    _records.map(_encoded),  # objects with hostile fields
+    _json.map(_encoded),  # any JSON at all
+    st.binary(max_size=200),  # not JSON, not UTF-8
+    st.integers(min_value=1, max_value=3000).map(lambda n: b"[" * n + b"]" * n),  # deep
+    st.builds(lambda i, c: _encoded({"event_id": f"ok{i}", "carrier": c, "flight": i,
+                                     "published_at": 1.0}),
+              st.integers(0, 50), st.text(max_size=5)),  # good ones, repeats included
+)  # fmt: skip
+
+
+class _Msg:
+    """A fetched message as the consumer sees it: its bytes and its stream sequence."""
+
+    def __init__(self, data: bytes, seq: int):
+        self.data = data
+        self.metadata = type("M", (), {"sequence": type("S", (), {"stream": seq})()})()
+
+
+@settings(max_examples=400, deadline=2000, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(st.lists(_messages, min_size=1, max_size=20))
+def test_fuzzed_messages_end_loaded_quarantined_or_deduplicated(payloads):
+    """Parsing and typing of any batch of messages: each ends loaded, quarantined with a
+    one-line reason and its bytes, or dropped as a repeat of a message id; no exception."""
+    from riverlake.settings import Settings
+
+    spec = stream_spec(Settings(lake_url="/tmp/unused"), NATS, "fz")
+    msgs = [_Msg(p, i + 1) for i, p in enumerate(payloads)]
+    records, bad, dupes = stream._parse(spec, msgs, max_bytes=1 << 20)
+    table, rejects = stream._typed(spec, spec.arrow_schema(), records, "FZ#1")
+    assert table.num_rows + len(bad) + len(rejects) + dupes == len(msgs)
+    for b in [*bad, *rejects]:
+        assert b.reason and "\n" not in b.reason
+        assert b.original in payloads
+    assert table.schema == spec.arrow_schema()
+
+
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.lists(_messages, min_size=20, max_size=60))
+def test_fuzzed_batches_through_the_real_broker_and_lake(tmp_path, payloads):
+    """The same hostile batches published to the machine's NATS and consumed into a lake:
+    every message is acknowledged and accounted for, and a second consumer finds none."""
+    s = local(tmp_path / uuid.uuid4().hex[:6])
+    name = _name()
+    spec = stream_spec(s, NATS, name)
+    stream.consume(spec, s, idle_s=0.3)
+    publish(NATS, spec.subjects[0], [(None, p) for p in payloads])
+    st_ = stream.consume(spec, s, idle_s=1.0)
+    assert st_.rows_in == len(payloads)
+    assert st_.rows_loaded + st_.rows_quarantined + st_.rows_deduplicated == len(payloads)
+    assert stream.consume(spec, s, idle_s=0.3).rows_in == 0
+
+
+def test_a_broker_refusing_the_stream_fails_in_one_line(tmp_path):
+    """No storage left for the stream's max_bytes (a server reserves it): one line
+    naming the source and the broker's reason, nothing written."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name, max_bytes=1 << 55)
+    with pytest.raises(SourceError) as e:
+        stream.consume(spec, s, idle_s=0.3)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"source {name!r}: {NATS} refused to create stream {name.upper()}")
+    assert "insufficient storage" in msg
+    assert lake.table(name, s) is None

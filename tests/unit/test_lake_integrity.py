@@ -16,7 +16,6 @@ import pytest
 
 from riverlake import lake
 from riverlake.errors import LakeError
-from riverlake.lake import names
 from riverlake.settings import get_settings
 
 pytestmark = pytest.mark.unit
@@ -109,11 +108,11 @@ def test_vacuum_refuses_a_retention_below_the_minimum_and_spares_in_flight_files
     assert in_flight.exists()
     with pytest.raises(LakeError) as e:
         lake.vacuum("t", retention_hours=0, settings=settings)
-    minimum = names.MIN_VACUUM_RETENTION_HOURS
+    minimum = settings.vacuum_min_retention_hours
     assert str(e.value) == (
-        f"vacuum of table 't': a retention of 0 hours is below the minimum of {minimum} "
-        "(riverlake.lake.names.MIN_VACUUM_RETENTION_HOURS): files being written but not "
-        "committed yet would be deleted"
+        "vacuum of table 't': a retention of 0 hours is below the minimum of 1 "
+        "(RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): files being written but not committed yet "
+        "would be deleted"
     )
     assert in_flight.exists()
     assert lake.vacuum("t", retention_hours=minimum, settings=settings) == []
