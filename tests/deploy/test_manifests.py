@@ -145,9 +145,15 @@ def test_the_flow_run_job_template_owns_its_dask_cluster_through_the_downward_ap
     pod = tpl["job_configuration"]["job_manifest"]["spec"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "flow-run"
     (c,) = pod["spec"]["containers"]
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+           for e in c["env"] if "fieldRef" in e.get("valueFrom", {})}  # fmt: skip
     assert env == {"RIVERLAKE_POD_NAME": "metadata.name", "RIVERLAKE_POD_UID": "metadata.uid",
                    "RIVERLAKE_NAMESPACE": "metadata.namespace"}  # fmt: skip
+    # a SQL URL with a password reaches the run from the Secret the Dask pods use too
+    (sql,) = [e for e in c["env"] if e["name"] == cluster.SQL_URL_ENV]
+    assert sql["valueFrom"]["secretKeyRef"] == {
+        "name": cluster.SQL_SECRET, "key": cluster.SQL_URL_ENV, "optional": True
+    }  # fmt: skip
     assert tpl["variables"]["properties"]["service_account_name"]["default"] == "riverlake-runner"
     # the run's Dask cluster uses the flow-run pod's own image
     assert {"name": "RIVERLAKE_IMAGE", "value": "{{ image }}"} in c["env"]
