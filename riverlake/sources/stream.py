@@ -54,9 +54,12 @@ import pyarrow as pa
 from riverlake import lake
 from riverlake.settings import Settings
 from riverlake.sources.base import (
+    ORIGINAL_PREFIX_BYTES,
     Bad,
     SourceError,
     batch_id,
+    json_depth,
+    json_too_deep_reason,
     one_line,
     quarantine,
     records_to_table,
@@ -71,10 +74,6 @@ ACK_WAIT_S = 30.0
 #: last renewal (so a killed consumer's successor waits at most this long).
 LEASE_BUCKET = "riverlake_leases"
 LEASE_TTL_S = 5.0
-#: How much of an oversized message the quarantine keeps as its original.
-ORIGINAL_PREFIX_BYTES = 64 * 1024
-#: Nesting deeper than this in a message's fields is poison (pyarrow and json recurse).
-MAX_DEPTH = 64
 
 
 @dataclass
@@ -144,26 +143,13 @@ async def ensure_stream(js, spec: StreamSource) -> None:
             ) from e
 
 
-def _depth(value: Any, limit: int) -> bool:
-    """True when ``value`` (parsed JSON) nests deeper than ``limit``."""
-    stack = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict | list):
-            if d > limit:
-                return True
-            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return False
-
-
-def _record(spec: StreamSource, data: bytes, max_bytes: int) -> dict:
+def _record(spec: StreamSource, data: bytes, max_bytes: int, max_depth: int) -> dict:
     """One message as a record; ValueError naming what makes it poison."""
     if len(data) > max_bytes:
         raise ValueError(f"message of {len(data)} bytes exceeds max_batch_bytes={max_bytes}")
-    try:
-        rec = json.loads(data)
-    except RecursionError:
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    if json_depth(data) > max_depth:  # measured on the bytes: json and pyarrow recurse
+        raise ValueError(json_too_deep_reason(max_depth))
+    rec = json.loads(data)
     if not isinstance(rec, dict):
         raise ValueError("not a JSON object")
     mid = rec.get(spec.id_field)
@@ -171,19 +157,19 @@ def _record(spec: StreamSource, data: bytes, max_bytes: int) -> dict:
         raise ValueError(f"no {spec.id_field!r}")
     if isinstance(mid, bool) or not isinstance(mid, str | int):
         raise ValueError(f"{spec.id_field!r} is {type(mid).__name__}, not a string or an integer")
-    if _depth(rec, MAX_DEPTH):
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
     return rec
 
 
-def _parse(spec: StreamSource, msgs: list, max_bytes: int) -> tuple[list, list[Bad], int]:
+def _parse(
+    spec: StreamSource, msgs: list, max_bytes: int, max_depth: int
+) -> tuple[list, list[Bad], int]:
     """The batch's records (with their messages), its poison messages, and the number of
     in-batch duplicates. Whatever a message holds, it ends in one of the three."""
     records, bad, dupes, seen = [], [], 0, set()
     for m in msgs:
         seq = m.metadata.sequence.stream
         try:
-            rec = _record(spec, m.data, max_bytes)
+            rec = _record(spec, m.data, max_bytes, max_depth)
         except Exception as e:  # any message, however hostile, is quarantined
             bad.append(Bad(f"{spec.stream}#{seq}", f"poison message: {one_line(e)}",
                            bytes(m.data[:ORIGINAL_PREFIX_BYTES])))  # fmt: skip
@@ -414,7 +400,7 @@ class Consumer:
         spec, st = self.spec, self.stats
         first, last = msgs[0].metadata.sequence.stream, msgs[-1].metadata.sequence.stream
         unit = f"{spec.stream}#{first}-{last}"
-        records, bad, dupes = _parse(spec, msgs, self.max_bytes)
+        records, bad, dupes = _parse(spec, msgs, self.max_bytes, self.settings.max_json_depth)
         table, rejects = _typed(spec, self.schema, records, unit)
         bad += rejects
         batch = batch_id(spec.name, first, [last])

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from riverlake import lake
 from riverlake.sources import stream
-from riverlake.sources.base import SourceError
+from riverlake.sources.base import ORIGINAL_PREFIX_BYTES, SourceError
 from tests.conftest import ROOT, need
 from tests.integration.test_sources import (
     _event,
@@ -263,7 +263,7 @@ def test_every_hostile_message_ends_loaded_or_quarantined_and_is_acknowledged(tm
                  "not a JSON object"):  # fmt: skip
         assert text in reasons, text
     assert all(r["reason"] and "\n" not in r["reason"] for r in q)
-    assert all(len(r["original"]) <= stream.ORIGINAL_PREFIX_BYTES for r in q)
+    assert all(len(r["original"]) <= ORIGINAL_PREFIX_BYTES for r in q)
     # everything was acknowledged: nothing comes again, nothing is quarantined twice
     again = stream.consume(spec, s, idle_s=0.5)
     assert again.rows_in == 0
@@ -335,7 +335,7 @@ def test_fuzzed_messages_end_loaded_quarantined_or_deduplicated(payloads):
 
     spec = stream_spec(Settings(lake_url="/tmp/unused"), NATS, "fz")
     msgs = [_Msg(p, i + 1) for i, p in enumerate(payloads)]
-    records, bad, dupes = stream._parse(spec, msgs, max_bytes=1 << 20)
+    records, bad, dupes = stream._parse(spec, msgs, max_bytes=1 << 20, max_depth=64)
     table, rejects = stream._typed(spec, spec.arrow_schema(), records, "FZ#1")
     assert table.num_rows + len(bad) + len(rejects) + dupes == len(msgs)
     for b in [*bad, *rejects]:
