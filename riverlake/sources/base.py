@@ -108,8 +108,8 @@ def records_to_table(
     if all(n in rec for rec in records for n in names):
         try:
             return pa.Table.from_pylist(list(records), schema=schema), []
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            pass
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass  # some record does not fit: find which, one by one
     good, bad = [], []
     for rec in records:
         missing = [n for n in names if n not in rec]
@@ -119,8 +119,8 @@ def records_to_table(
             try:
                 good.append(pa.Table.from_pylist([rec]).select(names).cast(schema))
                 continue
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-                reason = one_line(e)
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                reason = one_line(e)  # e.g. an integer beyond 64 bits: OverflowError
         bad.append(Bad(unit, reason, json.dumps(rec, default=str).encode()))
     return (pa.concat_tables(good) if good else schema.empty_table()), bad
 

@@ -588,3 +588,15 @@ def test_the_input_caps_are_settings_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("RIVERLAKE_MAX_JSON_DEPTH", "0")
     with pytest.raises(ValueError, match="max_json_depth"):
         get_settings()
+
+
+def test_a_record_with_an_integer_beyond_64_bits_is_quarantined_not_raised():
+    """Found by the fuzzing of HTTP pages: 2**63 raised OverflowError out of the typing."""
+    from riverlake.sources.base import records_to_table
+
+    schema = pa.schema([("id", pa.int64()), ("value", pa.int64())])
+    table, bad = records_to_table(
+        [{"id": 1, "value": 2}, {"id": 2, "value": 2**63}], schema, "page#1"
+    )
+    assert table.to_pylist() == [{"id": 1, "value": 2}]
+    assert [b.reason for b in bad] == ["Python int too large to convert to C long"]
