@@ -16,16 +16,8 @@ import pytest
 
 from riverlake import lake
 from riverlake.errors import LakeError
-from riverlake.settings import get_settings
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "lake"))
-    monkeypatch.setenv("RIVERLAKE_HOME", str(tmp_path / "home"))
-    return get_settings()
 
 
 def month_frame(month: int, who: int, n: int = 5) -> pa.Table:
