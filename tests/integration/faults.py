@@ -62,6 +62,7 @@ class CliRun:
             start_new_session=True,  # its own process group: a kill reaches every child
         )
         self.pgid = self.proc.pid
+        self.t_end = float("inf")  # when it was seen to exit
         self.lines: list[tuple[float, str]] = []
         self.stdout = ""
         self._cond = threading.Condition()
@@ -125,6 +126,7 @@ class CliRun:
 
     def wait(self, timeout: float = 240) -> int:
         rc = self.proc.wait(timeout=timeout)
+        self.t_end = min(self.t_end, time.monotonic())
         for t in self._readers:
             t.join(timeout=10)
         return rc
@@ -325,3 +327,69 @@ def task_events(lines: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str,
         elif m := re.search(FINISHED, line):
             finished[m["run"]] = m["state"]
     return started, finished
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def stack_service(name: str):
+    """The local stack's service ``name`` (riverlake.ops.stack) for the session's settings."""
+    from riverlake.ops import stack
+
+    (svc,) = [s for s in stack.services(get_settings()) if s.name == name]
+    return svc
+
+
+def stop_service(name: str) -> float:
+    """Stop one service of the session's stack as `riverlake down` does (SIGTERM to its
+    process group, SIGKILL after 15 s; riverlake.ops.stack), through its pid file; return
+    when none of its processes is left and all its ports are free (its monotonic time)."""
+    from riverlake.ops import stack
+
+    settings = get_settings()
+    svc = stack_service(name)
+    info = stack._read_pid(svc, settings.home.resolve())
+    assert info is not None and stack._alive(info), f"{name} is not running"
+    assert stack._stop(svc, settings.home.resolve())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        group_members(info["pid"]) or not all(stack.port_free(p) for p in svc.ports.values())
+    ):
+        time.sleep(0.1)
+    assert not group_members(info["pid"]), f"{name} survived its stop"
+    return time.monotonic()
+
+
+def start_service(name: str) -> float:
+    """Start one stopped service of the session's stack with the stack's own start helper
+    (its argv, environment, log and pid file), wait until it answers its health check, then
+    let `up` finish the stack's own checks (nothing left to start). Returns the time it
+    answered.
+
+    The health wait is the test's own: `up`'s would judge the new process by its
+    /proc/<pid>/cmdline, which can still be empty while it is inside execve (see the
+    report of tests/integration/test_pipeline_faults.py).
+    """
+    from riverlake.ops import stack
+
+    settings = get_settings()
+    home = settings.home.resolve()
+    svc = stack_service(name)
+    stack._start(svc, home)
+    pid = stack._read_pid(svc, home)["pid"]
+    deadline = time.monotonic() + stack.STARTUP_TIMEOUT_S
+    while not stack.healthy(svc):
+        state = (_stat(pid) or ["X"])[0]
+        assert state not in ("Z", "X"), f"{name} exited on restart: {svc.log_file(home)}"
+        assert time.monotonic() < deadline, f"{name} did not come back"
+        time.sleep(0.2)
+    answered = time.monotonic()
+    stack.up(settings)
+    return answered
+
+
+def stack_health() -> dict[str, str]:
+    """Service -> state (running, unhealthy, stopped) of the session's stack."""
+    from riverlake.ops import stack
+
+    return {r["service"]: r["state"] for r in stack.status(get_settings())}
