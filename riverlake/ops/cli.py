@@ -19,6 +19,7 @@ import typer
 
 from riverlake import __version__, runs
 from riverlake.errors import RiverlakeError
+from riverlake.ops import progress
 from riverlake.settings import LIBRARY_LOGGER, Settings, get_settings
 
 #: `run --watch`: consecutive source errors of the stream consumer (the broker away, a lost
@@ -108,12 +109,19 @@ def up(
         ),
     ] = True,
 ) -> None:
-    """Start the local stack (Prefect server, SeaweedFS S3) and wait until it is healthy."""
+    """Start the local stack (Prefect server, SeaweedFS S3) and wait until it is healthy.
+
+    Shows each service's health check as it goes (waiting, healthy, failed) on stderr;
+    ends with the services' table on stdout."""
     from riverlake.ops import stack
 
     settings = _settings()
+    screen = progress.Screen()
+    board = progress.ServiceBoard(say=None if screen.live else screen.say,
+                                  ascii_only=screen.ascii_only)  # fmt: skip
     t0 = time.monotonic()
-    rows = stack.up(settings, demo=demo)
+    with screen.live_view(board.renderable):
+        rows = stack.up(settings, demo=demo, report=board.report)
     _print_rows(rows, ["service", "state", "pid", "url"])
     _say(f"stack up in {time.monotonic() - t0:.1f}s; state in {settings.home.resolve()}")
     _say(f"Prefect UI: {runs.ui_url(settings)}")
@@ -207,21 +215,33 @@ def run(
                 params[label] = date.fromisoformat(value)
             except ValueError:
                 _fail(f"--{label} {value!r} is not a date (YYYY-MM-DD)")
-    _require_prefect(settings)
-    lake.check_store(settings)
-    from riverlake.flows import get_pipeline
-    from riverlake.sources.ingest import reach_sources
+    screen = progress.Screen()
+    if screen.live:  # the live display shows the run; Prefect's INFO lines stay in its UI
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # The run's log lines (rows committed) reach the API, and the display, sooner.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
+    # Checks first, quietly on failure: a user mistake stays one line.
+    with screen.step(f"connecting to Prefect at {settings.prefect_api_url}") as step:
+        _require_prefect(settings)
+        step.update(f"checking the lake {settings.lake_url}")
+        lake.check_store(settings)
+        step.update(f"loading pipeline {pipeline}")
+        from riverlake.flows import get_pipeline
+        from riverlake.sources.ingest import reach_sources
 
-    flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
-    reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
-    from prefect.settings import temporary_settings
-    from prefect_dask import DaskTaskRunner
+        flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
+        step.update(f"reaching the sources of {pipeline}")
+        reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
+        from prefect.settings import temporary_settings
+        from prefect_dask import DaskTaskRunner
 
-    from riverlake.flows.runner import (
-        ensure_result_storage,
-        export_storage_credentials,
-        pipeline_task_runner,
-    )
+        from riverlake.flows.runner import (
+            ensure_result_storage,
+            export_storage_credentials,
+            pipeline_task_runner,
+        )
+
+        step.update(f"checked Prefect, the lake and the sources of {pipeline}")
 
     if isinstance(flow.task_runner, DaskTaskRunner):  # the cluster chosen here, sized by
         flow = flow.with_options(  # the pipeline's declaration
@@ -235,13 +255,21 @@ def run(
     flow = flow.with_options(retries=0)
 
     def once(**kw: object) -> None:
-        delivered = stack.deliver_demo_data(settings, pipeline, kw.get("start"), kw.get("end"))
+        with screen.step(f"demo upstream: dropping the days of {pipeline}", quiet=True):
+            delivered = stack.deliver_demo_data(settings, pipeline, kw.get("start"), kw.get("end"))
         if delivered is not None:
             _say(f"demo upstream: {len(delivered)} new daily drops delivered")
+        # The run's task runs as Prefect reports them, polled from its API meanwhile.
+        watcher = progress.RunWatcher(settings, say=None if screen.live else screen.say,
+                                      ascii_only=screen.ascii_only)  # fmt: skip
+        watched = flow.with_options(on_running=[*flow.on_running_hooks, watcher.on_running])
         t0 = time.monotonic()
+        took = 0.0
         try:
-            with temporary_settings(updates=_prefect_settings(results)):
-                state = flow(**kw, return_state=True)
+            with screen.live_view(watcher.renderable), watcher:
+                with temporary_settings(updates=_prefect_settings(results)):
+                    state = watched(**kw, return_state=True)
+                took = time.monotonic() - t0  # the flow's time, not the display's last poll
             result = state.result()  # a failed run raises its exception here
         except RiverlakeError:
             raise
@@ -251,6 +279,7 @@ def run(
                 f"pipeline {pipeline} failed: {type(exc).__name__}: {first} "
                 f"(logs in the Prefect UI: {runs.ui_url(settings)}/runs)"
             )
+        _say(f"pipeline {pipeline} done in {took:.1f}s")
         if as_json:
             typer.echo(json.dumps(result, default=str))
         else:
@@ -258,7 +287,6 @@ def run(
             _print_rows(accounting(pipeline, result), columns)
             typer.echo(f"run:  {runs.run_url(settings, state.state_details.flow_run_id)}")
             typer.echo(f"apps: http://127.0.0.1:{settings.panel_port}/ (riverlake serve)")
-        _say(f"pipeline {pipeline} done in {time.monotonic() - t0:.1f}s")
 
     if not watch:
         once(**params)
@@ -357,31 +385,37 @@ def deploy(
     from riverlake.ops import stack
 
     settings = _settings()
-    _require_prefect(settings)
-    from riverlake.flows.runner import ensure_result_storage
+    screen = progress.Screen()
+    with screen.step(f"connecting to Prefect at {settings.prefect_api_url}", quiet=True):
+        _require_prefect(settings)
+        from riverlake.flows.runner import ensure_result_storage
 
-    root = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml and flows/
-    results = ensure_result_storage()
+        root = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml and flows/
+        results = ensure_result_storage()
     env = {**os.environ, **results, "RIVERLAKE_ROOT": str(root),
            "PREFECT_API_URL": str(settings.prefect_api_url)}  # fmt: skip
     prefect = str(Path(sys.executable).parent / "prefect")
-    pool = subprocess.run([prefect, "work-pool", "create", stack.WORK_POOL, "--type", "process",
-                           "--overwrite"], env=env, capture_output=True, text=True)  # fmt: skip
-    if pool.returncode != 0:
-        _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
+    with screen.step(f"creating work pool {stack.WORK_POOL}"):
+        pool = subprocess.run([prefect, "work-pool", "create", stack.WORK_POOL, "--type",
+                               "process", "--overwrite"], env=env, capture_output=True,
+                              text=True)  # fmt: skip
+        if pool.returncode != 0:
+            _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
     from riverlake.flows import PIPELINES
 
     names = [arg for p in PIPELINES for arg in ("--name", f"{p}-local")]
-    res = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"), *names],
-        env=env, cwd=root, capture_output=True, text=True,
-    )  # fmt: skip
-    if res.returncode != 0:
-        _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
+    with screen.step(f"registering the deployments of {root / 'prefect.yaml'}"):
+        res = subprocess.run(
+            [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
+             *names], env=env, cwd=root, capture_output=True, text=True,
+        )  # fmt: skip
+        if res.returncode != 0:
+            _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
     for p in PIPELINES:
         _say(f"deployed {p}/{p}-local to work pool {stack.WORK_POOL}")
     if worker:
-        started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
+        with screen.step("starting the worker", quiet=True):
+            started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
         _say("worker started" if started else "worker already running")
     _say(f"deployments: {runs.ui_url(settings)}/deployments")
 
@@ -394,8 +428,9 @@ def tables(
     from riverlake import lake
 
     settings = _settings()
-    lake.check_store(settings)
-    rows = lake.list_tables(settings)
+    with progress.Screen().step(f"reading the catalog of {settings.lake_url}", quiet=True):
+        lake.check_store(settings)
+        rows = lake.list_tables(settings)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -418,7 +453,9 @@ def optimize(
     """Compact a table's small files (one commit; readers keep their snapshot)."""
     from riverlake import lake
 
-    metrics = lake.optimize(table, target_size=target_size, settings=_settings())
+    settings = _settings()
+    with progress.Screen().step(f"compacting table {table}"):
+        metrics = lake.optimize(table, target_size=target_size, settings=settings)
     typer.echo(
         f"{table}: {metrics.get('numFilesRemoved', 0)} files compacted into "
         f"{metrics.get('numFilesAdded', 0)}"
@@ -440,7 +477,10 @@ def vacuum(
     """Delete unreferenced files (old versions, orphans of failed runs) past the retention."""
     from riverlake import lake
 
-    removed = lake.vacuum(table, retention_hours, dry_run, settings=_settings())
+    settings = _settings()
+    doing = "listing what vacuum would delete in" if dry_run else "vacuuming"
+    with progress.Screen().step(f"{doing} table {table}"):
+        removed = lake.vacuum(table, retention_hours, dry_run, settings=settings)
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{table}: {verb} {len(removed)} files")
 

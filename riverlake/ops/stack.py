@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -341,19 +342,34 @@ def _start(svc: Service, home: Path) -> None:
     )
 
 
-def _wait_healthy(svc: Service, home: Path, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if healthy(svc):
+def _wait_healthy(
+    svcs: list[Service], home: Path, deadline: float, report: Report | None = None
+) -> None:
+    """Wait until every service answers its health check, all checked each round, and
+    ``report`` each as it turns healthy or fails (the progress a person sees)."""
+    report = report or _no_report
+    pending = list(svcs)
+    while pending:
+        for svc in list(pending):
+            if healthy(svc):
+                pending.remove(svc)
+                report(svc.name, "healthy", "")
+            elif not _alive(_read_pid(svc, home)):
+                report(svc.name, "failed", "exited during start-up")
+                raise StackError(
+                    f"{svc.name} exited during start-up; see {svc.log_file(home)}: "
+                    f"{_tail(svc.log_file(home), 2)}"
+                )
+        if not pending:
             return
-        if not _alive(_read_pid(svc, home)):
+        if time.monotonic() >= deadline:
+            svc = pending[0]
+            report(svc.name, "failed", f"not healthy in {STARTUP_TIMEOUT_S}s")
             raise StackError(
-                f"{svc.name} exited during start-up; see {svc.log_file(home)}: "
-                f"{_tail(svc.log_file(home), 2)}"
+                f"{svc.name} did not become healthy in {STARTUP_TIMEOUT_S}s; "
+                f"see {svc.log_file(home)}"
             )
         time.sleep(0.25)
-    raise StackError(
-        f"{svc.name} did not become healthy in {STARTUP_TIMEOUT_S}s; see {svc.log_file(home)}"
-    )
 
 
 def _ensure_bucket(settings: Settings) -> None:
@@ -457,8 +473,33 @@ def ensure_home(settings: Settings) -> Path:
     return home
 
 
-def up(settings: Settings, demo: bool = True) -> list[dict]:
-    """Start every service that is not running yet, wait until all are healthy."""
+#: ``up``'s progress hook: ``report(name, state, detail, kind="service")``, where state is
+#: waiting, healthy or failed for a service (done or failed for a step).
+Report = Callable[..., None]
+
+
+def _no_report(*args, **kw) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _step(report: Report, name: str, detail: str):
+    """A step of ``up`` after the services are healthy, reported as it goes."""
+    report(name, "waiting", detail, kind="step")
+    try:
+        yield
+    except BaseException:
+        report(name, "failed", detail, kind="step")
+        raise
+    report(name, "done", detail, kind="step")
+
+
+def up(settings: Settings, demo: bool = True, report: Report | None = None) -> list[dict]:
+    """Start every service that is not running yet, wait until all are healthy.
+
+    ``report`` (optional) hears each service's progress: waiting (started, or already
+    running), then healthy or failed; then the steps (the bucket, the demo database)."""
+    report = report or _no_report
     home = ensure_home(settings)
     key, secret = _ensure_credentials(settings)
     _write_s3_config(settings, key, secret)
@@ -468,15 +509,21 @@ def up(settings: Settings, demo: bool = True) -> list[dict]:
         _check_ports(svc)
     started = []
     try:
-        for svc in todo:
-            _start(svc, home)
-            started.append(svc)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
         for svc in wanted:
-            _wait_healthy(svc, home, deadline)
-        _ensure_bucket(_with_credentials(settings, key, secret))
+            if svc in todo:
+                _start(svc, home)
+                started.append(svc)
+                report(svc.name, "waiting", f"started, pid {_read_pid(svc, home)['pid']}")
+            else:
+                report(svc.name, "waiting", "already running")
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        _wait_healthy(wanted, home, deadline, report)
+        if settings.lake_is_s3:
+            with _step(report, "lake bucket", settings.lake_url):
+                _ensure_bucket(_with_credentials(settings, key, secret))
         if demo:
-            _seed_sql(settings)
+            with _step(report, "demo dimensions", "seeding the SQL dimensions"):
+                _seed_sql(settings)
         set_demo(settings, demo)
     except BaseException:
         for svc in started:

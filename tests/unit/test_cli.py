@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from riverlake import __version__
+from riverlake.errors import RiverlakeError
 from riverlake.ops.cli import app
 
 pytestmark = pytest.mark.unit
@@ -65,3 +66,42 @@ def test_a_runs_accounting_has_a_row_per_table():
     assert rows["weather"]["merged"] == 1  # a repeated record updated its row
     assert (rows["flights"]["loaded"], rows["flights"]["merged"]) == (95, 2)
     assert rows["carrier_origin_daily"]["loaded"] == 12
+
+
+def test_optimize_and_vacuum_name_their_step_on_stderr_and_keep_stdout_for_the_result(settings):
+    import re
+
+    import pandas as pd
+
+    from riverlake import lake
+
+    for i in range(3):
+        lake.write_table("t", pd.DataFrame({"k": [i]}), settings=settings)
+    runner = CliRunner()
+    res = runner.invoke(app, ["optimize", "t"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "t: 3 files compacted into 1\n"
+    assert re.fullmatch(r"compacting table t: done in \d+\.\ds\n", res.stderr), res.stderr
+    res = runner.invoke(app, ["vacuum", "t", "--retention-hours", "1", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "t: would delete 0 files\n"
+    assert re.fullmatch(r"listing what vacuum would delete in table t: done in \d+\.\ds\n",
+                        res.stderr)  # fmt: skip
+    # a refusal stays the one error line (main() prints it): no step line before it
+    res = runner.invoke(app, ["vacuum", "t", "--retention-hours", "0"])
+    assert isinstance(res.exception, RiverlakeError)
+    assert str(res.exception).startswith("vacuum of table 't': a retention of 0 hours")
+    assert res.stdout == "" and res.stderr == ""
+
+
+def test_tables_prints_only_the_table_on_stdout(settings):
+    import pandas as pd
+
+    from riverlake import lake
+
+    lake.write_table("t", pd.DataFrame({"k": [1, 2]}), settings=settings)
+    res = CliRunner().invoke(app, ["tables"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split()[:9] == ["NAME", "ROWS", "SIZE_BYTES", "FILES", "PARTITIONS",
+                                      "VERSION", "LAST_COMMIT", "BATCH_IDS", "t"]  # fmt: skip
+    assert res.stderr == ""  # the catalog's step is quiet: a spinner on a terminal only
