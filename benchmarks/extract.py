@@ -10,6 +10,9 @@ the event) to the end of the lake commit that made its row visible. Target: p95 
 at 1,000 events/s for 2 minutes. Baseline for the connectors: the same rows read by the
 plainest client of each source in the same run (pyarrow.csv for files, one httpx GET
 per page for the API, one SELECT for SQL), reported as a ratio.
+
+The results go to stdout; the measurement being made (a spinner on a terminal, a line
+per finished one elsewhere) to stderr.
 """
 
 from __future__ import annotations
@@ -195,12 +198,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--skip-connectors", action="store_true")
     args = p.parse_args()
+    from riverlake.ops.progress import Screen
+
+    screen = Screen()
     tmp = Path(tempfile.mkdtemp(prefix="riverlake-extract-"))
     try:
-        result = {"stream": stream_latency(tmp, args.rate, args.seconds)}
+        with screen.step(f"stream latency: {args.rate:g} events/s for {args.seconds:g}s"):
+            result = {"stream": stream_latency(tmp, args.rate, args.seconds)}
         print(json.dumps(result, indent=2), flush=True)
         if not args.skip_connectors:
-            result["connectors"] = connectors(tmp)
+            with screen.step("connectors: files, HTTP and SQL against their baselines"):
+                result["connectors"] = connectors(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = json.dumps(result, indent=2)

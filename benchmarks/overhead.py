@@ -7,6 +7,8 @@ prefix so no batch is skipped. Baseline, in the same run: the same work done by 
 plain in-process script (pandas + deltalake, no Prefect, no Dask).
 
 Writes benchmarks/results/overhead.json. Target: 6 s or less on the 2-core machine.
+The result goes to stdout; the run being timed (a spinner on a terminal, a line per
+finished run elsewhere) to stderr.
 """
 
 from __future__ import annotations
@@ -86,23 +88,30 @@ def baseline(lake_url: str) -> float:
 
 def main() -> None:
     from riverlake.ops import stack
+    from riverlake.ops.progress import Screen
     from riverlake.settings import get_settings
 
+    screen = Screen()
     settings = get_settings()
-    stack.up(settings)  # no-op when it is already running
+    with screen.step("the local stack: starting what is not running"):
+        stack.up(settings)  # no-op when it is already running
     bucket = settings.lake_url.split("/")[2] if settings.lake_is_s3 else None
     prefix = f"s3://{bucket}/bench-overhead" if bucket else str(ROOT / "benchmarks/data/lake")
-    run_cli(f"{prefix}/warmup-{uuid.uuid4().hex[:6]}")  # first-import and disk caches
+    with screen.step("warm-up run (first imports, disk caches)"):
+        run_cli(f"{prefix}/warmup-{uuid.uuid4().hex[:6]}")
     walls, flows, bases, next_walls, next_flows = [], [], [], [], []
-    for _ in range(REPEATS):
+    for i in range(REPEATS):
         lake_url = f"{prefix}/{uuid.uuid4().hex[:8]}"
-        w, f = run_cli(lake_url)  # a new lake: the dimensions are ingested too
+        with screen.step(f"repeat {i + 1}/{REPEATS}: run {DAY} on a new lake"):
+            w, f = run_cli(lake_url)  # a new lake: the dimensions are ingested too
         walls.append(w)
         flows.append(f)
-        w, f = run_cli(lake_url, NEXT_DAY)  # the next day's run: only the new drop is read
+        with screen.step(f"repeat {i + 1}/{REPEATS}: run {NEXT_DAY}, the next day"):
+            w, f = run_cli(lake_url, NEXT_DAY)  # only the new drop is read
         next_walls.append(w)
         next_flows.append(f)
-        bases.append(baseline(f"{prefix}/base-{uuid.uuid4().hex[:8]}"))
+        with screen.step(f"repeat {i + 1}/{REPEATS}: baseline in process"):
+            bases.append(baseline(f"{prefix}/base-{uuid.uuid4().hex[:8]}"))
     result = {
         "benchmark": "overhead",
         "what": f"riverlake run flights --start {DAY} --end {DAY}",

@@ -11,7 +11,8 @@ a LocalCluster of the default local profile (a thread worker per core):
 
 Then the slowest stage's per-file work is profiled in-process with pyinstrument.
 Writes benchmarks/results/transform.json and transform_profile.txt, and leaves the lake
-in benchmarks/data/bench-lake for benchmarks/apps.py.
+in benchmarks/data/bench-lake for benchmarks/apps.py. The result goes to stdout, the
+stage being run (a spinner on a terminal, a line per finished stage elsewhere) to stderr.
 """
 
 from __future__ import annotations
@@ -62,14 +63,17 @@ def main() -> None:
         route_stats,
     )
     from riverlake.demo import data as demo_data
+    from riverlake.ops.progress import Screen
     from riverlake.settings import get_settings
 
+    screen = Screen()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=6_000_000)
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args()
-    csv_dir = generate(args.rows, args.files, args.seed)
+    with screen.step(f"data: {args.rows} rows in {args.files} CSV files (cached)"):
+        csv_dir = generate(args.rows, args.files, args.seed)
     files = sorted(str(f) for f in csv_dir.glob("*.csv"))
     out = DATA / "bench-lake"  # kept: benchmarks/apps.py serves the dashboard from it
     import shutil
@@ -86,30 +90,34 @@ def main() -> None:
         Client(cluster) as client,
     ):  # fmt: skip
         t0 = time.perf_counter()
-        dims_f = client.scatter(dims, broadcast=True)
-        results = client.gather(client.map(transform_file, files, uri=uri, dims=dims_f,
-                                           settings=settings, pure=False))  # fmt: skip
-        lake.commit(uri, [a for r in results for a in r["adds"]], CURATED_SCHEMA,
-                    partition_by=["year", "month"], batch=lake.Batch("bench:transform"),
-                    settings=settings)  # fmt: skip
+        with screen.step(f"transform: {len(files)} files on {cores} workers, one commit"):
+            dims_f = client.scatter(dims, broadcast=True)
+            results = client.gather(client.map(transform_file, files, uri=uri, dims=dims_f,
+                                               settings=settings, pure=False))  # fmt: skip
+            lake.commit(uri, [a for r in results for a in r["adds"]], CURATED_SCHEMA,
+                        partition_by=["year", "month"], batch=lake.Batch("bench:transform"),
+                        settings=settings)  # fmt: skip
         stages["transform"] = time.perf_counter() - t0
         # ~130 files of ~46k rows: compact to one file per month before the gold stage
         # (fewer, larger partitions cost far less scheduling on 2 cores).
         t0 = time.perf_counter()
-        lake.optimize("flights", settings=settings)
+        with screen.step("optimize: compacting the curated table"):
+            lake.optimize("flights", settings=settings)
         stages["optimize"] = time.perf_counter() - t0
         cols = ["year", "month", "flight_date", "carrier", "origin", "dest", "flight", "hour",
                 "cancelled", "dep_delay", "arr_delay", "distance", "delayed_15", "visib",
                 "wind_speed", "precip"]  # fmt: skip
         t0 = time.perf_counter()
-        flights = lake.read_table("flights", columns=cols, settings=settings).persist()
+        with screen.step("gold: reading the curated table"):
+            flights = lake.read_table("flights", columns=cols, settings=settings).persist()
         stages["gold:read_curated"] = time.perf_counter() - t0
         for name, fn in [("carrier_origin_daily", daily_kpis), ("route_stats", route_stats),
                          ("delay_by_hour", delay_by_hour), ("delay_by_weather", delay_by_weather),
                          ("daily_on_time", daily_on_time)]:  # fmt: skip
             t0 = time.perf_counter()
-            frame = fn(flights)
-            lake.write_table(name, frame, settings=settings)
+            with screen.step(f"gold: {name}"):
+                frame = fn(flights)
+                lake.write_table(name, frame, settings=settings)
             stages[f"gold:{name}"] = time.perf_counter() - t0
     rows = sum(r["rows"] for r in results)
     accounted = sum(r["loaded"] + r["quarantined"] + r["merged"] for r in results)
@@ -121,13 +129,14 @@ def main() -> None:
     import pyinstrument
 
     prof = pyinstrument.Profiler()
-    prof.start()
-    if slowest[0] == "transform":
-        transform_file(files[0], lake.table_uri("profile", settings), dims, settings)
-    else:
-        f = lake.read_table("flights", columns=cols, settings=settings).compute()
-        route_stats(f), daily_kpis(f), delay_by_weather(f)
-    prof.stop()
+    with screen.step(f"profiling the slowest stage ({slowest[0]})"):
+        prof.start()
+        if slowest[0] == "transform":
+            transform_file(files[0], lake.table_uri("profile", settings), dims, settings)
+        else:
+            f = lake.read_table("flights", columns=cols, settings=settings).compute()
+            route_stats(f), daily_kpis(f), delay_by_weather(f)
+        prof.stop()
     profile = prof.output_text(unicode=False, color=False, show_all=False)
     result = {
         "benchmark": "transform",
