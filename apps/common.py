@@ -11,6 +11,7 @@ import panel as pn
 import pyarrow as pa
 
 from riverlake import lake
+from riverlake.apps.formats import tabulator_formatters
 from riverlake.errors import LakeError
 from riverlake.settings import get_settings
 
@@ -76,6 +77,14 @@ class TableWatcher:
         moved = {n for n in self.names if now[n] != self.versions.get(n)}
         self.versions = now
         return moved
+
+
+def table_widget(frame: pd.DataFrame, **kwargs) -> pn.widgets.Tabulator:
+    """A read-only table whose numbers are shown by what they mean (``formats.py``):
+    years and ids as written, delays with one decimal, rates as percentages."""
+    return pn.widgets.Tabulator(
+        frame, disabled=True, show_index=False, formatters=tabulator_formatters(frame), **kwargs
+    )
 
 
 NAV = [("flights_dashboard", "Flights"), ("big_data", "Every flight"),

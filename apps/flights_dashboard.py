@@ -13,6 +13,7 @@ import hvplot.pandas  # noqa: F401  (registers .hvplot on pandas)
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import NumeralTickFormatter
 
 from riverlake.analytics.analysis import filter_rows
 from riverlake.analytics.flights import (
@@ -25,7 +26,8 @@ from riverlake.analytics.flights import (
     delay_by_day,
     summarize,
 )
-from riverlake.apps.common import TableWatcher, load_table, page
+from riverlake.apps.common import TableWatcher, load_table, page, table_widget
+from riverlake.apps.formats import COUNT, DELAY, PYTHON, RATE
 
 #: The yearly gold tables the dashboard shows, by the parameter that holds each.
 YEARLY = {ROUTES_TABLE: "routes", HOURLY_TABLE: "hourly", WEATHER_TABLE: "weather"}
@@ -47,12 +49,14 @@ class FlightsDashboard(pn.viewable.Viewer):
         super().__init__(**params)
         self._watcher = TableWatcher([DAILY_TABLE, *YEARLY])
         self._numbers = {
-            "flights": pn.indicators.Number(label="Flights", value=0, format="{value:,.0f}"),
-            "cancelled": pn.indicators.Number(label="Cancelled", value=0, format="{value:,.0f}"),
-            "delay": pn.indicators.Number(label="Mean arrival delay (min)", value=0),
-            "on_time": pn.indicators.Number(label="On time", value=0, format="{value}%"),
+            "flights": _card("Flights", COUNT),
+            "cancelled": _card("Cancelled", COUNT),
+            "delay": _card("Mean arrival delay (min)", DELAY),
+            "on_time": _card("On time", RATE),
         }
-        self._cards = pn.Row(*self._numbers.values(), css_classes=["kpi-cards"])
+        # Cards share the row and wrap onto a second line before their text would spill.
+        self._cards = pn.FlexBox(*self._numbers.values(), css_classes=["kpi-cards"],
+                                 flex_wrap="wrap", sizing_mode="stretch_width")  # fmt: skip
         self.refresh(force=True)
         self._update_cards()
         self._widgets = pn.Column(
@@ -147,7 +151,7 @@ class FlightsDashboard(pn.viewable.Viewer):
         delay = s["mean_arr_delay"]
         self._numbers["delay"].value = round(delay, 1) if delay == delay else 0
         rate = s["on_time_rate"]
-        self._numbers["on_time"].value = round(100 * rate, 1) if rate == rate else 0
+        self._numbers["on_time"].value = rate if rate == rate else 0
 
     @param.depends("carriers", "origins", "date_range", "kpis")
     def _timeseries(self):
@@ -165,6 +169,7 @@ class FlightsDashboard(pn.viewable.Viewer):
         return per.rename_axis("carrier").reset_index().hvplot.bar(
             x="carrier", y="on_time_rate", title="On-time rate by carrier",
             responsive=True, height=280, ylim=(0, 1), ylabel="on-time rate",
+            yformatter=NumeralTickFormatter(format="0%"),
         )  # fmt: skip
 
     @param.depends("hourly")
@@ -210,8 +215,7 @@ class FlightsDashboard(pn.viewable.Viewer):
                 "arr_delay_p99"]  # fmt: skip
         r = self.route_table()
         r = r[cols] if len(r) else pd.DataFrame(columns=cols)
-        return pn.widgets.Tabulator(r, pagination="remote", page_size=10, disabled=True,
-                                    show_index=False, sizing_mode="stretch_width")  # fmt: skip
+        return table_widget(r, pagination="remote", page_size=10, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(
@@ -234,6 +238,19 @@ class FlightsDashboard(pn.viewable.Viewer):
             ),
             sizing_mode="stretch_width",
         )
+
+
+#: A KPI card: a light box whose number scales with the window (between 20 and 34 px).
+CARD_STYLES = {"background": "#f4f7fb", "border": "1px solid #d5dde8", "border-radius": "8px",
+               "padding": "4px 14px 8px 14px", "flex": "1 1 180px"}  # fmt: skip
+
+
+def _card(label: str, kind: str) -> pn.indicators.Number:
+    return pn.indicators.Number(
+        label=label, value=0, format=PYTHON[kind], font_size="clamp(20px, 2.2vw, 34px)",
+        title_size="11pt", css_classes=["kpi-card"], styles=CARD_STYLES, min_width=180,
+        sizing_mode="stretch_width", margin=(4, 10, 8, 0),
+    )  # fmt: skip
 
 
 def _live(method):

@@ -10,10 +10,11 @@ import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import NumeralTickFormatter
 
 from riverlake import lake, pipelines, runs
 from riverlake.analytics.flights import CURATED_TABLE, QUARANTINE_TABLE
-from riverlake.apps.common import load_table, page
+from riverlake.apps.common import load_table, page, table_widget
 from riverlake.settings import get_settings
 
 REFRESH_MS = 15_000
@@ -136,9 +137,7 @@ class PipelineHealth(pn.viewable.Viewer):
 
     @param.depends("tables")
     def _freshness(self):
-        return pn.widgets.Tabulator(
-            freshness(self.tables), disabled=True, show_index=False, css_classes=["freshness"]
-        )
+        return table_widget(freshness(self.tables), css_classes=["freshness"])
 
     @param.depends("tables")
     def _runs_rows(self):
@@ -147,31 +146,22 @@ class PipelineHealth(pn.viewable.Viewer):
         if not len(r):
             return pn.pane.Markdown("No runs yet.")
         return r.hvplot.bar(
-            x="version", y="rows", title="Rows per run (flights)", height=260, responsive=True
-        )
+            x="version", y="rows", title="Rows per run (flights)", height=260, responsive=True,
+            yformatter=NumeralTickFormatter(format="0,0"),
+        )  # fmt: skip
 
     @param.depends("quarantine")
     def _quarantine(self):
-        return pn.widgets.Tabulator(
-            self.quarantine_by_reason(), disabled=True, show_index=False, css_classes=["quarantine"]
-        )
+        return table_widget(self.quarantine_by_reason(), css_classes=["quarantine"])
 
     @param.depends("source_quarantine")
     def _source_quarantine(self):
-        return pn.widgets.Tabulator(
-            self.source_quarantine_by_reason(), disabled=True, show_index=False,
-            css_classes=["source-quarantine"], pagination="remote", page_size=10,
-        )  # fmt: skip
+        return table_widget(self.source_quarantine_by_reason(), css_classes=["source-quarantine"],
+                            pagination="remote", page_size=10)  # fmt: skip
 
     @param.depends("quality")
     def _quality(self):
-        return pn.widgets.Tabulator(
-            self.latest_quality(),
-            disabled=True,
-            show_index=False,
-            pagination="remote",
-            page_size=15,
-        )
+        return table_widget(self.latest_quality(), pagination="remote", page_size=15)
 
     @param.depends("tables")
     def _prefect(self):

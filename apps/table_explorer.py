@@ -9,14 +9,32 @@ import hvplot.pandas  # noqa: F401
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import NumeralTickFormatter
 
-from riverlake import lake
+from riverlake import lake, pipelines
 from riverlake.analytics.flights import CURATED_TABLE
-from riverlake.apps.common import page
+from riverlake.apps.common import page, table_widget
+from riverlake.apps.formats import axis_format, explorer_defaults
+from riverlake.errors import RiverlakeError
 from riverlake.settings import get_settings
 
 SAMPLE_ROWS = 200
 DOWNLOAD_LIMIT = 1_000_000
+
+
+def declared_keys(table: str) -> list[str]:
+    """The key columns the pipeline declarations give ``table`` (``key``, ``id_field``)."""
+    try:
+        declared = pipelines.pipelines(get_settings()).values()
+    except RiverlakeError:
+        return []
+    return [
+        k
+        for p in declared
+        for s in p.sources
+        if s.get("table") == table
+        for k in [*(s.get("key") or []), *([s["id_field"]] if s.get("id_field") else [])]
+    ]
 
 
 class TableExplorer(pn.viewable.Viewer):
@@ -57,11 +75,20 @@ class TableExplorer(pn.viewable.Viewer):
             for r in schema.itertuples()
             if r.type in ("string", "large_string", "bool") or r.type.startswith("int")
         ]
+        # The first chart: a few repeated text values against a measure (formats.py),
+        # judged on the sample the Rows tab shows anyway.
+        sample = self.sample()
+        keys = [*schema.loc[schema["partition"], "column"], *declared_keys(self.table)]
+        group, metric = explorer_defaults(
+            list(zip(schema["column"], schema["type"], strict=True)),
+            distinct={c: int(sample[c].nunique()) for c in sample.columns if c in groupable},
+            rows=len(sample),
+            keys=keys,
+        )
         self.param.group_by.objects = groupable
         self.param.metric.objects = numeric
         self.param.where_column.objects = [None, *names]
-        self.group_by = groupable[0] if groupable else None
-        self.metric = numeric[0] if numeric else None
+        self.param.update(group_by=group, metric=metric)
 
     def schema(self) -> pd.DataFrame:
         s, parts, _ = lake.table_files(self.table, settings=get_settings())
@@ -95,8 +122,20 @@ class TableExplorer(pn.viewable.Viewer):
         return [(self.where_column, "=", value)]
 
     def rows(self, limit: int = SAMPLE_ROWS) -> pd.DataFrame:
-        ddf = lake.read_table(self.table, filters=self.filters(), settings=get_settings())
+        filters = self.filters()
+        if not filters and limit == SAMPLE_ROWS:
+            return self.sample()
+        ddf = lake.read_table(self.table, filters=filters, settings=get_settings())
         return ddf.head(limit, npartitions=-1, compute=True)
+
+    def sample(self) -> pd.DataFrame:
+        """The table's first SAMPLE_ROWS rows, unfiltered; read once per table and version."""
+        key = (self.table, self.info().get("version"))
+        if getattr(self, "_sample_key", None) != key:
+            ddf = lake.read_table(self.table, settings=get_settings())
+            self._sample_key = key
+            self._sample = ddf.head(SAMPLE_ROWS, npartitions=-1, compute=True)
+        return self._sample
 
     def grouped(self) -> pd.DataFrame:
         cols = [self.group_by] + (
@@ -129,17 +168,15 @@ class TableExplorer(pn.viewable.Viewer):
 
     @param.depends("table")
     def _schema(self):
-        return pn.widgets.Tabulator(self.schema(), disabled=True, show_index=False, height=300)
+        return table_widget(self.schema(), height=300)
 
     @param.depends("table")
     def _history(self):
-        return pn.widgets.Tabulator(self.history(), disabled=True, show_index=False, height=300)
+        return table_widget(self.history(), height=300)
 
     @param.depends("table", "where_column", "where_value")
     def _rows(self):
-        return pn.widgets.Tabulator(
-            self.rows(), disabled=True, show_index=False, pagination="remote", page_size=20
-        )
+        return table_widget(self.rows(), pagination="remote", page_size=20, css_classes=["rows"])
 
     @param.depends("table", "group_by", "metric", "where_column", "where_value")
     def _chart(self):
@@ -147,6 +184,8 @@ class TableExplorer(pn.viewable.Viewer):
             return pn.pane.Markdown("Nothing to group by.")
         g = self.grouped()
         y = f"mean_{self.metric}" if f"mean_{self.metric}" in g else "rows"
+        # a code (hour, year) is a category: its bars are labelled as written
+        g[self.group_by] = g[self.group_by].astype("string")
         return g.hvplot.bar(
             x=self.group_by,
             y=y,
@@ -154,6 +193,7 @@ class TableExplorer(pn.viewable.Viewer):
             height=300,
             responsive=True,
             title=f"{y} by {self.group_by}",
+            yformatter=NumeralTickFormatter(format=axis_format(y, g[y].dtype)),
         )
 
     def __panel__(self):
