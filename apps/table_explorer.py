@@ -37,6 +37,10 @@ def declared_keys(table: str) -> list[str]:
     ]
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 class TableExplorer(pn.viewable.Viewer):
     """Pick a table from the catalog, look at it, group it, download it."""
 
@@ -160,8 +164,9 @@ class TableExplorer(pn.viewable.Viewer):
         if not i:
             return pn.pane.Markdown("No tables in the lake yet.")
         return pn.pane.Markdown(
-            f"**{i['name']}**: {i['rows']:,} rows, {i['files']} files, {i['size_bytes']:,} bytes, "
-            f"{i['partitions']} partitions (by {', '.join(i['partition_by']) or 'none'}), "
+            f"**{i['name']}**: {_count(i['rows'], 'row')}, {_count(i['files'], 'file')}, "
+            f"{_count(i['size_bytes'], 'byte')}, {_count(i['partitions'], 'partition')} "
+            f"(by {', '.join(i['partition_by']) or 'none'}), "
             f"version {i['version']}, last commit {i['last_commit']}",
             css_classes=["table-summary"],
         )

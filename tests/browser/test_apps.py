@@ -1,20 +1,28 @@
 """The Panel apps and the Prefect UI in a real browser (Debian's Chromium via Playwright).
 
-Screenshots are kept under test-artifacts/ for a person to look at.
+Screenshots are kept under test-artifacts/ for a person to look at. The README's
+pictures (one per app, one of a run in the Prefect UI, at SHOT_VIEWPORT) are taken by
+the same tests: into docs/screenshots/ when RIVERLAKE_SCREENSHOTS is set (`make
+screenshots`), else into test-artifacts/screenshots/, so a plain run leaves the working
+tree as it was.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
+import pandas as pd
 import pytest
 
+from riverlake.analytics.flights import NATURAL_KEY
 from riverlake.demo import data as demo_data
 from riverlake.ops.stack import free_port
 from tests.conftest import ROOT, need, riverlake_cli
@@ -23,6 +31,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = ROOT / "docs" / "screenshots"
+SHOT_VIEWPORT = {"width": 1400, "height": 1000}
+SHOT_MAX_BYTES = 400_000
 LAKE = "s3://riverlake-test/browser"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
         "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
@@ -99,6 +110,23 @@ def open_app(page, url: str, canvases: int) -> None:
     assert page.locator("canvas").count() >= canvases
 
 
+def keep_screenshot(page, name: str):
+    """What the page shows now, at SHOT_VIEWPORT, as a 256-colour PNG (UI screenshots
+    lose nothing visible and shrink several times); returns the path written."""
+    from PIL import Image
+
+    assert page.viewport_size == SHOT_VIEWPORT
+    folder = SHOTS if os.environ.get("RIVERLAKE_SCREENSHOTS") else ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    image.quantize(colors=256, dither=Image.Dither.NONE).save(path, optimize=True)
+    with Image.open(path) as kept:
+        assert kept.size == (SHOT_VIEWPORT["width"], SHOT_VIEWPORT["height"])
+    assert path.stat().st_size < SHOT_MAX_BYTES, f"{path}: {path.stat().st_size} bytes"
+    return path
+
+
 def kpi(page, name: str) -> str:
     card = page.locator(".kpi-cards").get_by_text(name, exact=True).locator("xpath=..")
     return card.inner_text().replace(name, "").strip()
@@ -109,12 +137,21 @@ def january() -> object:
     return raw[raw["month"] == 1]
 
 
+#: What shows that an app has drawn its content (beyond its plots' canvases).
+DRAWN = {"flights_dashboard": ".kpi-card", "big_data": "canvas",
+         "pipeline_health": '.freshness .tabulator-cell[tabulator-field="table"]',
+         "table_explorer": '.rows .tabulator-cell[tabulator-field="year"]'}  # fmt: skip
+
+
 @pytest.mark.parametrize(("app", "canvases"), [("flights_dashboard", 4), ("pipeline_health", 1),
                                                 ("table_explorer", 0), ("big_data", 1)])  # fmt: skip
 def test_app_loads_without_console_errors(served, page, app, canvases):
+    page.set_viewport_size(SHOT_VIEWPORT)
     open_app(page, f"{served}/{app}", canvases)
+    page.locator(DRAWN[app]).first.wait_for(timeout=30000)
     page.wait_for_timeout(1500)
     assert page.errors == []
+    keep_screenshot(page, app)
 
 
 def test_dashboard_shows_the_real_numbers_and_a_filter_updates_them(served, page):
@@ -129,6 +166,118 @@ def test_dashboard_shows_the_real_numbers_and_a_filter_updates_them(served, page
     while kpi(page, "Flights") != want and time.monotonic() < deadline:
         page.wait_for_timeout(250)
     assert kpi(page, "Flights") == want
+    assert page.errors == []
+
+
+#: Each KPI card's box and the boxes of its texts (a Range around each text node: the
+#: glyphs' extent, which spills out of a box too narrow for them).
+CARD_BOXES = """els => els.map(el => {
+  const box = r => ({left: r.left, right: r.right, top: r.top, bottom: r.bottom});
+  const texts = [];
+  const walker = document.createTreeWalker(el.shadowRoot || el, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    if (!node.textContent.trim() || node.parentElement.closest('style')) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    texts.push({text: node.textContent.trim(), ...box(range.getBoundingClientRect())});
+  }
+  return {card: box(el.getBoundingClientRect()), texts};
+})"""
+
+
+def test_kpi_cards_fit_their_text_at_1280_and_1920(served, page):
+    open_app(page, f"{served}/flights_dashboard", 4)
+    page.locator(".kpi-cards").get_by_text("Flights", exact=True).wait_for()
+    jan = january()
+    for width in (1280, 1920):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(800)  # the layout follows the new width
+        cards = page.locator(".kpi-card").evaluate_all(CARD_BOXES)
+        shown = {c["texts"][0]["text"]: c["texts"][-1]["text"] for c in cards}
+        assert list(shown) == ["Flights", "Cancelled", "Mean arrival delay (min)", "On time"]
+        assert shown["Flights"] == f"{len(jan):,}"
+        assert re.fullmatch(r"-?\d+\.\d", shown["Mean arrival delay (min)"])
+        assert re.fullmatch(r"\d{1,3}\.\d%", shown["On time"])
+        for c in cards:
+            card = c["card"]
+            assert len(c["texts"]) == 2
+            assert card["left"] >= 0 and card["right"] <= width, (width, c)
+            for t in c["texts"]:
+                assert card["left"] <= t["left"] and t["right"] <= card["right"], (width, t, card)
+                assert card["top"] <= t["top"] and t["bottom"] <= card["bottom"], (width, t, card)
+        scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert inner == width and scroll <= inner
+    assert page.errors == []
+
+
+#: The explorer's visible rows, each as {column: the text its cell shows}.
+ROW_TEXTS = """rows => rows.map(r => Object.fromEntries(Array.from(
+  r.querySelectorAll('.tabulator-cell'), c => [c.getAttribute('tabulator-field'), c.innerText])))"""
+
+
+def shown_rows(page, column: str) -> list[dict]:
+    page.locator(f'.rows .tabulator-cell[tabulator-field="{column}"]').first.wait_for(timeout=30000)
+    return page.locator(".rows .tabulator-row").evaluate_all(ROW_TEXTS)
+
+
+def test_table_explorer_shows_numbers_by_their_meaning(served, page):
+    open_app(page, f"{served}/table_explorer", 0)
+    rows = shown_rows(page, "year")
+    assert len(rows) == 20  # the first page of the sample
+    jan = january().set_index(["day", "carrier", "flight", "sched_dep_time", "origin"])
+    for r in rows:
+        # years and flight numbers as written, no thousands separator
+        assert r["year"] == "2013" and r["month"] == "1", r
+        assert re.fullmatch(r"\d+", r["flight"]) and re.fullmatch(r"\d+", r["sched_dep_time"])
+        key = (int(r["day"]), r["carrier"], int(r["flight"]), int(r["sched_dep_time"]), r["origin"])
+        want = jan.loc[key]
+        for delay in ("dep_delay", "arr_delay"):  # one decimal, the real value
+            value = want[delay]
+            assert r[delay] == ("" if pd.isna(value) else f"{value:.1f}"), (delay, r)
+        assert r["flight_date"] == f"2013-01-{int(r['day']):02d}"
+    assert any(int(r["flight"]) >= 1000 for r in rows)  # the separator would have shown
+    page.get_by_role("combobox").first.select_option("carrier_origin_daily")
+    rows = shown_rows(page, "on_time_rate")
+    assert rows and {r["year"] for r in rows} == {"2013"}
+    for r in rows:  # a rate as a percentage of the row's own counts
+        assert re.fullmatch(r"\d{1,3}\.\d%", r["on_time_rate"]), r
+        rate = int(r["on_time"]) / int(r["arrived"])
+        assert abs(float(r["on_time_rate"].rstrip("%")) - 100 * rate) <= 0.05 + 1e-9, r
+        assert re.fullmatch(r"-?\d+\.\d", r["mean_arr_delay"]), r
+    assert page.errors == []
+
+
+#: The group-by chart's title and data, read from the page's Bokeh document.
+CHART = """() => {
+  for (const doc of Bokeh.documents) for (const m of doc._all_models.values()) {
+    if (m.type !== 'Figure' || !m.title || !/ by /.test(m.title.text)) continue;
+    const source = m.renderers.map(r => r.data_source).find(s => s && s.data);
+    const data = Object.fromEntries(Object.entries(source.data).map(([k, v]) => [k, Array.from(v)]));
+    return {title: m.title.text, data};
+  }
+  return null;
+}"""
+
+
+def test_table_explorer_first_chart_measures_by_a_text_column(served, page):
+    open_app(page, f"{served}/table_explorer", 0)
+    page.locator(".bk-tab", has_text="Group by").click()
+    chart = None
+    deadline = time.monotonic() + 30
+    while chart is None and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        chart = page.evaluate(CHART)
+    assert chart is not None, "no group-by chart"
+    assert chart["title"] == "mean_dep_delay by carrier"
+    jan = january()
+    # grouped by a text column with a few values, measuring a delay: no key, no calendar
+    assert pd.api.types.is_string_dtype(jan["carrier"]) and jan["carrier"].nunique() <= 50
+    assert pd.api.types.is_numeric_dtype(jan["dep_delay"]) and "dep_delay" not in NATURAL_KEY
+    want = jan.groupby("carrier")["dep_delay"].mean()
+    got = dict(zip(chart["data"]["carrier"], chart["data"]["mean_dep_delay"], strict=True))
+    assert set(got) == set(want.index)
+    assert all(abs(got[c] - want[c]) < 1e-6 for c in got), (got, want)
     assert page.errors == []
 
 
@@ -152,7 +301,8 @@ def test_table_explorer_picks_a_table_and_shows_its_summary(served, page):
     page.get_by_role("combobox").first.select_option("carrier_origin_daily")
     summary.get_by_text("carrier_origin_daily").wait_for(timeout=30000)
     text = summary.inner_text()
-    assert "partitions (by year, month)" in text and text.startswith("carrier_origin_daily:")
+    assert re.search(r"\d partitions? \(by year, month\)", text), text
+    assert text.startswith("carrier_origin_daily:")
 
 
 def test_prefect_ui_lists_the_flow_run(served, page, stack_env):
@@ -170,6 +320,14 @@ def test_prefect_ui_lists_the_flow_run(served, page, stack_env):
     page.goto(api.removesuffix("/api") + "/runs")
     page.get_by_text(latest["name"]).first.wait_for(timeout=60000)
     assert latest["state_type"] == "COMPLETED"
+    # the run's own page: its state, the task runs on a timeline, the logs
+    page.set_viewport_size(SHOT_VIEWPORT)
+    page.goto(api.removesuffix("/api") + f"/runs/flow-run/{latest['id']}")
+    page.get_by_text(latest["name"]).first.wait_for(timeout=60000)
+    page.get_by_text("Completed").first.wait_for(timeout=30000)
+    page.get_by_text(f"Beginning flow run '{latest['name']}'").first.wait_for(timeout=30000)
+    page.wait_for_timeout(1500)  # the timeline draws its task runs
+    keep_screenshot(page, "prefect_run")
 
 
 XSS = '<img src=x onerror="window.__xss=1">'
