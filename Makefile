@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools lint format bench up down clean
+.PHONY: run test install tools lint format bench up down clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: install
 ## make test: the whole test suite (unit, integration against the real local stack)
 test: install tools
 	$(BIN)/python -m pytest
+
+## make screenshots: the browser tests, writing the README's pictures to docs/screenshots/
+screenshots: install
+	RIVERLAKE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/browser/test_apps.py
 
 lint: install
 	$(BIN)/ruff check .
