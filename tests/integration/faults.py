@@ -189,12 +189,6 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU ticks the process has used so far (0 when it is gone)."""
-    fields = _stat(pid)
-    return 0 if fields is None else int(fields[11]) + int(fields[12])
-
-
 # --------------------------------------------------------------------------- the truths
 
 
@@ -318,15 +312,23 @@ STARTED = r"pid (?P<pid>\d+) \| Task run '(?P<run>[^']+)' - Executing task '(?P<
 FINISHED = r"pid (?P<pid>\d+) \| Task run '(?P<run>[^']+)' - Finished in state (?P<state>\w+)"
 
 
-def task_events(lines: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
-    """From a run's stderr: task run -> (task, pid) it started in; task run -> final state."""
-    started, finished = {}, {}
+def task_events(lines: list[str]) -> tuple[list[tuple], list[tuple]]:
+    """From a run's stderr, in order: the task runs started, as (task run, task, pid), and
+    those finished, as (task run, final state, pid)."""
+    started, finished = [], []
     for line in lines:
         if m := re.search(STARTED, line):
-            started[m["run"]] = (m["task"], int(m["pid"]))
+            started.append((m["run"], m["task"], int(m["pid"])))
         elif m := re.search(FINISHED, line):
-            finished[m["run"]] = m["state"]
+            finished.append((m["run"], m["state"], int(m["pid"])))
     return started, finished
+
+
+def unfinished(lines: list[str]) -> dict[str, str]:
+    """Task runs that started and never finished: task run -> task."""
+    started, finished = task_events(lines)
+    done = {run for run, _, _ in finished}
+    return {run: task for run, task, _ in started if run not in done}
 
 
 # --------------------------------------------------------------------------- the stack

@@ -24,6 +24,7 @@ from riverlake import lake
 from riverlake.analytics.flights import CURATED_TABLE, DAILY_TABLE
 from riverlake.settings import get_settings
 from tests.integration.faults import (
+    GOLD_TABLES,
     TRACE_ENV,
     CliRun,
     check_truths,
@@ -34,6 +35,7 @@ from tests.integration.faults import (
     start_service,
     stop_service,
     task_events,
+    unfinished,
 )
 
 pytestmark = pytest.mark.integration
@@ -115,24 +117,28 @@ def test_cli_sigkilled_then_rerun(stack_env, point):
     victim.kill_group()  # the whole group: flow process, its Dask workers, any child
     lines = [line for _, line in victim.lines]
     started, finished = task_events(lines)
-    running = {run: task for run, (task, _) in started.items() if run not in finished}
+    running = unfinished(lines)
     curated = lake.table(CURATED_TABLE, settings)
     gold = lake.table(DAILY_TABLE, settings)
     # Where the kill landed, from the run's own log (everything it wrote before dying)
     # and from the lake's Delta logs.
     if point == "extract":
-        assert "transform-month" not in {t for t, _ in started.values()}
+        assert "transform-month" not in {task for _, task, _ in started}
         assert set(running.values()) & set(EXTRACT_TASKS), (started, finished)
         assert curated is None  # neither the manifest nor a row is committed
+        # every dimension commit the run logged is in the lake (the kill lost none)
+        logged = {m[1] for m in map(re.compile(r"table (\w+) created").search, lines) if m}
+        assert all(lake.table(name, settings) is not None for name in logged), logged
     elif point == "transform":
         assert list(running.values()) == ["transform-month"], (started, finished)
         assert curated is None and lake.table("quality_report", settings) is None
     else:
         assert curated is not None and curated.version == 0 and curated.rows() > 0
-        assert gold is None or not gold.commits()[0]["batch"].endswith(
-            curated.commits()[0]["batch"].split(":", 1)[1]
-        )  # the gold commit of this batch is not there
-        assert not [r for r in finished if r.startswith("build-gold")]
+        batch = curated.commits()[0]["batch"].split(":", 1)[1]
+        for name in GOLD_TABLES:  # no gold table holds this batch yet
+            table = lake.table(name, settings)
+            assert table is None or not table.has_batch(f"{name}:{batch}"), name
+        assert not [r for r, _, _ in finished if r.startswith("build-gold")]
     print(f"\nkilled at {point}: running {sorted(running)}; curated "
           f"{None if curated is None else curated.version}; gold {gold is not None}")  # fmt: skip
     recover(lake_url, "CLI SIGKILL", point)
@@ -158,10 +164,10 @@ def test_dask_worker_killed_mid_transform(stack_env):
     rc = victim.wait()
     recovered_in = time.monotonic() - t_kill
     started, finished = task_events([line for _, line in victim.lines])
-    transforms = {r: p for r, (task, p) in started.items() if task == "transform-month"}
-    killed = [r for r, p in transforms.items() if p == pid]
+    killed = [r for r, task, p in started if task == "transform-month" and p == pid]
     # The kill landed mid-transform: the dead worker had begun it and never finished it.
-    assert len(killed) == 1 and killed[0] not in finished, (started, finished)
+    assert len(killed) == 1, (started, finished)
+    assert not [r for r, _, p in finished if p == pid and r == killed[0]], (started, finished)
     print(f"\nkilled Dask worker {pid} ({worker_cmd[:60]}...) running {killed[0]}; "
           f"run exit {rc}")  # fmt: skip
     if rc != 0:  # the run may fail (one line); a re-run completes
@@ -169,8 +175,11 @@ def test_dask_worker_killed_mid_transform(stack_env):
         recover(lake_url, "Dask worker SIGKILL", "mid-transform, run failed")
         return
     # Dask rescheduled the transform on a live worker and the run completed.
-    redone = [r for r, p in transforms.items() if p != pid and finished.get(r) == "Completed"]
-    assert redone, (started, finished)
+    transforms = {r for r, task, _ in started if task == "transform-month"}
+    redone = [
+        r for r, state, p in finished if r in transforms and p != pid and state == "Completed"
+    ]
+    assert len(redone) == 1, (started, finished)
     table = lake.table(CURATED_TABLE, settings)
     assert table.commits()[0]["timestamp"] / 1000 > killed_at  # committed after the kill
     record("Dask worker SIGKILL", "mid-transform, rescheduled", lake_url, victim, recovered_in)
