@@ -390,6 +390,7 @@ def flights_flow(start: date | str = FIRST_DAY, end: date | str = LAST_DAY) -> d
     dims = [ingest_source.submit(name) for name in DIMENSION_SOURCES]
     drops = extract_flights.submit(start, end).result()
     loaded = {d["source"]: d for d in (f.result() for f in dims)}  # transforms read them
+    del dims  # held futures would be recomputed when the worker holding them dies
     months = sorted({*map(tuple, drops["months"]), *_months(start, end)})
     files = {ym: month_files(*ym) for ym in months}
     landed = {p: s for f in files.values() for p, s in f.items()}

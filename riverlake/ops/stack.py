@@ -243,15 +243,31 @@ def _read_pid(svc: Service, home: Path) -> dict | None:
 
 
 def _alive(info: dict | None) -> bool:
-    """The recorded process still runs and is the one we started (not a reused pid)."""
+    """The recorded process still runs and is the one we started (not a reused pid).
+
+    Right after ``Popen`` the child may still be inside ``exec``: its command line is
+    then empty (or still ours) for a moment, more so on a loaded machine; that is
+    looked at again for up to a second instead of being taken for a dead service.
+    """
     if not info:
         return False
-    try:
-        cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    # A console script runs as `python <script> ...`: its path is the first or second word.
-    return info["argv"][0] in [w.decode(errors="replace") for w in cmdline[:2]]
+    proc = Path(f"/proc/{info['pid']}")
+    ours = Path("/proc/self/cmdline").read_bytes()
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return False  # exited, not reaped yet
+            raw = proc.joinpath("cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        cmdline = raw.split(b"\0")
+        # A console script runs as `python <script> ...`: its path is the first or second word.
+        if info["argv"][0] in [w.decode(errors="replace") for w in cmdline[:2]]:
+            return True
+        if (raw and raw != ours) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def healthy(svc: Service, timeout: float = 2.0) -> bool:

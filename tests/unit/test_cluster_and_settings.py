@@ -231,3 +231,28 @@ def test_a_new_state_folder_and_a_services_files_are_private(tmp_path):
     }
     assert created == {"made-by-service": 0o600, "logs": 0o700, "logs/probe.log": 0o600,
                        "run": 0o700, "run/probe.pid": 0o600, "stack.json": 0o600}  # fmt: skip
+
+
+def test_a_service_just_started_is_alive_even_inside_exec_on_a_loaded_machine():
+    """Right after Popen the child can still be inside exec (its command line empty):
+    that is not a dead service. 3 busy processes make the window show up (the fault
+    suite met it restarting SeaweedFS: 24 in 200 starts before the fix)."""
+    import subprocess
+
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        dead = 0
+        for _ in range(100):
+            p = subprocess.Popen(["sleep", "5"])
+            dead += not stack._alive({"pid": p.pid, "argv": ["sleep", "5"]})
+            p.kill()
+            p.wait()
+        zombie = subprocess.Popen(["true"])
+        time.sleep(0.3)  # exited, not reaped: a zombie is not alive
+        assert not stack._alive({"pid": zombie.pid, "argv": ["true"]})
+        zombie.wait()
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+    assert dead == 0
