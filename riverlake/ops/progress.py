@@ -300,8 +300,18 @@ def flow_view(flow_run: Any) -> RunView:
 # --------------------------------------------------------------------------- rich renderables
 
 
+def _spinner(ascii_only: bool):
+    """The spinner's frame for now (a new rich Spinner per redraw would never turn)."""
+    from rich.spinner import SPINNERS
+    from rich.text import Text
+
+    spin = SPINNERS["line" if ascii_only else "dots"]
+    frames = spin["frames"]
+    frame = frames[int(time.monotonic() * 1000 / spin["interval"]) % len(frames)]
+    return Text(frame, style="cyan")
+
+
 def _symbol(state_type_or_state: str, ascii_only: bool):
-    from rich.spinner import Spinner
     from rich.text import Text
 
     s = state_type_or_state.upper()
@@ -312,7 +322,7 @@ def _symbol(state_type_or_state: str, ascii_only: bool):
     if s == "CANCELLED":
         return Text("-", style="yellow")
     if s in ("RUNNING", "WAITING"):
-        return Spinner("line" if ascii_only else "dots", style="cyan")
+        return _spinner(ascii_only)
     return Text(".", style="dim")  # pending, scheduled, awaiting retry
 
 
@@ -450,13 +460,11 @@ class Screen:
         when it raises: nothing (the error says what went wrong)."""
         s = Step(text)
         if self.console is not None and self._active is None:
-            from rich.spinner import Spinner
             from rich.text import Text
 
             def render():
-                return Spinner("line" if self.ascii_only else "dots",
-                               Text(f"{s.text} {seconds(time.monotonic() - s.t0)}"),
-                               style="cyan")  # fmt: skip
+                return Text.assemble(_spinner(self.ascii_only), " ",
+                                     f"{s.text} {seconds(time.monotonic() - s.t0)}")  # fmt: skip
 
             with self.live_view(render, transient=True):
                 yield s
@@ -564,9 +572,10 @@ class RunWatcher:
             with self._lock:
                 self.flow, self.tasks = flow, tasks
             if self._say is not None:
-                for line in self._plain.update(tasks, now, last=last):
-                    self._say(line)
-                for line in self._plain_flow.update([flow], now, last=last, kind="flow"):
+                task_lines = self._plain.update(tasks, now, last=last)
+                flow_lines = self._plain_flow.update([flow], now, last=last, kind="flow")
+                # the flow's line opens its tasks' lines while it runs, closes them at the end
+                for line in task_lines + flow_lines if flow.final else flow_lines + task_lines:
                     self._say(line)
 
     def _read(self, c) -> tuple[RunView, list[RunView]]:
