@@ -146,8 +146,9 @@ def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processe
         results = client.gather(futures)
         adds = [a for chunk, _ in results for a in chunk]
         commit = lake.commit(
-            uri, adds, FLIGHTS_SCHEMA, partition_by=["year", "month"], batch=lake.Batch("bench:1")
-        )
+            uri, adds, FLIGHTS_SCHEMA, partition_by=["year", "month"],
+            batch=lake.Batch("bench:1"), settings=settings,
+        )  # fmt: skip
         agg = combine_monthly([p for _, p in results])
         wall = time.perf_counter() - t0
         worker_peaks = list(client.run(_peak_self).values()) if processes else []

@@ -9,6 +9,7 @@ died before its commit writes its batch exactly once when re-run.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import json
@@ -340,9 +341,12 @@ def build_gold(months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
             app_id=f"{name}:{batch}", schema=schema, settings=settings,
         ).rows  # fmt: skip
 
-    # Five independent tables: their S3 round trips overlap.
+    # Five independent tables: their S3 round trips overlap. Each thread runs in a copy of
+    # this task's context, so the lake's log lines reach the task run in Prefect.
+    contexts = [contextvars.copy_context() for _ in writes]
     with ThreadPoolExecutor(max_workers=len(writes)) as pool:
-        return dict(zip(writes, pool.map(write, writes), strict=True))
+        rows = pool.map(lambda ctx, name: ctx.run(write, name), contexts, writes)
+        return dict(zip(writes, rows, strict=True))
 
 
 def _months(start: date, end: date) -> list[tuple[int, int]]:

@@ -119,6 +119,10 @@ def test_run_without_a_terminal_prints_a_plain_line_per_state_change(stack_env):
                  rf"flight_drops {summary['drops']['rows_loaded']} landed")  # fmt: skip
     weather = summary["sources"]["weather"]["rows_loaded"]
     assert where(rf"task ingest-weather: Completed in \d+\.\ds: weather {weather} loaded")
+    daily = summary["gold_rows"]["carrier_origin_daily"]  # gold's commits reach the run too
+    assert where(rf"task build-gold-\w+: Completed in \d+\.\ds: .*"
+                 rf"\bcarrier_origin_daily {daily} committed.*")  # fmt: skip
+    assert "UserWarning" not in res.stderr
     # the flow run's own states, after its tasks; then the time it took, once
     (running,) = where(rf"flow run 'flights {DAY}': Running")
     (flow_done,) = where(rf"flow run 'flights {DAY}': Completed in \d+\.\ds")
