@@ -10,8 +10,10 @@ original bytes (over the cap: its first ``max_response_bytes``, at most
 :data:`~riverlake.sources.base.ORIGINAL_PREFIX_BYTES`); paging stops there and the
 cursor advances only over the records before it.
 
-Bodies are streamed and decoded (gzip, deflate) by this module in bounded steps, so a
-response is never held beyond the cap, and a compressed one is never inflated past it.
+Bodies are streamed and decoded by this module in bounded steps (each coding that
+``Content-Encoding`` lists, in reverse: gzip, deflate, zstd, identity), so a response is
+never held beyond the cap, and a compressed one, however many layers, is never inflated
+past it; a coding it does not know quarantines the page.
 
 Cursor pagination is sequential by nature (each page names the next), so it is one
 unit; offset and page APIs that report a total are split into one unit per page and
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import httpx
+import pyarrow as pa
 
 from riverlake.settings import Settings
 from riverlake.sources.base import (
@@ -50,6 +53,7 @@ MAX_WAIT_S = 60.0
 #: Most units (pages) an offset/page API's reported total may plan.
 MAX_PAGES = 100_000
 _ZLIB_AUTO = 32 + zlib.MAX_WBITS  # a gzip or zlib header, whichever the body has
+_STEP = 64 * 1024  # most bytes one read of a body, or of one of its layers, returns
 
 
 class MalformedPage(ValueError):
@@ -84,33 +88,120 @@ class Fetched(NamedTuple):
     problem: str | None  # why the body cannot be used (over the cap, undecodable)
 
 
+class _Undecodable(ValueError):
+    """A body whose content codings cannot be undone: the page is quarantined."""
+
+
+class _Raw:
+    """The bytes of a response as they arrived, ``read(n)`` at a time, up to ``cap``:
+    past it ``over`` is set and the stream ends. Its first bytes are kept (``prefix``)."""
+
+    closed = False
+
+    def __init__(self, chunks, cap: int) -> None:
+        self._chunks, self._buf, self._cap, self._n = iter(chunks), b"", cap, 0
+        self.over, self.prefix = False, bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buf:
+            chunk = None if self.over else next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._n += len(chunk)
+            self.over = self._n > self._cap
+            self._buf = chunk
+        n = len(self._buf) if n is None or n < 0 else n
+        out, self._buf = self._buf[:n], self._buf[n:]
+        if len(self.prefix) < min(self._cap, ORIGINAL_PREFIX_BYTES):
+            self.prefix += out[: min(self._cap, ORIGINAL_PREFIX_BYTES) - len(self.prefix)]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _Inflate(_Raw):
+    """One gzip or deflate layer, never more than ``n`` bytes of output per read."""
+
+    def __init__(self, src, coding: str) -> None:
+        self._src, self._coding, self._pending = src, coding, b""
+        self._d = zlib.decompressobj(_ZLIB_AUTO)
+
+    def read(self, n: int = -1) -> bytes:
+        n = _STEP if n is None or n < 0 else n
+        while True:
+            data = self._pending or self._src.read(_STEP)
+            try:  # max_length: a bomb is never inflated whole
+                out = self._d.decompress(data, n)
+            except zlib.error as e:
+                raise _Undecodable(f"undecodable {self._coding} body: {one_line(e)}") from e
+            if self._d.eof:  # concatenated gzip members
+                self._pending, self._d = self._d.unused_data, zlib.decompressobj(_ZLIB_AUTO)
+            else:
+                self._pending = self._d.unconsumed_tail
+            if out or not data:
+                return out
+
+
+class _Zstd(_Raw):
+    """One zstd layer (pyarrow's stream: bounded output per read)."""
+
+    def __init__(self, src) -> None:
+        self._z = pa.CompressedInputStream(pa.PythonFile(src, mode="r"), "zstd")
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._z.read(_STEP if n is None or n < 0 else n)
+        except (OSError, pa.ArrowException) as e:
+            raise _Undecodable(f"undecodable zstd body: {one_line(e)}") from e
+
+
+#: The content codings this module undoes, each by a layer with bounded output.
+_DECODERS = {
+    "gzip": lambda src: _Inflate(src, "gzip"),
+    "x-gzip": lambda src: _Inflate(src, "x-gzip"),
+    "deflate": lambda src: _Inflate(src, "deflate"),
+    "zstd": _Zstd,
+    "identity": lambda src: src,
+}
+
+
 def _body(r: httpx.Response, cap: int) -> tuple[bytes, str | None]:
-    """The decoded body, read in a stream that stops past ``cap`` bytes."""
+    """The decoded body, read in a stream that stops past ``cap`` bytes.
+
+    ``Content-Encoding`` lists the codings in the order they were applied, so they are
+    undone in reverse, each by a layer that returns at most what the next read asks for:
+    no layer ever holds more than the cap, and httpx's own decoding (no limit) is never
+    used. A body over the cap on the wire is over it too. An unknown coding, or a layer
+    that does not decode, is a problem: the page is quarantined with its first bytes as
+    they arrived.
+    """
     over = f"response body exceeds max_response_bytes={cap}"
+    codings = [c.strip().lower() for c in r.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c]
+    raw = _Raw(r.iter_raw(), cap)
+    if unknown := [c for c in codings if c not in _DECODERS]:
+        _read_capped(raw, cap)
+        return bytes(raw.prefix), f"unsupported Content-Encoding {unknown[0][:40]!r}"
+    src: Any = raw
+    for coding in reversed(codings):
+        src = _DECODERS[coding](src)
+    try:
+        out = _read_capped(src, cap)
+    except _Undecodable as e:
+        return bytes(raw.prefix), (over if raw.over else one_line(e))
+    return (out[:cap], over) if raw.over or len(out) > cap else (out, None)
+
+
+def _read_capped(src, cap: int) -> bytes:
+    """At most ``cap + 1`` bytes of ``src`` (one more than the cap: it is over)."""
     out = bytearray()
-    encoding = r.headers.get("Content-Encoding", "").strip().lower()
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        d = zlib.decompressobj(_ZLIB_AUTO)
-        for raw in r.iter_raw():
-            pending = raw
-            while pending:
-                try:  # never more than the cap allows: a bomb is never inflated whole
-                    out += d.decompress(pending, cap + 1 - len(out))
-                except zlib.error as e:
-                    return bytes(out[:cap]), f"undecodable {encoding} body: {one_line(e)}"
-                if len(out) > cap:
-                    return bytes(out[:cap]), over
-                if d.eof:  # concatenated gzip members
-                    pending, d = d.unused_data, zlib.decompressobj(_ZLIB_AUTO)
-                else:
-                    pending = d.unconsumed_tail
-        return bytes(out), None
-    chunks = r.iter_raw() if encoding in ("", "identity") else r.iter_bytes()
-    for chunk in chunks:
+    while len(out) <= cap:
+        chunk = src.read(min(_STEP, cap + 1 - len(out)))
+        if not chunk:
+            break
         out += chunk
-        if len(out) > cap:
-            return bytes(out[:cap]), over
-    return bytes(out), None
+    return bytes(out)
 
 
 def get(client: httpx.Client, spec: HttpSource, params: dict[str, Any], max_bytes: int) -> Fetched:

@@ -600,3 +600,76 @@ def test_a_record_with_an_integer_beyond_64_bits_is_quarantined_not_raised():
     )
     assert table.to_pylist() == [{"id": 1, "value": 2}]
     assert [b.reason for b in bad] == ["Python int too large to convert to C long"]
+
+
+@pytest.fixture(scope="module")
+def layered_gzip_bomb() -> bytes:
+    """``Content-Encoding: gzip, gzip``: 200 MiB of a JSON page's start (then zeros),
+    gzipped twice into about 500 bytes."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MiB)
+    parts = [c.compress(b'{"data": ["'), *(c.compress(zeros) for _ in range(200)), c.flush()]
+    return gzip.compress(b"".join(parts), 9)
+
+
+def test_a_response_bomb_in_several_content_codings_is_never_inflated_whole(
+    tmp_path, layered_gzip_bomb
+):
+    """A list of codings went to httpx's own decoding, which has no limit: the 509 bytes
+    here inflated to 200 MiB in memory before the cap applied."""
+    assert len(layered_gzip_bomb) < 1024
+
+    def serve(method: str, path: str):
+        return 200, {"Content-Encoding": "gzip, gzip"}, layered_gzip_bomb
+
+    s = local(tmp_path, max_response_bytes=MiB)
+    with Server(serve) as srv:
+        spec = _weather_spec(s, f"{srv.url}/w")
+        unit = {"name": spec.url, "params": {"limit": 3}, "pages": "all"}
+        out, peak, _ = _peak_while(lambda: http.read(spec, s, unit))
+    print(f"layered bomb: peak {peak / MiB:.1f} MiB traced")
+    assert [b.reason for b in out.bad] == [f"response body exceeds max_response_bytes={MiB}"]
+    assert out.bad[0].original == (b'{"data": ["' + bytes(MiB))[:MiB]
+    assert (out.rows_in, out.table.num_rows) == (1, 0)
+    assert peak < 50 * MiB
+
+
+@pytest.mark.parametrize(
+    ("encoding", "reason"),
+    [
+        ("deflate, zstd", None),  # deflate applied first, then zstd: decoded in reverse
+        ("x-gzip , identity,zstd", None),
+        ("GZIP", None),
+        ("gzip, br", "unsupported Content-Encoding 'br'"),
+        ("compress", "unsupported Content-Encoding 'compress'"),
+        ("zstd, deflate", "undecodable deflate body: "),  # the layers in the wrong order
+    ],
+)
+def test_each_content_coding_of_a_list_is_decoded_in_reverse_or_the_page_quarantined(
+    tmp_path, encoding, reason
+):
+    page = _page(range(1, 3))
+    layers = {"deflate": zlib.compress, "gzip": gzip.compress, "x-gzip": gzip.compress,
+              "zstd": lambda b: pa.compress(b, "zstd", asbytes=True),
+              "identity": lambda b: b}  # fmt: skip
+    body = page
+    for coding in (c.strip().lower() for c in encoding.split(",")):
+        body = layers.get(coding, zlib.compress)(body)
+    if reason and reason.startswith("undecodable"):
+        body = pa.compress(zlib.compress(page), "zstd", asbytes=True)
+
+    def serve(method: str, path: str):
+        return 200, {"Content-Encoding": encoding}, body
+
+    s = local(tmp_path)
+    with Server(serve) as srv:
+        spec = _weather_spec(s, f"{srv.url}/w")
+        out = http.read(spec, s, {"name": spec.url, "params": {"limit": 3}, "pages": "all"})
+    if reason is None:
+        assert out.bad == []
+        assert out.table["id"].to_pylist() == [1, 2]
+    else:
+        (bad,) = out.bad
+        assert bad.reason.startswith(reason) and "\n" not in bad.reason
+        assert bad.original == body  # the page as it arrived
+        assert out.table.num_rows == 0
