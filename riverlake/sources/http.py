@@ -60,6 +60,12 @@ class MalformedPage(ValueError):
     pass
 
 
+class BadPage(Bad):
+    """A page that could not be read (over the cap, undecodable, malformed, looping), as
+    opposed to a record of a page read that does not fit the schema: its records are
+    unread, so the cursor must not pass them (see :func:`next_state`)."""
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
@@ -362,12 +368,12 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
             )
             where = f"{spec.url}?{f.response.request.url.query.decode()}"
             if f.problem:
-                bad.append(Bad(where, f.problem, f.body[:ORIGINAL_PREFIX_BYTES]))
+                bad.append(BadPage(where, f.problem, f.body[:ORIGINAL_PREFIX_BYTES]))
                 break
             try:
                 page, doc = parse_page(spec, f.body, depth)
             except MalformedPage as e:
-                bad.append(Bad(where, str(e), f.body))
+                bad.append(BadPage(where, str(e), f.body))
                 break
             records.extend(page)
             if one_page or not page:
@@ -375,7 +381,7 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
             if spec.pagination == "cursor":
                 nxt, problem = _next_cursor(spec, doc, seen)
                 if problem:
-                    bad.append(Bad(where, problem, f.body))
+                    bad.append(BadPage(where, problem, f.body))
                 if nxt is None:
                     break
                 seen.add(nxt)
@@ -399,8 +405,26 @@ def read(spec: HttpSource, settings: Settings, unit: dict[str, Any]) -> UnitOut:
 
 
 def next_state(spec: HttpSource, state, units, outs) -> dict[str, Any]:
+    """The cursor after this run: the highest cursor value read, never below the old one.
+
+    A page that could not be read (:class:`BadPage`) holds the cursor back, so the next
+    run asks for its records again. One unit read page after page (cursor pagination)
+    stops there, and its state is already below the records it did not read. Several
+    units (an offset/page API, one unit per page) are read side by side, so the other
+    pages' values say nothing of the failed one's: the cursor keeps its old value, and
+    the next run reads the good pages again too, which is harmless for a source with a
+    key (their records merge on it; without a key they are appended twice: a duplicate
+    beats a loss). A run that failed a page without moving the cursor counts itself in
+    ``rereads``: the next run's plan would otherwise repeat this batch exactly and be
+    skipped as already committed, leaving the page unread for ever.
+    """
     old = (state or {}).get("cursor")
-    values = _comparable([o.state for o in outs if o.state is not None], old)
+    failed = any(isinstance(b, BadPage) for o in outs for b in o.bad)
+    values = [] if failed and len(outs) > 1 else [o.state for o in outs if o.state is not None]
+    values = _comparable(values, old)
     if old is not None:
         values.append(old)
-    return {"cursor": max(values) if values else None}
+    cursor = max(values) if values else None
+    if failed and cursor == old:
+        return {"cursor": old, "rereads": (state or {}).get("rereads", 0) + 1}
+    return {"cursor": cursor}

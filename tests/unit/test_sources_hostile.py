@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pytest
@@ -673,3 +674,48 @@ def test_each_content_coding_of_a_list_is_decoded_in_reverse_or_the_page_quarant
         assert bad.reason.startswith(reason) and "\n" not in bad.reason
         assert bad.original == body  # the page as it arrived
         assert out.table.num_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("pagination", "failure", "failed_runs"),
+    [("offset", "malformed", 1), ("page", "over the cap", 1), ("offset", "malformed", 2)],
+)
+def test_a_page_quarantined_among_parallel_pages_is_read_again_by_the_next_run(
+    tmp_path, pagination, failure, failed_runs
+):
+    """An offset/page API read as one unit per page: the middle page fails (not JSON, or
+    over max_response_bytes). The cursor took the highest value of the other pages, and
+    the API (records after ``since``) never sent the middle page's records again."""
+    records = [{"id": i, "updated_at": f"t{i:03d}"} for i in range(1, 10)]
+    broken = [True]
+
+    def serve(method: str, path: str):
+        q = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+        after = [r for r in records if r["updated_at"] > q.get("since", "")]
+        limit = int(q["limit"])
+        first = int(q["offset"]) if pagination == "offset" else (int(q["page"]) - 1) * limit
+        page = after[first : first + limit]
+        if broken[0] and limit == 3 and first == 3:
+            if failure == "malformed":
+                return 200, {}, b"<html>502 Bad Gateway</html>"
+            page = [{**r, "pad": "x" * 8192} for r in page]
+        return 200, {}, json.dumps({"data": page, "total": len(after)}).encode()
+
+    s = local(tmp_path, max_response_bytes=4096)
+    with Server(serve) as srv:
+        spec = _weather_spec(s, f"{srv.url}/w", pagination=pagination, total_path="total")
+        for _ in range(failed_runs):
+            res = ingest.ingest(spec, s)
+            assert (res.units, res.rows_quarantined) == (3, 1)
+            assert ids(s, "w") == [1, 2, 3, 7, 8, 9]
+            assert res.state["cursor"] is None  # not past the page that failed
+        broken[0] = False
+        res = ingest.ingest(spec, s)
+        assert not res.skipped and res.rows_quarantined == 0
+        assert ids(s, "w") == list(range(1, 10))  # every record, exactly once
+        assert res.state == {"cursor": "t009"}
+        assert ingest.ingest(spec, s).skipped  # nothing after t009
+    reasons = {q["reason"] for q in quarantined(s, "w")}
+    assert reasons == {"not JSON: Expecting value: line 1 column 1 (char 0)"
+                       if failure == "malformed"
+                       else "response body exceeds max_response_bytes=4096"}  # fmt: skip
