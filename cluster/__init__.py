@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -187,19 +187,32 @@ SECRET_ENV = ("RIVERLAKE_S3_ACCESS_KEY", "RIVERLAKE_S3_SECRET_KEY")
 #: The Secret of the S3 credentials (optional: in a cluster, IRSA usually provides them).
 S3_SECRET = "riverlake-s3"
 #: The Secret that holds the SQL URL, under the key of its variable, when the URL carries
-#: a password (``postgresql://user:password@host/db`` or ``?password=``).
+#: a password or another secret (see :func:`has_password`).
 SQL_SECRET = "riverlake-sql"
 SQL_URL_ENV = "RIVERLAKE_SQL_URL"
+#: Words that make a query parameter a secret, whatever their case (``passwd``,
+#: ``sslpassword``, ``PWD``, ``private_key_passphrase``, ``access_token``, ...).
+SECRET_QUERY_WORDS = ("pass", "pwd", "secret", "token", "key")
+#: A connection string inside a query value that holds a password (ODBC ``PWD=``).
+_SECRET_IN_VALUE = re.compile(r"(pwd|password)\s*=", re.IGNORECASE)
 
 
 def has_password(url: str) -> bool:
-    """True when ``url`` carries a password, in its user info or as a query parameter."""
+    """True when ``url`` may carry a secret: a password in its user info (empty too), a
+    query parameter whose name holds one of :data:`SECRET_QUERY_WORDS` (whatever its
+    value, empty too), or a query value holding ``PWD=`` or ``Password=`` (an ODBC
+    connection string, as in ``odbc_connect=``). When in doubt it is a secret: the
+    manifest then refers to the SQL Secret instead of holding the URL."""
     parts = urlsplit(url)
     try:
-        in_userinfo = parts.password is not None
+        if parts.password is not None:
+            return True
     except ValueError:  # an unparsable URL may still hold one: treat it as secret
         return True
-    return in_userinfo or "password" in parse_qs(parts.query)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if any(w in key.lower() for w in SECRET_QUERY_WORDS) or _SECRET_IN_VALUE.search(value):
+            return True
+    return False
 
 
 def _secret_ref(name: str, secret: str, optional: bool) -> dict[str, Any]:

@@ -65,9 +65,23 @@ def test_dask_cluster_spec_is_valid_sized_by_profile_and_owned_by_the_run_pod(mo
         ("postgresql+psycopg://riverlake:s3cr3t-pw@db.example:5432/dims", ["s3cr3t-pw"]),
         ("postgresql://riverlake:p%40ss%2Fw0rd@db.example/dims", ["p%40ss%2Fw0rd", "p@ss/w0rd"]),
         ("postgresql://riverlake@db.example/dims?password=qs-s3cr3t", ["qs-s3cr3t"]),
+        ("mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Ddb%3B"
+         "UID%3Driverlake%3BPWD%3Dodbc-s3cr3t", ["odbc-s3cr3t"]),
+        ("mssql+pyodbc:///?odbc_connect=Server=db;Uid=riverlake;Password=odbc2-s3cr3t",
+         ["odbc2-s3cr3t"]),
+        ("mysql+pymysql://riverlake@db.example/dims?passwd=my-s3cr3t", ["my-s3cr3t"]),
+        ("postgresql://riverlake@db.example/dims?sslmode=verify-full&sslpassword=ssl-s3cr3t",
+         ["ssl-s3cr3t"]),
+        ("postgresql://riverlake@db.example/dims?password=", []),
+        ("postgresql://riverlake@db.example/dims?PASSWORD=UP-s3cr3t", ["UP-s3cr3t"]),
+        ("snowflake://riverlake@acct/db?private_key_passphrase=pk-s3cr3t", ["pk-s3cr3t"]),
+        ("databricks://host.example/db?access_token=dapi-s3cr3t", ["dapi-s3cr3t"]),
+        ("postgresql://riverlake@db.example/dims?app_secret=as-s3cr3t", ["as-s3cr3t"]),
     ],
-    ids=["userinfo", "percent-encoded", "query-parameter"],
-)
+    ids=["userinfo", "percent-encoded", "query-parameter", "odbc-connect-pwd",
+         "odbc-connect-password", "passwd", "sslpassword", "empty-password", "upper-case",
+         "key", "token", "secret"],
+)  # fmt: skip
 def test_a_sql_url_with_a_password_reaches_the_manifest_as_a_secret_reference(
     monkeypatch, url, forms
 ):
@@ -256,3 +270,19 @@ def test_a_service_just_started_is_alive_even_inside_exec_on_a_loaded_machine():
             b.kill()
             b.wait()
     assert dead == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://riverlake@db.example/dims?sslmode=require&connect_timeout=10", False),
+        ("sqlite:////data/dims.db", False),
+        ("mssql+pyodbc:///?odbc_connect=Server%3Ddb%3BUid%3Driverlake", False),
+        ("postgresql://riverlake@db.example/dims?options=-c%20search_path%3Dx", False),
+        ("mssql+pyodbc:///?odbc_connect=Server%3Ddb%3BPwd%3Dx", True),
+        ("postgresql://riverlake@db.example/dims?Auth_Token=x", True),
+        ("postgresql://riverlake:@db.example/dims", True),  # an empty password is one
+    ],
+)
+def test_has_password_knows_secret_query_keys_and_odbc_strings_from_plain_options(url, secret):
+    assert cluster.has_password(url) is secret
