@@ -90,7 +90,7 @@ class Fetched(NamedTuple):
     """One 2xx response, its body read under the cap."""
 
     response: httpx.Response  # closed: status, headers and request remain
-    body: bytes  # decoded; at most the cap (its first bytes when over it)
+    body: bytes  # decoded, at most the cap (over it: its first bytes; undecodable: raw)
     problem: str | None  # why the body cannot be used (over the cap, undecodable)
 
 
