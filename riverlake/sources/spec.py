@@ -117,6 +117,17 @@ class HttpSource(_Source):
     backoff_s: float = Field(0.5, gt=0)
     timeout_s: float = Field(30, gt=0)
 
+    @model_validator(mode="after")
+    def _cursor_needs_a_key(self):
+        # After a page fails, the cursor stays before it and the next run reads the good
+        # pages again: merged on the key they change nothing; appended they would double.
+        if self.cursor_field and not self.key:
+            raise ValueError(
+                "an http source with a cursor_field needs a key (pages read "
+                "again after a failed page are merged on it, never appended)"
+            )
+        return self
+
 
 class SqlSource(_Source):
     """A SQL table (SQLite, PostgreSQL, ... through SQLAlchemy), read in key ranges."""

@@ -8,10 +8,11 @@ ack-all redelivers exactly what was not acknowledged.
 
 One consumer per (stream, table) at a time: a consumer first takes the durable's
 *lease*, a key in a JetStream key-value bucket that expires ``LEASE_TTL_S`` after its
-holder last renewed it (the holder renews it before every fetch and every commit). A
-second consumer (``riverlake run flights --watch`` beside the scheduled
-``flight_events`` deployment) waits for the lease and, if it does not get it in time,
-ends having consumed nothing. A holder that loses its lease stops before committing.
+holder last renewed it (the holder renews it in the background every
+``LEASE_RENEW_S``, commits included). A second consumer (``riverlake run flights
+--watch`` beside the scheduled ``flight_events`` deployment) waits for the lease and,
+if it does not get it in time, ends having consumed nothing. A holder that loses its
+lease stops before committing.
 
 One micro-batch:
 
@@ -28,9 +29,12 @@ One micro-batch:
    consumer whose lease expired mid-commit), this one is refused, never rebased;
 5. acknowledge (ack-all up to the last message) only after the commit.
 
-The batch must start right after the last committed sequence (or at the stream's first
-message, when older ones have expired); anything else means another consumer holds
-the earlier messages, and nothing is committed or acknowledged. At-least-once
+The batch must start at the first message after the last committed sequence that the
+consumer's subjects match (messages deleted, expired or of other subjects are skipped);
+anything else means another consumer holds the earlier messages, and nothing is
+committed or acknowledged. The state records which stream was read (its creation
+time): a stream deleted and created again starts its sequences over, and is refused
+rather than read from the old position. At-least-once
 delivery plus these checks make the table exactly-once, whatever point a consumer is
 killed at.
 """
@@ -73,7 +77,8 @@ ACK_WAIT_S = 30.0
 #: The key-value bucket of consumer leases, and how long a lease outlives its holder's
 #: last renewal (so a killed consumer's successor waits at most this long).
 LEASE_BUCKET = "riverlake_leases"
-LEASE_TTL_S = 5.0
+LEASE_TTL_S = 10.0
+LEASE_RENEW_S = 2.0
 
 
 @dataclass
@@ -214,10 +219,11 @@ def _typed(spec: StreamSource, schema, records: list, unit: str):
 class Lease:
     """The right to consume one durable, held in a JetStream key-value bucket.
 
-    The key expires ``LEASE_TTL_S`` after its last write (the bucket's TTL); creating it
-    succeeds only when nobody holds it, and renewing it is a compare-and-set on the
-    revision the holder last wrote, so a holder whose lease expired and was taken learns
-    it at its next renewal, before it commits anything.
+    The key expires ``LEASE_TTL_S`` after its last write (the bucket's TTL). Creating it
+    succeeds only when nobody holds it; the holder renews it every ``LEASE_RENEW_S`` in
+    the background, by compare-and-set on the revision it last wrote, and takes it again
+    when it expired with nobody else taking it. A holder whose lease was taken learns it
+    at once (``lost``) and commits nothing more.
     """
 
     def __init__(self, js, key: str):
@@ -225,14 +231,24 @@ class Lease:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.kv = None
         self.rev: int | None = None
+        self.lost: str | None = None
+        self._keeper: asyncio.Task | None = None
 
     async def _bucket(self):
         from nats.js.errors import BucketNotFoundError
 
         try:
-            return await self.js.key_value(LEASE_BUCKET)
+            kv = await self.js.key_value(LEASE_BUCKET)
         except BucketNotFoundError:
             return await self.js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL_S, history=1)
+        ttl = (await kv.status()).ttl
+        if ttl is None or abs(ttl - LEASE_TTL_S) > 0.01:  # leases that never expire, or soon
+            raise SourceError(
+                f"key-value bucket {LEASE_BUCKET} has a TTL of {ttl} s, not the "
+                f"{LEASE_TTL_S} s consumer leases need; delete it (nats kv del "
+                f"{LEASE_BUCKET}) and it is made again"
+            )
+        return kv
 
     async def acquire(self, wait_s: float) -> str | None:
         """Take the lease, waiting up to ``wait_s``; None when taken, else who holds it."""
@@ -243,6 +259,7 @@ class Lease:
         while True:
             try:
                 self.rev = await self.kv.create(self.key, self.holder.encode())
+                self._keeper = asyncio.create_task(self._keep())
                 return None
             except KeyWrongLastSequenceError:
                 try:
@@ -253,20 +270,48 @@ class Lease:
                 return holder
             await asyncio.sleep(0.25)
 
-    async def renew(self, what: str) -> None:
-        from nats.js.errors import KeyWrongLastSequenceError
+    async def _renew(self) -> None:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             self.rev = await self.kv.update(self.key, self.holder.encode(), last=self.rev)
+            return
         except KeyWrongLastSequenceError:
-            self.rev = None
+            pass
+        try:  # expired: ours again if nobody took it meanwhile
+            holder = (await self.kv.get(self.key)).value.decode()
+        except KeyNotFoundError:
+            holder = None
+        if holder is None:
+            try:
+                self.rev = await self.kv.create(self.key, self.holder.encode())
+                return
+            except KeyWrongLastSequenceError:
+                holder = "another consumer"
+        self.lost = holder
+
+    async def _keep(self) -> None:
+        while self.lost is None:
+            await asyncio.sleep(LEASE_RENEW_S)
+            try:
+                await self._renew()
+            except Exception as e:  # the broker away: the lease lapses unless it returns
+                log.warning("stream consumer %s: lease not renewed: %s", self.key, one_line(e))
+
+    def check(self, what: str) -> None:
+        """Raise SourceError when the lease was taken by another consumer."""
+        if self.lost is not None:
             raise SourceError(
-                f"stream consumer {self.key}: lease lost before {what} (another consumer "
-                "took over); nothing committed or acknowledged"
-            ) from None
+                f"stream consumer {self.key}: lease lost before {what} (taken by "
+                f"{self.lost}); nothing committed or acknowledged"
+            )
 
     async def release(self) -> None:
-        if self.rev is not None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper
+        if self.rev is not None and self.lost is None:
             with contextlib.suppress(Exception):
                 await self.kv.delete(self.key, last=self.rev)
 
@@ -276,6 +321,7 @@ class Consumer:
 
     ``lease_wait_s``: how long to wait for another consumer's lease (by default long
     enough for a killed holder's lease to expire); ``leased`` tells whether it was taken.
+    Broker errors (the connection lost, a request refused) are raised as SourceError.
     """
 
     def __init__(self, spec: StreamSource, settings: Settings, lease_wait_s: float | None = None):
@@ -288,15 +334,33 @@ class Consumer:
         self.stats = StreamStats()
         self.dt = None
         self.leased = False
+        self.lease: Lease | None = None
         self.lease_wait_s = 2 * LEASE_TTL_S if lease_wait_s is None else lease_wait_s
         self.max_bytes = settings.max_batch_bytes
-        self._seen = self._seen_bytes = 0  # messages and bytes fetched, for the batch bound
+        self.created: str | None = None  # the stream's creation time: which stream this is
+
+    def _broker_error(self, e: Exception, what: str) -> SourceError:
+        reason = one_line(e) if str(e) else type(e).__name__
+        return SourceError(f"source {self.spec.name!r}: {what} on {self.spec.url} failed: {reason}")
 
     async def __aenter__(self) -> Consumer:
+        import nats.errors
+
+        self.nc = await connect(self.spec)
+        try:
+            await self._open()
+        except nats.errors.Error as e:
+            await self.__aexit__()
+            raise self._broker_error(e, "opening the consumer") from e
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _open(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
-        self.nc = await connect(self.spec)
         self.js = self.nc.jetstream()
         await ensure_stream(self.js, self.spec)
         self.lease = Lease(self.js, self.durable)
@@ -305,9 +369,12 @@ class Consumer:
             self.stats.lease_holder = holder
             log.warning("stream %s: another consumer (%s) holds the lease of %s; nothing "
                         "consumed", self.spec.name, holder, self.durable)  # fmt: skip
-            return self
+            return
         self.leased = True
         self.dt = lake.table(self.spec.table, self.settings)
+        info = await self.js.stream_info(self.spec.stream)
+        self.created = str(info.created)
+        self._check_same_stream(info)
         # The lake, not the broker, holds the position: the durable consumer is re-created
         # to start right after the last committed sequence, so messages a killed consumer
         # had fetched but not committed come again at once, in order.
@@ -324,12 +391,27 @@ class Consumer:
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
             ),
         )  # fmt: skip
-        return self
+
+    def _check_same_stream(self, info) -> None:
+        """Refuse a stream that is not the one the lake read (deleted and created again,
+        e.g. a broker restarted without its storage): its sequence numbers start over,
+        and the lake's position would skip its first messages."""
+        done = self.committed_seq()
+        state = (self.dt.state(self.spec.name) if self.dt is not None else None) or {}
+        read = state.get("stream_created")
+        if done and ((read and read != self.created) or info.state.last_seq < done):
+            raise SourceError(
+                f"source {self.spec.name!r}: stream {self.spec.stream} is not the one the "
+                f"lake read up to sequence {done} (created {self.created}, the lake's was "
+                f"{read or 'unknown'}; it holds up to {info.state.last_seq}): it was "
+                "deleted and created again; nothing consumed"
+            )
 
     async def __aexit__(self, *exc) -> None:
-        if self.leased:
+        if self.lease is not None and self.leased:
             await self.lease.release()
-        await self.nc.close()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
 
     def committed_seq(self) -> int:
         if self.dt is None:
@@ -337,36 +419,57 @@ class Consumer:
         return self.dt.batch_version(app_id(self.spec)) or 0
 
     async def _fetch(self) -> list:
-        """Up to ``batch_size`` messages and about ``max_batch_bytes`` bytes (the message
-        that crosses the bound is the last), waiting at most ``batch_wait_s``.
-
-        A pull request cannot be bounded in bytes, so each asks for as many messages as
-        fit at the mean size seen so far (one, the first time).
-        """
+        """Up to ``batch_size`` messages and at most about ``max_batch_bytes`` bytes,
+        waiting at most ``batch_wait_s``. A pull request cannot be bounded in bytes, so
+        each asks for no more messages than fit at the broker's largest message size:
+        the batch ends within one message of the bound."""
         msgs: list = []
         size = 0
+        largest = max(1, self.nc.max_payload or 1 << 20)
         deadline = time.monotonic() + self.spec.batch_wait_s
         while len(msgs) < self.spec.batch_size and size < self.max_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0.01:
                 break
-            want = self.spec.batch_size - len(msgs)
-            mean = max(1.0, self._seen_bytes / self._seen) if self._seen else None
-            want = 1 if mean is None else max(1, min(want, int((self.max_bytes - size) / mean)))
+            want = min(self.spec.batch_size - len(msgs),
+                       max(1, (self.max_bytes - size) // largest))  # fmt: skip
             try:
                 got = await self.sub.fetch(want, timeout=remaining)
             except TimeoutError:  # nats raises both its own and asyncio's
                 break
             msgs += got
-            got_bytes = sum(len(m.data) for m in got)
-            size += got_bytes
-            self._seen += len(got)
-            self._seen_bytes += got_bytes
+            size += sum(len(m.data) for m in got)
         return msgs
+
+    async def _next_seq(self, after: int) -> int | None:
+        """The sequence of the first message after ``after`` that this consumer's
+        subjects match (deleted, expired and other subjects' messages are skipped);
+        None when the broker cannot say."""
+        from nats.js.errors import NotFoundError
+
+        found = []
+        for subject in self.spec.subjects:
+            try:
+                m = await self.js.get_msg(self.spec.stream, seq=after + 1, subject=subject,
+                                          next=True)  # fmt: skip
+            except NotFoundError:
+                continue
+            except Exception:  # an older broker without next-by-subject
+                return None
+            found.append(m.seq)
+        return min(found) if found else None
 
     async def batch(self) -> int:
         """Fetch, commit and acknowledge one micro-batch; the number of messages fetched."""
-        await self.lease.renew("fetching")
+        import nats.errors
+
+        try:
+            return await self._batch()
+        except nats.errors.Error as e:
+            raise self._broker_error(e, "consuming") from e
+
+    async def _batch(self) -> int:
+        self.lease.check("fetching")
         msgs = await self._fetch()
         if not msgs:
             return 0
@@ -379,20 +482,24 @@ class Consumer:
         fresh = [m for m in msgs if m.metadata.sequence.stream > done]
         self.stats.redelivered_skipped += len(msgs) - len(fresh)
         if fresh and fresh[0].metadata.sequence.stream != done + 1:
-            info = await self.js.stream_info(self.spec.stream)
             start = fresh[0].metadata.sequence.stream
-            if info.state.first_seq <= done + 1 or start > info.state.first_seq:
+            expected = await self._next_seq(done)
+            if expected is None:  # no next-by-subject: only expiry explains a gap
+                info = await self.js.stream_info(self.spec.stream)
+                expected = max(done + 1, info.state.first_seq)
+            if start != expected:
                 raise SourceError(
-                    f"source {self.spec.name!r}: batch starts at {start}, not right after the "
-                    f"last committed {done} (another consumer of {self.durable}?); nothing "
-                    "committed or acknowledged"
+                    f"source {self.spec.name!r}: batch starts at {start}, not at {expected}, "
+                    f"the next message after the last committed {done} (another consumer of "
+                    f"{self.durable}?); nothing committed or acknowledged"
                 )
-            log.warning("stream %s: messages %d-%d expired before they were loaded",
-                        self.spec.name, done + 1, start - 1)  # fmt: skip
+            log.info("stream %s: sequences %d-%d are gone or not this consumer's subjects",
+                     self.spec.name, done + 1, start - 1)  # fmt: skip
             self.stats.expired_skipped += start - done - 1
         if fresh:
-            await self.lease.renew("committing")
-            self._commit(fresh, follows=done)
+            self.lease.check("committing")
+            # in a thread: the lease keeps being renewed while the commit runs
+            await asyncio.to_thread(self._commit, fresh, done)
         await msgs[-1].ack()  # ack-all: everything up to here is in the lake
         return len(msgs)
 
@@ -406,7 +513,7 @@ class Consumer:
         batch = batch_id(spec.name, first, [last])
         quarantine(spec.name, bad, batch, self.settings)
         adds = lake.write_fragments(table, self.uri, spec.partition_by, self.settings)
-        state = {spec.name: {"stream_seq": last}}
+        state = {spec.name: {"stream_seq": last, "stream_created": self.created}}
         try:
             res = lake.commit(
                 self.uri, adds, self.schema, partition_by=spec.partition_by,
@@ -441,7 +548,8 @@ async def _consume(
     idle_s: float | None,
     stop: Any = None,
 ) -> StreamStats:
-    wait = None if max_seconds is None else min(max_seconds, 2 * LEASE_TTL_S)
+    # wait for the lease at most half the run (a killed holder's lease expires first)
+    wait = None if max_seconds is None else min(max_seconds / 2, 2 * LEASE_TTL_S)
     async with Consumer(spec, settings, lease_wait_s=wait) as c:
         if not c.leased:
             return c.stats

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -134,7 +135,7 @@ def test_a_first_batch_must_start_at_the_streams_first_message(tmp_path):
         return "committed"
 
     message = asyncio.run(scenario())
-    assert "batch starts at 101, not right after the last committed 0" in message
+    assert "batch starts at 101, not at 1, the next message after the last committed 0" in message
     assert "\n" not in message
     assert lake.table(name, s) is None  # nothing committed
     assert stream.consume(spec, s, idle_s=1.0).rows_loaded == 150  # a proper consumer: all
@@ -186,32 +187,90 @@ def test_two_live_consumers_load_every_message_once(tmp_path):
 
 
 def test_a_consumer_that_lost_its_lease_commits_nothing(tmp_path):
-    """A holder stalls past its lease; another consumer takes over and loads the
-    messages; the first, waking up, stops before committing anything."""
+    """A holder's process stalls (its event loop blocked) past its lease; another
+    consumer, in another thread, takes over and loads the messages; the first, waking
+    up, learns at its next renewal that the lease is taken and stops before fetching."""
     s = local(tmp_path)
     name = _name()
     spec = stream_spec(s, NATS, name, batch_size=100)
     stream.consume(spec, s, idle_s=0.3)
     publish(NATS, spec.subjects[0], [_event(i) for i in range(100)])
+    taken, done = threading.Event(), threading.Event()
+    loaded: list[int] = []
 
-    async def scenario() -> tuple[str, int]:
+    def second() -> None:
+        async def run() -> None:
+            async with stream.Consumer(spec, s, lease_wait_s=3 * stream.LEASE_TTL_S) as c:
+                assert c.leased
+                loaded.append(await c.batch())
+                taken.set()
+                while not done.is_set():  # hold the lease until the first has looked
+                    await asyncio.sleep(0.1)
+
+        asyncio.run(run())
+
+    async def scenario() -> str:
         async with stream.Consumer(spec, s) as first:
             assert first.leased
-            await asyncio.sleep(stream.LEASE_TTL_S + 1.5)  # stalled: the lease expires
-            async with stream.Consumer(spec, s, lease_wait_s=stream.LEASE_TTL_S) as second:
-                assert second.leased  # taken over
-                n = await second.batch()
-                try:
-                    await first.batch()
-                except SourceError as e:
-                    return str(e), n
-        return "first consumer went on", n
+            thread = threading.Thread(target=second)
+            thread.start()
+            time.sleep(stream.LEASE_TTL_S + 1)  # stalled: no renewal, the lease expires
+            assert taken.wait(30)  # the other consumer took it and loaded the batch
+            await asyncio.sleep(stream.LEASE_RENEW_S + 1)  # the first's next renewal
+            try:
+                await first.batch()
+                message = "first consumer went on"
+            except SourceError as e:
+                message = str(e)
+            done.set()
+            thread.join(30)
+            return message
 
-    message, n = asyncio.run(scenario())
-    assert n == 100
-    assert "lease lost before fetching" in message
+    message = asyncio.run(scenario())
+    assert loaded == [100]
+    assert "lease lost before fetching (taken by " in message
     ids = [r["event_id"] for r in rows(s, name)]
     assert len(ids) == len(set(ids)) == 100
+
+
+def test_a_batch_longer_than_the_lease_keeps_it(tmp_path):
+    """The lease is renewed in the background: a batch whose wait alone is longer than
+    the lease's TTL (a slow commit is the same) loads its messages and keeps the lease."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name, batch_size=1000, batch_wait_s=stream.LEASE_TTL_S + 3)
+    stream.consume(spec, s, idle_s=0.3, max_seconds=0.5)
+    publish(NATS, spec.subjects[0], [_event(i) for i in range(50)])
+    st_ = stream.consume(spec, s, idle_s=None, max_seconds=1.0)
+    assert (st_.rows_loaded, st_.batches) == (50, 1)
+    assert len(rows(s, name)) == 50
+
+
+def test_a_stream_deleted_and_created_again_is_refused_not_skipped(tmp_path):
+    """Its sequences start over: read from the lake's old position, x1 would be lost
+    silently. The consumer refuses in one line and loads nothing."""
+    s = local(tmp_path)
+    name = _name()
+    spec = stream_spec(s, NATS, name)
+    stream.consume(spec, s, idle_s=0.3)
+    publish(NATS, spec.subjects[0], [_event(i) for i in range(3)])
+    assert stream.consume(spec, s, idle_s=0.5).rows_loaded == 3
+    delete_streams(NATS, [spec.stream])
+    asyncio.run(_recreate(spec))
+    publish(NATS, spec.subjects[0], [(f"x{i}", _event(100 + i)[1]) for i in range(5)])
+    with pytest.raises(SourceError) as e:
+        stream.consume(spec, s, idle_s=0.5)
+    msg = str(e.value)
+    assert "\n" not in msg and "was deleted and created again; nothing consumed" in msg
+    assert len(rows(s, name)) == 3
+
+
+async def _recreate(spec) -> None:
+    import nats
+
+    nc = await nats.connect(spec.url)
+    await stream.ensure_stream(nc.jetstream(), spec)
+    await nc.close()
 
 
 # ------------------------------------------------------------------------- poison
@@ -374,3 +433,87 @@ def test_a_broker_refusing_the_stream_fails_in_one_line(tmp_path):
     assert msg.startswith(f"source {name!r}: {NATS} refused to create stream {name.upper()}")
     assert "insufficient storage" in msg
     assert lake.table(name, s) is None
+
+
+# ------------------------------------------------------- a broker of the test's own
+
+
+@pytest.fixture
+def own_nats(tmp_path):
+    """A nats-server with JetStream of this test's own (the wheel the stack uses), so
+    the test may stop it or shape its buckets."""
+    from riverlake.ops.stack import free_port
+
+    port = free_port()
+    server = ROOT / ".venv" / "bin" / "nats-server"
+    cmd = [str(server), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"nats://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_deleted_messages_leave_a_gap_the_consumer_steps_over(tmp_path, own_nats):
+    """An operator deleted message 2: the next message after the committed 1 is 3, and
+    the batch starting there loads (it used to stop the stream for good)."""
+    url, _ = own_nats
+    s = local(tmp_path)
+    spec = stream_spec(s, url, _name())
+    stream.consume(spec, s, idle_s=0.3)
+    publish(url, spec.subjects[0], [_event(1)])
+    assert stream.consume(spec, s, idle_s=0.5).rows_loaded == 1
+    publish(url, spec.subjects[0], [_event(2), _event(3)])
+
+    async def delete_second() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        await nc.jetstream().delete_msg(spec.stream, 2)
+        await nc.close()
+
+    asyncio.run(delete_second())
+    st_ = stream.consume(spec, s, idle_s=0.5)
+    assert (st_.rows_loaded, st_.expired_skipped) == (1, 1)
+    assert sorted(r["event_id"] for r in rows(s, spec.table)) == ["e1", "e3"]
+
+
+def test_a_broker_going_away_mid_run_is_a_source_error(tmp_path, own_nats):
+    """`--watch` retries source errors: the broker stopping mid-consume must be one
+    (it raised nats' own ConnectionClosedError, which stopped the watch)."""
+    url, proc = own_nats
+    s = local(tmp_path)
+    spec = stream_spec(s, url, _name())
+    stream.consume(spec, s, idle_s=0.3)
+    threading.Timer(1.5, proc.kill).start()
+    with pytest.raises(SourceError) as e:
+        stream.consume(spec, s, idle_s=None, max_seconds=15)
+    assert str(e.value).startswith(f"source {spec.name!r}: consuming on {url} failed: ")
+    assert "\n" not in str(e.value)
+
+
+def test_a_lease_bucket_whose_leases_would_not_expire_is_refused(tmp_path, own_nats):
+    """A bucket made elsewhere without a TTL would keep a killed holder's lease forever:
+    every run would wait, consume nothing and look fine."""
+    url, _ = own_nats
+    s = local(tmp_path)
+    spec = stream_spec(s, url, _name())
+
+    async def bucket_without_ttl() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        await nc.jetstream().create_key_value(bucket=stream.LEASE_BUCKET, history=1)
+        await nc.close()
+
+    asyncio.run(bucket_without_ttl())
+    with pytest.raises(
+        SourceError, match=rf"bucket {stream.LEASE_BUCKET} has a TTL of .* s, not the"
+    ):
+        stream.consume(spec, s, idle_s=0.3)

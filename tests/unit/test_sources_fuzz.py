@@ -341,7 +341,7 @@ def test_fuzz_depth_of_valid_json_is_its_nesting(doc, indent):
 # ---------------------------------------------------------------------------- HTTP pages
 
 HTTP_SPEC = {"name": "api", "kind": "http", "url": "http://127.0.0.1:9/x", "table": "api",
-             "cursor_field": "updated_at", "page_size": 3,
+             "cursor_field": "updated_at", "page_size": 3, "key": ["id"],
              "schema": {"id": "int64", "updated_at": "string", "value": "float64"}}  # fmt: skip
 
 

@@ -40,6 +40,7 @@ def test_every_pipeline_source_parses_with_placeholders_filled():
         ({"kind": "http", "schema": {"a": "int7"}}, "unknown type 'int7'"),
         ({"kind": "ftp"}, "kind"),
         ({"kind": "http", "schema": None}, "needs a schema"),
+        ({"kind": "http", "cursor_field": "a"}, "an http source with a cursor_field needs a key"),
     ],
 )
 def test_bad_specs_are_refused_in_one_line_naming_the_source(raw, message):
