@@ -81,6 +81,9 @@ def test_rerun_is_a_noop(first_run):
     again = json.loads(res.stdout)
     assert again["batch"] == first_run["batch"] and again["curated_skipped"] is True
     assert lake.table_version("flights", get_settings()) == before
+    # gold learned from its tables' logs that it holds the batch: nothing read or written
+    assert f"gold tables already hold batch {again['batch']}: nothing to rebuild" in res.stderr
+    assert set(again["gold_rows"].values()) == {0}
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
 
 
