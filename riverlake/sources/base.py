@@ -82,6 +82,18 @@ def one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
+def read_capped(src, cap: int, step: int) -> tuple[bytearray, bool]:
+    """At most ``cap + 1`` bytes of the stream ``src`` (``read(n)``), ``step`` at a time,
+    and whether it holds more than ``cap``: a reader never holds more than the cap."""
+    out = bytearray()
+    while len(out) <= cap:
+        chunk = src.read(min(step, cap + 1 - len(out)))
+        if not chunk:
+            return out, False
+        out += chunk
+    return out, True
+
+
 def conform(table: pa.Table, schema: pa.Schema | None, unit: str) -> tuple[pa.Table, list[Bad]]:
     """Cast ``table`` to ``schema``; the rows that do not cast are quarantined, one by one."""
     if schema is None:

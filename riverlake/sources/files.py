@@ -48,6 +48,7 @@ from riverlake.sources.base import (
     deep_json_lines,
     json_too_deep_reason,
     one_line,
+    read_capped,
 )
 from riverlake.sources.spec import FileSource
 
@@ -255,29 +256,16 @@ def _read_raw(fs: fsspec.AbstractFileSystem, path: str, cap: int) -> tuple[bytea
     """The file's bytes; or its first ``cap + 1`` bytes and True when it is larger."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     streaming = {"block_size": 0} if "http" in protocols else {}  # one GET, no ranges
-    buf = bytearray()
     with fs.open(path, "rb", **streaming) as f:
-        while len(buf) <= cap:
-            chunk = f.read(min(_READ_CHUNK, cap + 1 - len(buf)))
-            if not chunk:
-                return buf, False
-            buf += chunk
-    return buf, True
+        return read_capped(f, cap, _READ_CHUNK)
 
 
 def _inflate(raw: bytearray, kind: str, cap: int) -> tuple[bytearray, bool]:
     """``raw`` decompressed in a stream; stops past ``cap`` bytes (True: over the cap)."""
-    out = bytearray()
     try:
-        stream = pa.CompressedInputStream(_buffer(raw), kind)
-        while len(out) <= cap:
-            chunk = stream.read(min(_READ_CHUNK, cap + 1 - len(out)))
-            if not chunk:
-                return out, False
-            out += chunk
+        return read_capped(pa.CompressedInputStream(_buffer(raw), kind), cap, _READ_CHUNK)
     except (OSError, pa.ArrowException) as e:
         raise ValueError(f"corrupt {kind} data: {one_line(e)}") from e
-    return out, True
 
 
 class _TooLarge(ValueError):

@@ -44,6 +44,7 @@ from riverlake.sources.base import (
     json_depth,
     json_too_deep_reason,
     one_line,
+    read_capped,
     records_to_table,
 )
 from riverlake.sources.spec import HttpSource
@@ -187,27 +188,16 @@ def _body(r: httpx.Response, cap: int) -> tuple[bytes, str | None]:
     codings = [c for c in codings if c]
     raw = _Raw(r.iter_raw(), cap)
     if unknown := [c for c in codings if c not in _DECODERS]:
-        _read_capped(raw, cap)
+        read_capped(raw, cap, _STEP)
         return bytes(raw.prefix), f"unsupported Content-Encoding {unknown[0][:40]!r}"
     src: Any = raw
     for coding in reversed(codings):
         src = _DECODERS[coding](src)
     try:
-        out = _read_capped(src, cap)
+        out = bytes(read_capped(src, cap, _STEP)[0])
     except _Undecodable as e:
         return bytes(raw.prefix), (over if raw.over else one_line(e))
     return (out[:cap], over) if raw.over or len(out) > cap else (out, None)
-
-
-def _read_capped(src, cap: int) -> bytes:
-    """At most ``cap + 1`` bytes of ``src`` (one more than the cap: it is over)."""
-    out = bytearray()
-    while len(out) <= cap:
-        chunk = src.read(min(_STEP, cap + 1 - len(out)))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
 
 
 def get(client: httpx.Client, spec: HttpSource, params: dict[str, Any], max_bytes: int) -> Fetched:
