@@ -162,8 +162,10 @@ class Batch:
     #: the last committed sequence, whoever else is consuming.
     follows: int | None = None
 
-    def properties(self, rows: int):
-        """The deltalake ``CommitProperties`` of this batch writing ``rows`` rows."""
+    def properties(self, rows: int, rebase: bool = True):
+        """The deltalake ``CommitProperties`` of this batch writing ``rows`` rows; with
+        ``rebase=False`` deltalake fails a commit another writer got in before instead of
+        putting it on top."""
         from deltalake import CommitProperties, Transaction
 
         custom = {ROWS_KEY: rows, **(self.metadata or {})}
@@ -174,7 +176,7 @@ class Batch:
         return CommitProperties(
             custom_metadata={k: str(v) for k, v in custom.items()},
             app_transactions=[Transaction(self.app_id, self.version)] if self.app_id else None,
-            max_commit_retries=0 if self.follows is not None else None,
+            max_commit_retries=None if rebase else 0,
         )
 
     def done(self, dt) -> bool:
@@ -387,12 +389,11 @@ def commit(
     if new:
         _evolve(dt, new)
         dt.update_incremental()
-    props = batch.properties(rows)
     overwrite = mode == "overwrite_partitions"
-    if overwrite:
-        # No rebase by deltalake: it would turn two overwrites of a partition that did
-        # not exist yet into two appends (neither removes anything to conflict on).
-        props.max_commit_retries = 0
+    # No rebase of an overwrite by deltalake: it would turn two overwrites of a partition
+    # that did not exist yet into two appends (neither removes anything to conflict on).
+    rebase = not overwrite and batch.follows is None
+    props = batch.properties(rows, rebase=rebase)
     for attempt in range(COMMIT_RETRIES + 1):
         batch.check_follows(dt, name)  # a batch that must follow a version: still there?
         removes = _removes(dt, adds, partition_by, replace_partitions) if overwrite else []
@@ -423,7 +424,7 @@ def commit(
                 return skipped
     # Without a rebase the commit is exactly one past the snapshot; an append's rebase
     # only shows in the log.
-    version = dt.version() + 1 if overwrite or batch.follows is not None else None
+    version = None if rebase else dt.version() + 1
     dt.update_incremental()
     version = dt.version() if version is None else version
     log.info("table %s version %d: %d rows in %d files (%d replaced), batch %s", name,
