@@ -202,6 +202,40 @@ def add_times(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# --------------------------------------------------------------------------- declared steps
+# The flights pipeline's own steps (riverlake/pipelines/pipelines.yaml names them): pandas
+# frames in and out, run per month on the workers by the generic flow.
+
+
+def prepare(flights: pd.DataFrame) -> pd.DataFrame:
+    """The flight's date (null when year/month/day is no date: the contract quarantines
+    it) and ``cancelled``: a flight with no departure time never left (kept, flagged)."""
+    parts = pa.Table.from_pandas(flights[["year", "month", "day"]], preserve_index=False)
+    dates = flight_dates(parts["year"], parts["month"], parts["day"])
+    day = pa.table({"d": dates}).to_pandas(date_as_object=False)["d"]
+    return flights.assign(flight_date=day.to_numpy(), cancelled=flights["dep_time"].isna())
+
+
+def utc_times(flights: pd.DataFrame) -> pd.DataFrame:
+    """Scheduled and actual departure and arrival in UTC, from the local times and the
+    airports' zones (``origin_tz``, ``dest_tz``, joined before this step).
+
+    Departure times are local to the origin, arrival times to the destination. A
+    scheduled arrival earlier than the scheduled departure lands after midnight: next
+    day. Actual times are the scheduled ones plus the reported delays, which also
+    carries a delayed departure past midnight to the right day.
+    """
+    day = flights["flight_date"]
+    sched_dep = local_to_utc(day, flights["sched_dep_time"], flights["origin_tz"])
+    sched_arr = local_to_utc(day, flights["sched_arr_time"], flights["dest_tz"])
+    sched_arr = sched_arr.where(sched_arr >= sched_dep, sched_arr + pd.Timedelta(days=1))
+    dep = sched_dep + pd.to_timedelta(flights["dep_delay"].astype("float64"), unit="m")
+    arr = sched_arr + pd.to_timedelta(flights["arr_delay"].astype("float64"), unit="m")
+    return flights.assign(
+        sched_dep_utc=sched_dep, dep_utc=dep, sched_arr_utc=sched_arr, arr_utc=arr
+    )
+
+
 def derive(flights: pd.DataFrame) -> pd.DataFrame:
     """delayed_15 (departure 15+ minutes late) and speed in miles per hour."""
     air = flights["air_time"].where(flights["air_time"] > 0)

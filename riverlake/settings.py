@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="Pipeline declarations to use instead of the ones Riverlake ships "
         "(riverlake/pipelines/pipelines.yaml, package data).",
     )
+    pipelines_dir: Path | None = Field(
+        Path("pipelines"),
+        description="A folder of your own pipeline declarations (*.yaml), read beside the "
+        "shipped ones; `riverlake new` writes there. Relative to the working directory.",
+    )
     replay_rate: float = Field(
         20.0,
         ge=0,

@@ -300,7 +300,6 @@ def accounting(pipeline: str, summary: dict) -> list[dict]:
     Merged rows updated a row already there (a late or repeated record); gold tables are
     recomputed, so their rows count as loaded.
     """
-    from riverlake.analytics.flights import CURATED_TABLE
 
     def row(table: str, s: dict, merged: int) -> dict:
         return {"table": table, "in": s["rows_in"], "loaded": s["rows_loaded"],
@@ -308,12 +307,15 @@ def accounting(pipeline: str, summary: dict) -> list[dict]:
 
     if "sources" not in summary:  # a one-table pipeline: the stream
         return [row(pipeline, summary, summary.get("rows_deduplicated", 0))]
-    rows = [row("flight_drops", summary["drops"], 0)]  # landed, then read into flights
+    rows = []
+    if summary.get("landing"):  # landed, then read into the curated table
+        rows.append(row(summary["landing"]["source"], summary["landing"], 0))
     rows += [row(name, s, s["rows_in"] - s["rows_loaded"] - s["rows_quarantined"])
              for name, s in summary["sources"].items()]  # fmt: skip
-    rows.append(row(CURATED_TABLE, summary, summary["rows_merged"]))
+    if summary.get("curated_table"):
+        rows.append(row(summary["curated_table"], summary, summary["rows_merged"]))
     rows += [{"table": name, "in": "", "loaded": n, "quarantined": "", "merged": ""}
-             for name, n in summary["gold_rows"].items()]  # fmt: skip
+             for name, n in summary.get("gold_rows", {}).items()]  # fmt: skip
     return rows
 
 

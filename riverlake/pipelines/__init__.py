@@ -12,40 +12,21 @@ from datetime import timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from riverlake.errors import RiverlakeError
+from riverlake.pipelines.model import Join, Pipeline, quarantine_table
 from riverlake.settings import Settings
 from riverlake.sources.spec import SourceSpec, parse_source
 
+__all__ = ["DEFAULT_FRESHNESS", "Pipeline", "pipeline", "pipeline_sources", "pipelines",
+           "quarantine_table", "source"]  # fmt: skip
+
 #: The freshness policy's default: a table whose last commit is older than this is stale.
 DEFAULT_FRESHNESS = timedelta(days=1)
-
-
-class Pipeline(BaseModel):
-    """One declared pipeline (its sources stay raw until :func:`pipeline_sources` fills
-    their placeholders from the settings)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    profile: Literal["small", "standard", "large"] | None = Field(
-        None,
-        description="Worker size of the pipeline's runs (cluster.WORKER_PROFILES); "
-        "unset: RIVERLAKE_WORKER_PROFILE.",
-    )
-    freshness: timedelta = Field(
-        DEFAULT_FRESHNESS,
-        description="The freshness policy: a table of this pipeline whose last commit is "
-        "older than this is stale (pipeline health, the metrics' alert).",
-    )
-    sources: list[dict[str, Any]] = Field(default_factory=list)
-
-    def tables(self) -> set[str]:
-        return {s["table"] for s in self.sources if "table" in s}
 
 
 def default_file() -> Path:
@@ -59,41 +40,113 @@ def declarations_file(settings: Settings | None = None) -> Path:
     return default_file()
 
 
-@lru_cache(maxsize=8)
-def _load(path: Path, mtime: float) -> dict[str, Pipeline]:
-    doc = yaml.safe_load(path.read_text()) or {}
+def declaration_files(settings: Settings | None = None) -> list[Path]:
+    """The shipped declarations (or RIVERLAKE_PIPELINES_FILE), then every ``*.yaml`` of
+    the pipelines folder (RIVERLAKE_PIPELINES_DIR, default ``./pipelines``): where
+    ``riverlake new`` writes a user's own."""
+    files = [declarations_file(settings)]
+    folder = settings.pipelines_dir if settings is not None else None
+    if folder is not None and Path(folder).is_dir():
+        files += sorted(Path(folder).glob("*.yaml"))
+    return files
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def parse(doc: dict[str, Any], path: Path | str) -> dict[str, Pipeline]:
+    """Declarations from a YAML document (name -> body); the first mistake is one line
+    naming the file, the pipeline and the field."""
     out = {}
+    if not isinstance(doc, dict):
+        raise RiverlakeError(f"{path}: not a mapping of pipeline names to declarations")
     for name, body in doc.items():
+        if not isinstance(body, dict | None):
+            raise RiverlakeError(f"pipeline {name!r} in {path}: not a mapping")
         try:
             out[name] = Pipeline(name=name, **(body or {}))
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise RiverlakeError(f"pipeline {name!r} in {path}: {where}: {err['msg']}") from None
+            raise RiverlakeError(f"pipeline {name!r} in {path}: {_one_line(e)}") from None
+    return out
+
+
+def check_references(found: dict[str, Pipeline], where: dict[str, Path]) -> None:
+    """What one declaration cannot check alone: tables written twice, joins with a
+    table no pipeline writes."""
+    owner: dict[str, str] = {}
+    for p in found.values():
+        for t in p.tables():
+            if t in owner and owner[t] != p.name:
+                raise RiverlakeError(f"pipeline {p.name!r} in {where[p.name]}: table {t!r} is "
+                                     f"already written by pipeline {owner[t]!r}")  # fmt: skip
+            owner[t] = p.name
+    for p in found.values():
+        for i, step in enumerate(p.curated.steps if p.curated else []):
+            if isinstance(step, Join) and step.join not in owner:
+                raise RiverlakeError(
+                    f"pipeline {p.name!r} in {where[p.name]}: curated.steps.{i}.join: unknown "
+                    f"table {step.join!r} (no declared pipeline writes it)"
+                )
+
+
+@lru_cache(maxsize=8)
+def _load(paths: tuple[tuple[Path, float], ...]) -> dict[str, Pipeline]:
+    out: dict[str, Pipeline] = {}
+    where: dict[str, Path] = {}
+    for path, _ in paths:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RiverlakeError(f"{path}: not YAML: {str(e).splitlines()[0]}") from None
+        for name, p in parse(doc, path).items():
+            if name in out:
+                raise RiverlakeError(f"pipeline {name!r} in {path} is already declared in "
+                                     f"{where[name]}")  # fmt: skip
+            out[name], where[name] = p, path
+    check_references(out, where)
     return out
 
 
 def pipelines(settings: Settings | None = None) -> dict[str, Pipeline]:
     """Every declared pipeline, by name."""
-    path = declarations_file(settings)
-    if not path.exists():
-        raise RiverlakeError(f"pipeline declarations {path} do not exist")
-    return _load(path, path.stat().st_mtime)
+    files = declaration_files(settings)
+    if not files[0].exists():
+        raise RiverlakeError(f"pipeline declarations {files[0]} do not exist")
+    return _load(tuple((f, f.stat().st_mtime) for f in files))
 
 
 def pipeline(name: str, settings: Settings | None = None) -> Pipeline:
     found = pipelines(settings)
     if name not in found:
-        path = declarations_file(settings)
+        places = ", ".join(str(f) for f in declaration_files(settings))
         raise RiverlakeError(
-            f"unknown pipeline {name!r}; declared in {path.name}: {', '.join(sorted(found))}"
+            f"unknown pipeline {name!r}; declared ({places}): {', '.join(sorted(found))}"
         )
     return found[name]
 
 
+def _raw_source(p: Pipeline, raw: dict[str, Any]) -> dict[str, Any]:
+    """A landing source learns its landing month from the curated table's event time."""
+    c = p.curated
+    if (
+        c is not None
+        and raw.get("sink") == "landing"
+        and c.event_time is not None
+        and "landing_time" not in raw
+        and not {"year", "month"} <= set(raw.get("schema") or {})
+    ):
+        return {**raw, "landing_time": c.event_time.column}
+    return raw
+
+
 def pipeline_sources(name: str, settings: Settings) -> list[SourceSpec]:
     """The sources declared for pipeline ``name``, placeholders filled from ``settings``."""
-    return [parse_source(s, settings) for s in pipeline(name, settings).sources]
+    p = pipeline(name, settings)
+    return [parse_source(_raw_source(p, s), settings) for s in p.sources]
 
 
 def source(pipeline_name: str, name: str, settings: Settings) -> SourceSpec:

@@ -370,7 +370,13 @@ def _landing(
     Arrow error before any of it is."""
     root = lake.strip_scheme(lake.landing_uri(spec.table, settings))
     stem = landed_name(path)
-    y, m = (pc.fill_null(_text(table, c), "") for c in ("year", "month"))
+    if spec.landing_time is not None:  # YYYY-MM... of an event time
+        t = pc.fill_null(_text(table, spec.landing_time), "")
+        ym = pc.extract_regex(pc.utf8_trim_whitespace(t), r"^(?P<y>[0-9]{4})-(?P<m>[0-9]{2})")
+        y = pc.fill_null(pc.struct_field(ym, "y"), "")
+        m = pc.fill_null(pc.struct_field(ym, "m"), "")
+    else:
+        y, m = (pc.fill_null(_text(table, c), "") for c in ("year", "month"))
     y_ok, m_ok = pc.match_substring_regex(y, _YEAR), pc.match_substring_regex(m, _MONTH)
     yi = pc.cast(pc.if_else(y_ok, y, "0"), pa.int32())
     mi = pc.cast(pc.if_else(m_ok, m, "0"), pa.int32())
@@ -387,6 +393,13 @@ def _landing(
         pacsv.write_csv(part, buf)
         blobs[f"{root}/year={year}/month={month:02d}/{stem}"] = buf.getvalue()
     notok = pc.invert(ok)
+    if spec.landing_time is not None:
+        col = spec.landing_time
+        return blobs, [f"{y}-{m:02d}" for y, m in keys], [
+            Bad(path, f"{col} {str(row.get(col))[:40]!r} is not a date (YYYY-MM-DD) with a "
+                "calendar month", json.dumps(row, default=str).encode())
+            for row in table.filter(notok).to_pylist()
+        ]  # fmt: skip
     rejects = [
         Bad(path, _calendar_reason(yv, mv, yk), json.dumps(row, default=str).encode())
         for row, yv, mv, yk in zip(

@@ -89,6 +89,20 @@ class FileSource(_Source):
         description="table: rows go into the Delta table; landing: good files are landed as "
         "CSV under landing/<table>/year=/month=/ for a pipeline that transforms them.",
     )
+    landing_time: str | None = Field(
+        None,
+        description="landing: the column whose date (YYYY-MM-...) gives a row's landing "
+        "month (default: the year and month columns). Set from the curated table's "
+        "event_time.",
+    )
+
+    @model_validator(mode="after")
+    def _landing_columns(self):
+        # A landing source's schema is the curated table's typing: every file must have
+        # its columns (a file without them is quarantined whole, when it lands).
+        if self.sink == "landing" and self.schema_ and not self.columns:
+            object.__setattr__(self, "columns", list(self.schema_))
+        return self
 
 
 class HttpSource(_Source):

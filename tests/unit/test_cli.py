@@ -58,7 +58,9 @@ def test_a_runs_accounting_has_a_row_per_table():
     assert accounting("flight_events", stream) == [
         {"table": "flight_events", "in": 10, "loaded": 7, "quarantined": 1, "merged": 2}]  # fmt: skip
     flights = {"rows_in": 100, "rows_loaded": 95, "rows_quarantined": 3, "rows_merged": 2,
-               "drops": {"units": 2, "rows_in": 100, "rows_loaded": 99, "rows_quarantined": 1},
+               "curated_table": "flights",
+               "landing": {"source": "flight_drops", "units": 2, "rows_in": 100,
+                           "rows_loaded": 99, "rows_quarantined": 1},
                "sources": {"weather": {"rows_in": 5, "rows_loaded": 4, "rows_quarantined": 0}},
                "gold_rows": {"carrier_origin_daily": 12}}  # fmt: skip
     rows = {r["table"]: r for r in accounting("flights", flights)}

@@ -1,0 +1,495 @@
+"""The data logic of declared pipelines: typing, dedupe, joins, contracts and gold
+measures built from a declaration (:mod:`riverlake.pipelines.model`). Pure: frames and
+declarations in, frames out; no I/O, no Prefect, no Panel.
+
+The gold measures are computed as mergeable partial states (counts, sums, minima and
+maxima, value counts for exact quantiles): each partition of a frame is reduced to its
+partials, the partials are summed, and the measures come from the sums. So a dask frame
+is reduced partition by partition with no shuffle, and the result is exact.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pdr
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from riverlake.analytics.analysis import FILTER_OPS, is_dask
+
+#: Declared type -> Arrow type (the same names as the sources' schemas).
+ARROW = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+}
+#: Declared type -> the pandas dtype a contract checks (dates are not checked by dtype).
+PANDAS = {
+    "string": "string",
+    "int32": "Int32",
+    "int64": "Int64",
+    "float64": "float64",
+    "bool": "bool",
+    "timestamp": "datetime64[us, UTC]",
+}
+_INTS = {"int32", "int64"}
+_NA_TEXT = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"}
+
+
+def arrow_schema(types: Mapping[str, str]) -> pa.Schema:
+    return pa.schema([(c, ARROW[t]) for c, t in types.items()])
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow -> pandas with nullable integers and datetime64 dates."""
+    return table.to_pandas(date_as_object=False, types_mapper={
+        pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}.get)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def read_csv_typed(blob: bytes, types: Mapping[str, str]) -> pa.Table:
+    """The fast path: Arrow's CSV reader with the declared types (times read as text and
+    typed by :func:`type_text`). Raises an Arrow error or KeyError when a value or a
+    column is not what is declared: the caller then takes the careful path."""
+    read = {c: (pa.string() if t in ("timestamp", "date") else ARROW[t]) for c, t in types.items()}
+    t = pacsv.read_csv(
+        io.BytesIO(blob),
+        convert_options=pacsv.ConvertOptions(column_types=read, include_columns=list(types)),
+    )
+    times = {c: t for c, t in types.items() if t in ("timestamp", "date")}
+    if not times:
+        return t.cast(arrow_schema(types))
+    cols = {}
+    for c, typ in types.items():
+        if c in times:
+            parsed, bad = _parse_time(pd.Series(t[c].to_pandas(), dtype="string"), typ)
+            if bad.any():
+                raise pa.ArrowInvalid(f"column {c}: not a {typ}")
+            cols[c] = pa.array(parsed, type=ARROW[typ])
+        else:
+            cols[c] = t[c]
+    return pa.table(cols, schema=arrow_schema(types))
+
+
+def read_csv_text(blob: bytes) -> pd.DataFrame:
+    """The careful path: every column as text, so one bad value costs one row, not a file."""
+    raw = pacsv.read_csv(
+        io.BytesIO(blob),
+        read_options=pacsv.ReadOptions(encoding="utf8"),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types={}),
+    )
+    return raw.cast(pa.schema([(n, pa.string()) for n in raw.column_names])).to_pandas()
+
+
+def _parse_time(s: pd.Series, typ: str) -> tuple[pd.Series, pd.Series]:
+    """Text -> dates or UTC timestamps (naive text is UTC here: event_time's zone is
+    applied later). Returns the values and a mask of the values that did not parse."""
+    empty = s.isna() | s.str.strip().isin(_NA_TEXT)
+    text = s.where(~empty)
+    v = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    bad = v.isna() & ~empty
+    if typ == "date":
+        out = v.dt.tz_convert(None).dt.normalize()
+        bad |= (out != v.dt.tz_convert(None)).fillna(False)  # a time is not a date
+        return out.dt.date.where(out.notna(), None), bad
+    return v.astype("datetime64[us, UTC]"), bad
+
+
+def type_text(raw: pd.DataFrame, types: Mapping[str, str]) -> tuple[pa.Table, pd.DataFrame]:
+    """Type rows read as text; a value that does not parse sends its row to quarantine.
+
+    Returns the typed good rows and the bad rows as text with ``failed_check``
+    (``column:type``, or ``file:columns (missing x)`` when a declared column is absent).
+    """
+    schema = arrow_schema(types)
+    missing = [c for c in types if c not in raw.columns]
+    if missing:
+        bad = raw.astype("string").assign(failed_check=f"file:columns (missing {missing[0]})")
+        return schema.empty_table(), bad
+    text = raw[list(types)].astype("string")
+    failed = pd.Series(pd.NA, index=text.index, dtype="string")
+    values: dict[str, Any] = {}
+    for col, typ in types.items():
+        s = text[col].str.strip()
+        empty = s.isna() | s.isin(_NA_TEXT)
+        if typ in ("timestamp", "date"):
+            v, bad = _parse_time(s, typ)
+        elif typ == "bool":
+            low = s.str.lower()
+            v = low.map({"true": True, "false": False, "1": True, "0": False}, na_action="ignore")
+            bad = v.isna() & ~empty
+        elif typ == "string":
+            v, bad = text[col], pd.Series(False, index=s.index)
+        else:
+            v = pd.to_numeric(s.where(~empty), errors="coerce")
+            bad = v.isna() & ~empty
+            if typ in _INTS:
+                bad |= (v % 1 != 0).fillna(False)
+        failed = failed.mask(bad & failed.isna(), f"{col}:type")
+        values[col] = v
+    ok = failed.isna().to_numpy()
+    cols = {}
+    for col, typ in types.items():
+        v = values[col][ok]
+        if typ in _INTS:
+            v = v.astype("Float64").astype(PANDAS[typ])
+        elif typ == "bool":
+            v = v.astype("boolean")
+        cols[col] = pa.array(v, type=ARROW[typ], from_pandas=True)
+    good = pa.table(cols, schema=schema)
+    return good, text[~ok].assign(failed_check=failed[~ok])
+
+
+# --------------------------------------------------------------------------- curation
+
+
+def event_time_local(values: pd.Series, time_zone: str) -> pd.Series:
+    """The local wall time of an event-time column (dates stay dates)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert(time_zone).dt.tz_localize(None)
+    return pd.to_datetime(values)
+
+
+def localize(values: pd.Series, time_zone: str) -> pd.Series:
+    """Timestamps typed from naive text (read as UTC) -> the same wall time in
+    ``time_zone``, stored in UTC. DST: an ambiguous time is taken as daylight time, a
+    nonexistent one is shifted forward."""
+    if time_zone == "UTC" or not isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values
+    naive = values.dt.tz_localize(None)
+    local = naive.dt.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward")
+    return local.dt.tz_convert("UTC")
+
+
+def add_time_parts(
+    df: pd.DataFrame, column: str, time_zone: str, parts: Sequence[str]
+) -> pd.DataFrame:
+    """year, month, day (int32) of the event time, local to its zone, where missing."""
+    local = event_time_local(df[column], time_zone)
+    add = {p: getattr(local.dt, p).astype("Int32") for p in parts if p not in df.columns}
+    return df.assign(**add) if add else df
+
+
+def dedupe_last(df: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """Keep the last record of each key (rows in landing order): late updates win.
+    Returns the frame and how many rows a later record replaced."""
+    keep = ~df.duplicated(list(key), keep="last")
+    return df[keep], int((~keep).sum())
+
+
+def join(df: pd.DataFrame, other: pd.DataFrame, on: Mapping[str, str],
+         renames: Mapping[str, str]) -> pd.DataFrame:  # fmt: skip
+    """A left join with a small table: its rows deduplicated on the join keys (the first
+    wins), its keys cast to this frame's types, its columns renamed. No row is lost or
+    repeated."""
+    right_keys = list(on.values())
+    cols = [*right_keys, *[c for c in renames if c not in right_keys]]
+    right = other[cols].drop_duplicates(right_keys)
+    right = right.rename(columns={r: left for left, r in on.items()})
+    for left in on:
+        right[left] = right[left].astype(df[left].dtype)
+    right = right.rename(columns={c: n for c, n in renames.items() if c not in right_keys})
+    right = right.loc[:, ~right.columns.duplicated()]
+    for c, n in renames.items():
+        if c in right_keys:  # a key brought under another name too
+            left = next(k for k, v in on.items() if v == c)
+            right[n] = right[left]
+    clash = [c for c in right.columns if c in df.columns and c not in on]
+    out = df.drop(columns=clash).merge(right, on=list(on), how="left")
+    if len(out) != len(df):  # cannot happen after drop_duplicates; a guard, not a branch
+        raise AssertionError("a join changed the number of rows")
+    return out
+
+
+Transform = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def apply_steps(
+    df: pd.DataFrame,
+    steps: Sequence[Any],
+    tables: Mapping[str, pd.DataFrame],
+    functions: Mapping[str, Transform],
+) -> pd.DataFrame:
+    """Run a curated table's steps in order: joins with ``tables``, the user's functions."""
+    for step in steps:
+        if hasattr(step, "join"):
+            df = join(df, tables[step.join], step.keys, step.renames())
+        else:
+            out = functions[step.function](df)
+            if not isinstance(out, pd.DataFrame):
+                raise TypeError(f"transform {step.function} returned {type(out).__name__}, "
+                                "not a pandas DataFrame")  # fmt: skip
+            if len(out) != len(df):
+                raise ValueError(f"transform {step.function} changed the number of rows "
+                                 f"({len(df)} -> {len(out)}): a transform maps rows, it does "
+                                 "not drop them (the contract quarantines bad ones)")  # fmt: skip
+            df = out
+    return df
+
+
+def conform(df: pd.DataFrame, types: Mapping[str, str]) -> pd.DataFrame:
+    """The curated columns, in order, with their pandas dtypes (a missing one raises)."""
+    missing = [c for c in types if c not in df.columns]
+    if missing:
+        raise KeyError(f"curated column {missing[0]!r} is not produced by the source or a step")
+    out = df[list(types)].reset_index(drop=True)
+    cast = {
+        c: PANDAS[t] for c, t in types.items() if t in PANDAS and str(out[c].dtype) != PANDAS[t]
+    }
+    for c, dtype in cast.items():
+        if dtype in ("Int32", "Int64") and out[c].dtype.kind == "f":
+            out[c] = out[c].astype("Float64")
+        if dtype == "bool" and out[c].isna().any():
+            continue  # a null in a not-null bool: the contract reports it
+        out[c] = out[c].astype(dtype)
+    return out
+
+
+def to_table(df: pd.DataFrame, types: Mapping[str, str]) -> pa.Table:
+    schema = arrow_schema(types)
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+def contract(rules: Mapping[str, Any], types: Mapping[str, str], key: Sequence[str],
+             name: str) -> pdr.DataFrameSchema:  # fmt: skip
+    """A pandera schema from a declared contract: per column its dtype (from the table's
+    type), nullability, range, allowed values and pattern; the key unique."""
+    columns = {}
+    for col, rule in rules.items():
+        checks = []
+        lo, hi = rule.min, rule.max
+        if lo is not None and hi is not None:
+            checks.append(pdr.Check.in_range(lo, hi))
+        elif lo is not None:
+            checks.append(pdr.Check.ge(lo))
+        elif hi is not None:
+            checks.append(pdr.Check.le(hi))
+        if rule.isin is not None:
+            checks.append(pdr.Check.isin(rule.isin))
+        if rule.pattern is not None:
+            checks.append(pdr.Check.str_matches(rule.pattern))
+        dtype = PANDAS.get(types.get(col, ""))
+        columns[col] = pdr.Column(dtype, checks, nullable=rule.nullable, coerce=False)
+    return pdr.DataFrameSchema(columns, unique=list(key), strict=False, name=name)
+
+
+# --------------------------------------------------------------------------- conditions
+
+_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|=|not in|in)\s*(.+?)\s*$")
+
+
+def parse_condition(text: str) -> tuple[str, str, Any]:
+    """``"arr_delay < 15"`` -> ("arr_delay", "<", 15). Values: numbers, 'text', true,
+    false, or a [list] for in / not in."""
+    m = _COND.match(text)
+    if not m:
+        raise ValueError(
+            f"condition {text!r} is not 'column op value' (ops: {', '.join(FILTER_OPS)})"
+        )
+    col, op, raw = m.groups()
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ValueError(f"condition {text!r}: {raw!r} is not a value") from None
+    if op in ("in", "not in") and not isinstance(value, list):
+        raise ValueError(f"condition {text!r}: {op} needs a [list]")
+    return col, op, value
+
+
+def condition(df: pd.DataFrame, text: str) -> pd.Series:
+    """Rows where the condition holds (a null never does)."""
+    col, op, value = parse_condition(text)
+    return FILTER_OPS[op](df[col], value).fillna(False).astype(bool)
+
+
+# --------------------------------------------------------------------------- gold measures
+
+_FLOOR = {"hour": "h", "day": "D", "week": "W-SUN", "month": "M", "year": "Y"}
+
+
+def time_bin(values: pd.Series, every: str) -> pd.Series:
+    """The start of each value's hour, day, week (Monday), month or year."""
+    tz = values.dt.tz if isinstance(values.dtype, pd.DatetimeTZDtype) else None
+    naive = values.dt.tz_convert(None) if tz is not None else pd.to_datetime(values)
+    if every in ("hour", "day"):
+        out = naive.dt.floor(_FLOOR[every])
+    else:
+        out = naive.dt.to_period(_FLOOR[every]).dt.start_time
+    return out.dt.tz_localize(tz) if tz is not None else out
+
+
+def _prepare(df: pd.DataFrame, gold: Any) -> pd.DataFrame:
+    if gold.time_bin is not None:
+        df = df.assign(**{gold.time_bin.output: time_bin(df[gold.time_bin.column],
+                                                          gold.time_bin.every)})  # fmt: skip
+    return df
+
+
+def partials(df: pd.DataFrame, gold: Any) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One frame's partial states: per group the sums, counts, minima and maxima the
+    measures need, and per quantile measure the value counts. Partials of any split of
+    the rows combine (:func:`combine`) into the partials of all of them."""
+    df = _prepare(df, gold)
+    keys = gold.group_keys()
+    cols: dict[str, pd.Series] = {"__n": pd.Series(1, index=df.index, dtype="int64")}
+    how: dict[str, str] = {"__n": "sum"}
+    quantiles = {}
+    for name, m in gold.measures.items():
+        c = m.column
+        if m.how == "count":
+            if c is not None:
+                cols[name] = df[c].notna().astype("int64")
+                how[name] = "sum"
+        elif m.how in ("sum", "mean"):
+            v = df[c]
+            v = v.astype("float64") if m.how == "mean" or v.dtype.kind == "f" else v.astype("Int64")
+            cols[f"{name}__s"] = v.fillna(0)
+            cols[f"{name}__n"] = df[c].notna().astype("int64")
+            how[f"{name}__s"] = how[f"{name}__n"] = "sum"
+        elif m.how in ("min", "max"):
+            cols[name] = df[c]
+            how[name] = m.how
+        elif m.how == "quantile":
+            quantiles[name] = c
+        elif m.how in ("rate", "count_where"):
+            hit = condition(df, m.rate or m.count_where)
+            base = df[m.of].notna() if m.of else pd.Series(True, index=df.index)
+            cols[f"{name}__s"] = (hit & base).astype("int64")
+            cols[f"{name}__n"] = base.astype("int64")
+            how[f"{name}__s"] = how[f"{name}__n"] = "sum"
+    frame = pd.DataFrame({k: df[k] for k in keys} | cols, index=df.index)
+    if keys:
+        wide = frame.groupby(keys, observed=True, dropna=False).agg(how).reset_index()
+    else:
+        wide = frame.agg(how).to_frame().T
+    counts = {}
+    for name, c in quantiles.items():
+        v = df[[*keys, c]].dropna(subset=[c])
+        counts[name] = v.groupby([*keys, c], observed=True, dropna=False).size().rename(
+            "__count").reset_index().rename(columns={c: "__value"})  # fmt: skip
+    return wide, counts
+
+
+def combine(parts: Sequence[tuple[pd.DataFrame, dict[str, pd.DataFrame]]], gold: Any):
+    """Partials of several frames -> the partials of their union (exact)."""
+    keys = gold.group_keys()
+    wide = pd.concat([p[0] for p in parts], ignore_index=True)
+    how = {c: ("min" if c in gold.measures and gold.measures[c].how == "min" else
+                "max" if c in gold.measures and gold.measures[c].how == "max" else "sum")
+           for c in wide.columns if c not in keys}  # fmt: skip
+    if keys:
+        wide = wide.groupby(keys, observed=True, dropna=False).agg(how).reset_index()
+    else:
+        wide = wide.agg(how).to_frame().T
+    counts = {}
+    for name in parts[0][1] if parts else {}:
+        v = pd.concat([p[1][name] for p in parts], ignore_index=True)
+        counts[name] = v.groupby([*keys, "__value"], observed=True, dropna=False)["__count"].sum(
+            ).reset_index()  # fmt: skip
+    return wide, counts
+
+
+def _quantile(counts: pd.DataFrame, keys: list[str], q: float) -> pd.DataFrame:
+    """Exact quantile per group from value counts (pandas' linear interpolation)."""
+    rows = []
+    groups = counts.groupby(keys, observed=True, dropna=False) if keys else [((), counts)]
+    for key, c in groups:
+        c = c.sort_values("__value")
+        values = c["__value"].to_numpy(dtype="float64")
+        cum = np.cumsum(c["__count"].to_numpy())
+        n = int(cum[-1])
+        h = (n - 1) * q
+        lo, hi = int(np.floor(h)), int(np.ceil(h))
+        v_lo = values[np.searchsorted(cum, lo, side="right")]
+        v_hi = values[np.searchsorted(cum, hi, side="right")]
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append((*key, v_lo + (h - lo) * (v_hi - v_lo)))
+    return pd.DataFrame(rows, columns=[*keys, "__q"])
+
+
+def finish(parts, gold: Any) -> pd.DataFrame:
+    """The measures from combined partials, one row per group, sorted by the keys."""
+    wide, counts = parts
+    keys = gold.group_keys()
+    out = wide[keys].copy()
+    for name, m in gold.measures.items():
+        if m.how == "count":
+            out[name] = (wide["__n"] if m.column is None else wide[name]).astype("int64")
+        elif m.how == "sum":
+            out[name] = wide[f"{name}__s"]
+        elif m.how in ("min", "max"):
+            out[name] = wide[name]
+        elif m.how == "count_where":
+            out[name] = wide[f"{name}__s"].astype("int64")
+        elif m.how in ("mean", "rate"):
+            n = wide[f"{name}__n"].astype("float64")
+            out[name] = wide[f"{name}__s"].astype("float64") / n.where(n > 0)
+        elif m.how == "quantile":
+            qs = _quantile(counts[name], keys, m.q)
+            merged = out[keys].merge(qs, on=keys, how="left") if keys else qs
+            out[name] = merged["__q"].astype("float64").to_numpy() if len(merged) else np.nan
+    return out.sort_values(keys).reset_index(drop=True) if keys else out
+
+
+def gold_frame(curated, gold: Any) -> pd.DataFrame:
+    """A declared gold table from a pandas or dask frame of the curated table. On dask,
+    each partition is reduced to partials on the workers; only the partials travel."""
+    if is_dask(curated):
+        import dask
+
+        parts = dask.compute(*[dask.delayed(partials)(p, gold) for p in curated.to_delayed()])
+        return finish(combine(list(parts), gold), gold)
+    return finish(combine([partials(curated, gold)], gold), gold)
+
+
+def gold_schema(gold: Any, types: Mapping[str, str]) -> pa.Schema:
+    """The Arrow schema of a declared gold table: keys typed as in the curated table
+    (a time bin of a date stays a date), counts int64, means, rates and quantiles float64."""
+    fields = []
+    for k in gold.group_keys():
+        if gold.time_bin is not None and k == gold.time_bin.output:
+            src = types.get(gold.time_bin.column)
+            fields.append((k, pa.date32() if src == "date" and gold.time_bin.every != "hour"
+                           else pa.timestamp("us", tz="UTC") if src == "timestamp"
+                           else pa.timestamp("us")))  # fmt: skip
+        else:
+            fields.append((k, ARROW.get(types.get(k, "string"), pa.string())))
+    for name, m in gold.measures.items():
+        if m.how in ("count", "count_where"):
+            fields.append((name, pa.int64()))
+        elif m.how == "sum":
+            t = types.get(m.column)
+            fields.append((name, pa.float64() if t == "float64" else pa.int64()))
+        elif m.how in ("min", "max"):
+            fields.append((name, ARROW.get(types.get(m.column, "float64"), pa.float64())))
+        else:
+            fields.append((name, pa.float64()))
+    return pa.schema(fields)
+
+
+def gold_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    cols = {}
+    for f in schema:
+        s = frame[f.name]
+        if pa.types.is_date32(f.type):
+            cols[f.name] = pa.array(pd.to_datetime(s).dt.date, type=f.type)
+        else:
+            cols[f.name] = pa.array(s, type=f.type, from_pandas=True)
+    return pa.table(cols, schema=schema)

@@ -1,0 +1,605 @@
+"""The generic pipeline flow: any declared pipeline, end to end, on the Dask cluster.
+
+A declaration (riverlake/pipelines/pipelines.yaml, or your own) says what to read and
+what to build; this flow does it with the same guarantees for every pipeline:
+
+1. Reach every source before anything is written (one line on failure).
+2. Ingest the sources that load tables (dimensions), each with its cursor in the same
+   commit as its rows.
+3. Land the new or changed files of the landing source under
+   ``landing/<table>/year=/month=/`` (their manifest is committed later, with the data).
+4. Rebuild every (year, month) those files touched, from all the landed files of the
+   month, one task per month on the workers: type (quarantining what does not parse),
+   deduplicate on the natural key (last landed wins), run the declared steps (joins,
+   the user's functions), check the contract (quarantining what fails, with the check).
+5. Commit quarantine, quality report and curated partitions (the curated commit last,
+   carrying the batch id and the landing manifest): ``rows_in = loaded + quarantined +
+   merged`` is enforced before anything is committed.
+6. Recompute the gold tables' touched partitions, each write skipped when the table's
+   log shows it already holds the batch.
+
+The batch id is a hash of the landed files it read, so a run with nothing new is
+recognised from the lake's log and does no work, and a run that died before its commit
+writes its batch exactly once when re-run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from functools import cache
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from prefect import Flow, flow, get_run_logger, task
+from prefect.tasks import exponential_backoff
+from prefect_dask import get_dask_client
+
+from riverlake import lake, pipelines
+from riverlake.analytics import declared
+from riverlake.analytics.contracts import quality_report, split
+from riverlake.flows.runner import export_storage_credentials, pipeline_task_runner, verify_cluster
+from riverlake.pipelines.model import Function, Join, Pipeline, import_path, quarantine_table
+from riverlake.settings import get_settings
+from riverlake.sources.ingest import ingest, reach_sources
+
+#: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
+BACKOFF = exponential_backoff(backoff_factor=2)
+
+#: Rows that failed typing or the contract, with the check and the original record.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("year", pa.int32()),
+        ("month", pa.int32()),
+        ("source_file", pa.string()),
+        ("failed_check", pa.string()),
+        ("record", pa.string()),
+    ]
+)
+QUARANTINE_PARTITION_BY = ["year", "month"]
+
+#: One row per (batch, month, check): rows checked, passed and failed.
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("table", pa.string()),
+        ("year", pa.int32()),
+        ("month", pa.int32()),
+        ("check", pa.string()),
+        ("rows_checked", pa.int64()),
+        ("rows_passed", pa.int64()),
+        ("rows_failed", pa.int64()),
+    ]
+)
+
+
+def cluster_map(fn, items):
+    """Map ``fn`` over ``items`` on the Dask cluster, from a task on a worker or the flow."""
+    from distributed import worker_client
+
+    try:
+        with worker_client() as client:  # on a worker: secede while the units run
+            return client.gather(client.map(fn, list(items), pure=False))
+    except ValueError:  # not on a worker
+        with get_dask_client() as client:
+            return client.gather(client.map(fn, list(items), pure=False))
+
+
+def _declaration(name: str) -> Pipeline:
+    return pipelines.pipeline(name, get_settings())
+
+
+@cache
+def _functions(paths: tuple[str, ...]) -> dict[str, Any]:
+    return {p: import_path(p) for p in paths}
+
+
+def curated_types(p: Pipeline) -> dict[str, str]:
+    """The curated table's columns and types (joins' columns take the joined table's)."""
+    types = p.curated_types()
+    unknown = [c for c, t in types.items() if t == "?"]
+    if unknown:
+        settings = get_settings()
+        for step in p.curated.steps:
+            if isinstance(step, Join):
+                schema = lake.table(step.join, settings).schema
+                for src, new in step.renames().items():
+                    if types.get(new) == "?":
+                        types[new] = _declared_type(schema.field(src).type)
+    return types
+
+
+def _declared_type(t: pa.DataType) -> str:
+    for name, arrow in declared.ARROW.items():
+        if t == arrow:
+            return name
+    if pa.types.is_integer(t):
+        return "int64"
+    if pa.types.is_floating(t):
+        return "float64"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    return "string"
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(name="check-sources", persist_result=False)
+def check_sources(name: str) -> dict[str, int]:
+    """Check the cluster's versions and reach every source before anything is written: a
+    mismatched cluster, an unreachable source or refused credentials fail the run here,
+    with one line."""
+    verify_cluster()
+    settings = get_settings()
+    return reach_sources(pipelines.pipeline_sources(name, settings), settings)
+
+
+@task(name="ingest-source", persist_result=False, task_run_name="ingest-{source}")
+def ingest_source(name: str, source: str) -> dict[str, Any]:
+    """Ingest one source into its table, its cursor advancing in the same commit."""
+    settings = get_settings()
+    res = ingest(pipelines.source(name, source, settings), settings, mapper=cluster_map)
+    get_run_logger().info("%s: %s", source, res.summary())
+    return res.summary()
+
+
+@task(name="land-files", persist_result=False, task_run_name="land-{source}")
+def land_files(name: str, source: str) -> dict[str, Any]:
+    """Ingest the new or changed files into landing; their manifest is returned, to be
+    committed with the curated table the landed files become."""
+    settings = get_settings()
+    res = ingest(pipelines.source(name, source, settings), settings, mapper=cluster_map,
+                 commit_state=False)  # fmt: skip
+    months = sorted({tuple(int(x) for x in m.split("-")) for ms in res.info.values() for m in ms})
+    get_run_logger().info("%s: %s", source, res.summary())
+    return {"months": months, "state": res.state or {"files": {}}, **res.summary()}
+
+
+def month_files(table: str, year: int, month: int) -> dict[str, int]:
+    """Landed files of one month: path -> size."""
+    settings = get_settings()
+    fs = lake.filesystem(settings)
+    root = lake.strip_scheme(lake.landing_uri(table, settings))
+    pattern = f"{root}/year={year}/month={month:02d}/*.csv"
+    return {p: int(info["size"]) for p, info in fs.glob(pattern, detail=True).items()}
+
+
+def landed_batch_id(files: dict[str, int]) -> str:
+    """A batch is named by the landed files it reads: same files, same batch."""
+    h = hashlib.sha256()
+    for path, size in sorted(files.items()):
+        h.update(f"{path}\0{size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _quarantine_rows(bad: pd.DataFrame, source: str, year: int, month: int) -> pd.DataFrame:
+    records = bad.drop(columns=["failed_check"]).astype("string")
+    return pd.DataFrame(
+        {
+            "year": pd.array([year] * len(bad), dtype="int32"),
+            "month": pd.array([month] * len(bad), dtype="int32"),
+            "source_file": pd.array([source] * len(bad), dtype="string"),
+            "failed_check": bad["failed_check"].astype("string").to_numpy(),
+            "record": [
+                json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str)
+                for r in records.to_dict("records")
+            ],
+        }
+    )
+
+
+def _join_tables(p: Pipeline) -> dict[str, pd.DataFrame]:
+    """The tables the steps join with (small: read whole, once per task)."""
+    settings = get_settings()
+    out = {}
+    for step in p.curated.steps:
+        if isinstance(step, Join) and step.join not in out:
+            table = lake.table(step.join, settings)
+            if table is None:
+                raise RuntimeError(f"pipeline {p.name}: table {step.join!r} to join with is "
+                                   "missing (its source never loaded)")  # fmt: skip
+            out[step.join] = declared.to_frame(table.to_arrow())
+    return out
+
+
+def curate(p: Pipeline, typed: pa.Table, types: dict[str, str]) -> tuple[pd.DataFrame, int]:
+    """Typed landed rows (in landing order) -> deduplicated, transformed curated rows."""
+    c = p.curated
+    df = declared.to_frame(typed)
+    if c.event_time is not None:
+        df[c.event_time.column] = declared.localize(df[c.event_time.column], c.event_time.time_zone)
+        df = declared.add_time_parts(df, c.event_time.column, c.event_time.time_zone,
+                                     c.partition_by)  # fmt: skip
+    df, merged = declared.dedupe_last(df, [k for k in c.key if k in df.columns])
+    functions = _functions(tuple(s.function for s in c.steps if isinstance(s, Function)))
+    df = declared.apply_steps(df.reset_index(drop=True), c.steps, _join_tables(p), functions)
+    return declared.conform(df, types), merged
+
+
+@task(name="transform-month", persist_result=False, retries=2, retry_delay_seconds=BACKOFF,
+      task_run_name="transform-{year}-{month:02d}")  # fmt: skip
+def transform_month(name: str, year: int, month: int, files: list[str]) -> dict[str, Any]:
+    """Read a month of landed CSVs; type, dedupe, run the steps; check the contract; write.
+
+    Runs on a Dask worker. Good rows are written as the curated table's Parquet files
+    (invisible until the commit task); rows that fail a check come back as quarantine
+    records, with the check's name.
+    """
+    p = _declaration(name)
+    c = p.curated
+    settings = get_settings()
+    raw_types = dict(p.landing_source()["schema"])
+    fs = lake.filesystem(settings)
+    blobs = fs.cat(files) if files else {}
+    typed, quarantined, rows_in = [], [], 0
+    for path in sorted(blobs):
+        try:
+            table = declared.read_csv_typed(blobs[path], raw_types)
+            bad = pd.DataFrame()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+            table, bad = declared.type_text(declared.read_csv_text(blobs[path]), raw_types)
+        rows_in += table.num_rows + len(bad)
+        typed.append(table)
+        if len(bad):
+            quarantined.append(_quarantine_rows(bad, path, year, month))
+    empty = {"adds": [], "rows_in": rows_in, "merged": 0, "failures": {}, "checked": 0,
+             "rows_loaded": 0}  # fmt: skip
+    if not typed:
+        return {**empty, "quarantine": None}
+    types = curated_types(p)
+    rows, merged = curate(p, pa.concat_tables(typed), types)
+    schema = declared.contract(c.contract, types, c.key, c.table)
+    checked = split(rows, schema)
+    if len(checked.bad):
+        quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
+    adds = lake.write_fragments(
+        declared.to_table(checked.good, types), lake.table_uri(c.table, settings),
+        c.partition_by, settings,
+    )  # fmt: skip
+    return {
+        "adds": adds,
+        "rows_in": rows_in,
+        "merged": merged,
+        "rows_loaded": len(checked.good),
+        "quarantine": pd.concat(quarantined, ignore_index=True) if quarantined else None,
+        "failures": checked.failures,
+        "checked": len(rows),
+    }
+
+
+@task(name="commit-curated", persist_result=False)
+def commit_curated(
+    name: str,
+    results: list[dict[str, Any]],
+    months: list[tuple[int, int]],
+    batch: str,
+    landing_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Quarantine and quality report first, then the curated table (all idempotent).
+
+    Each commit is atomic; the curated commit carries the batch id and the landing
+    manifest and comes last, so a run that dies in between is re-run whole, and the
+    earlier commits then replace (quarantine) or skip (quality report) what they wrote.
+    """
+    p = _declaration(name)
+    c = p.curated
+    settings = get_settings()
+    types = curated_types(p)
+    rows_in = sum(r["rows_in"] for r in results)
+    loaded = sum(r["rows_loaded"] for r in results)
+    merged = sum(r["merged"] for r in results)
+    q = [r["quarantine"] for r in results if r["quarantine"] is not None]
+    quarantine = pd.concat(q, ignore_index=True) if q else None
+    n_quarantined = 0 if quarantine is None else len(quarantine)
+    if rows_in != loaded + n_quarantined + merged:
+        raise RuntimeError(
+            f"pipeline {name}: row accounting broken: {rows_in} in != {loaded} loaded + "
+            f"{n_quarantined} quarantined + {merged} merged"
+        )
+    # Quarantine partitions of the touched months are replaced, like the curated ones.
+    uri = lake.table_uri(quarantine_table(c.table), settings)
+    adds = []
+    if quarantine is not None:
+        table = pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False)
+        adds = lake.write_fragments(table, uri, QUARANTINE_PARTITION_BY, settings)
+    lake.commit(
+        uri, adds, QUARANTINE_SCHEMA, partition_by=QUARANTINE_PARTITION_BY,
+        mode="overwrite_partitions", batch=lake.Batch(f"quarantine:{batch}"),
+        replace_partitions=[{"year": y, "month": m} for y, m in months], settings=settings,
+    )  # fmt: skip
+    schema = declared.contract(c.contract, types, c.key, c.table)
+    report = []
+    for (y, m), r in zip(months, results, strict=True):
+        rep = quality_report(r["checked"], r["failures"], schema)
+        report.append(rep.assign(table=c.table, year=y, month=m, batch=batch))
+    report = pd.concat(report, ignore_index=True)[QUALITY_SCHEMA.names]
+    lake.write_table(lake.QUALITY_REPORT, report, schema=QUALITY_SCHEMA,
+                     app_id=f"quality:{batch}", settings=settings)  # fmt: skip
+    source = p.landing_source()["name"]
+    curated = lake.commit(
+        lake.table_uri(c.table, settings), [a for r in results for a in r["adds"]],
+        declared.arrow_schema(types), partition_by=c.partition_by, mode="overwrite_partitions",
+        batch=lake.Batch(f"{c.table}:{batch}",
+                         state={source: landing_state} if landing_state is not None else None),
+        settings=settings,
+    )  # fmt: skip
+    return {
+        "rows_in": rows_in,
+        "rows_loaded": loaded,
+        "rows_quarantined": n_quarantined,
+        "rows_merged": merged,
+        "curated_version": curated.version,
+        "curated_skipped": curated.skipped,
+        "quarantine_checks": {}
+        if quarantine is None
+        else quarantine["failed_check"].value_counts().to_dict(),
+        "quality": report.groupby("check", sort=False)[["rows_checked", "rows_passed",
+                                                        "rows_failed"]].sum().reset_index()
+        .to_dict("records"),
+    }  # fmt: skip
+
+
+def _gold_filters(months: list[tuple[int, int]], partition_by: list[str]) -> list | None:
+    years = sorted({y for y, _ in months})
+    if not partition_by:
+        return None  # the whole table
+    if partition_by[:2] == ["year", "month"]:
+        return [("year", "in", years), ("month", "in", sorted({m for _, m in months}))]
+    return [("year", "in", years)]
+
+
+def _touched(frame: pd.DataFrame, months: list[tuple[int, int]], partition_by: list[str]):
+    if partition_by[:2] != ["year", "month"] or frame.empty:
+        return frame
+    touched = set(months)
+    keep = [(y, m) in touched for y, m in zip(frame["year"], frame["month"], strict=True)]
+    return frame[keep]
+
+
+@task(name="build-gold", persist_result=False)
+def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str, Any]:
+    """Recompute the gold partitions whose inputs changed: a table partitioned by year
+    and month, the touched months; by year, the touched years; unpartitioned, all of it.
+    Tables that already hold the batch (their logs say so) are not recomputed."""
+    p = _declaration(name)
+    c = p.curated
+    settings = get_settings()
+    curated = lake.table(c.table, settings)
+    if not p.gold or curated is None or curated.rows() == 0:  # only quarantine so far
+        return {}
+    todo = [g for g in p.gold if not lake.committed(g.table, f"{g.table}:{batch}", settings)]
+    if not todo:
+        get_run_logger().info("gold tables already hold batch %s: nothing to rebuild", batch)
+        return {g.table: 0 for g in p.gold}
+    types = curated_types(p)
+    need: set[str] = set()
+    for g in todo:
+        if g.function is not None:
+            need |= set(types)
+            break
+        need |= set(g.group_keys()) - ({g.time_bin.output} if g.time_bin else set())
+        need |= {g.time_bin.column} if g.time_bin else set()
+        for m in g.measures.values():
+            need |= {x for x in (m.column, m.of) if x}
+            for cond in (m.rate, m.count_where):
+                if cond:
+                    need.add(declared.parse_condition(cond)[0])
+    need |= set(c.partition_by)
+    scopes = [p.gold_partition_by(g) for g in todo]
+    widest = min(scopes, key=len)  # the fewest partition columns: the most rows to read
+    years = sorted({y for y, _ in months})
+    writes = {}
+    with get_dask_client():
+        frame = lake.read_table(c.table, columns=[x for x in types if x in need],
+                                filters=_gold_filters(months, widest),
+                                settings=settings).persist()  # fmt: skip
+        for g, part in zip(todo, scopes, strict=True):
+            scoped = frame  # each table from the rows of its touched partitions only
+            if part and len(widest) < 1:
+                scoped = scoped[scoped["year"].isin(years)]
+            if len(part) >= 2 and len(widest) < 2:
+                scoped = scoped[scoped["month"].isin(sorted({m for _, m in months}))]
+            if g.function is not None:
+                out = import_path(g.function)(scoped)
+                schema = None
+            else:
+                out = declared.gold_frame(scoped, g)
+                schema = declared.gold_schema(g, types)
+            writes[g.table] = (_touched(out, months, part), part, schema)
+
+    def write(table: str) -> int:
+        frame, partition_by, schema = writes[table]
+        data = declared.gold_table(frame, schema) if schema is not None else frame
+        return lake.write_table(
+            table, data, partition_by=partition_by,
+            mode="overwrite_partitions" if partition_by else "overwrite",
+            app_id=f"{table}:{batch}", schema=schema, settings=settings,
+        ).rows  # fmt: skip
+
+    # Independent tables: their S3 round trips overlap. Each thread runs in a copy of this
+    # task's context, so the lake's log lines reach the task run in Prefect.
+    contexts = [contextvars.copy_context() for _ in writes]
+    with ThreadPoolExecutor(max_workers=max(1, len(writes))) as pool:
+        rows = pool.map(lambda ctx, t: ctx.run(write, t), contexts, writes)
+        out = dict(zip(writes, rows, strict=True))
+    return {g.table: out.get(g.table, 0) for g in p.gold}
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def _months(start: date, end: date) -> list[tuple[int, int]]:
+    days = (start + timedelta(days=i) for i in range((end - start).days + 1))
+    return sorted({(d.year, d.month) for d in days})
+
+
+def _as_date(value: date | str | None) -> date | None:
+    return value if value is None or isinstance(value, date) else date.fromisoformat(value)
+
+
+def _report_artifacts(name: str, summary: dict[str, Any]) -> None:
+    """The run's quality report (a table) and its accounting (markdown) in Prefect."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = name.replace("_", "-")
+    if summary.get("quality"):
+        create_table_artifact(
+            key=f"{key}-quality", table=summary["quality"],
+            description=f"{name}: rows checked, passed and failed per contract check",
+        )  # fmt: skip
+    lines = [
+        f"# {name}: batch `{summary.get('batch')}`",
+        "",
+        "| table | in | loaded | quarantined | merged |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    land = summary.get("landing") or {}
+    if land:
+        lines.append(f"| {land['source']} (landed) | {land['rows_in']} | {land['rows_loaded']} "
+                     f"| {land['rows_quarantined']} | 0 |")  # fmt: skip
+    for src, s in summary.get("sources", {}).items():
+        lines.append(f"| {src} | {s['rows_in']} | {s['rows_loaded']} | {s['rows_quarantined']} "
+                     f"| {s['rows_in'] - s['rows_loaded'] - s['rows_quarantined']} |")  # fmt: skip
+    if summary.get("curated_table"):
+        lines.append(f"| {summary['curated_table']} | {summary['rows_in']} | "
+                     f"{summary['rows_loaded']} | {summary['rows_quarantined']} | "
+                     f"{summary['rows_merged']} |")  # fmt: skip
+    for table, n in summary.get("gold_rows", {}).items():
+        lines.append(f"| {table} (gold) | | {n} | | |")
+    checks = summary.get("quarantine_checks") or {}
+    if checks:
+        lines += ["", "Quarantined by check: " + ", ".join(f"`{k}` {v}" for k, v in checks.items())]
+    if summary.get("dashboard"):
+        lines += ["", f"Dask dashboard: {summary['dashboard']}"]
+    create_markdown_artifact(key=f"{key}-accounting", markdown="\n".join(lines),
+                             description=f"{name}: the run's accounting")  # fmt: skip
+
+
+def _dashboard_link() -> str | None:
+    try:
+        with get_dask_client() as client:
+            return client.dashboard_link
+    except Exception:
+        return None
+
+
+def run_pipeline(name: str, start: date | str | None = None,
+                 end: date | str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run declared pipeline ``name``: its sources, its curated table, its gold tables."""
+    logger = get_run_logger()
+    export_storage_credentials()
+    start, end = _as_date(start), _as_date(end)
+    if start is not None and end is not None and end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    settings = get_settings()
+    lake.check_store(settings)
+    p = pipelines.pipeline(name, settings)
+    check_sources.submit(name).result()  # before anything is written
+    landing = p.landing_source()
+    table_sources = [s["name"] for s in p.sources if s is not landing]
+    futures = [ingest_source.submit(name, s) for s in table_sources]
+    dims = {}
+    summary: dict[str, Any] = {"pipeline": name, "batch": None}
+    if landing is not None:
+        drops = land_files.submit(name, landing["name"]).result()
+        dims = {d["source"]: d for d in (f.result() for f in futures)}  # steps join them
+    else:
+        dims = {d["source"]: d for d in (f.result() for f in futures)}
+    del futures  # held futures would be recomputed when the worker holding them dies
+    summary["sources"] = {k: {f: v[f] for f in ("rows_in", "rows_loaded", "rows_quarantined")}
+                          for k, v in dims.items()}  # fmt: skip
+    if landing is None:
+        logger.info("%s run: %s", name, summary)
+        _report_artifacts(name, summary)
+        return summary
+    table = p.curated.table
+    window = _months(start, end) if start is not None and end is not None else []
+    months = sorted({*map(tuple, drops["months"]), *window})
+    files = {ym: month_files(table, *ym) for ym in months}
+    landed = {path: s for f in files.values() for path, s in f.items()}
+    # The batch: the landed files it reads and the landing manifest it commits.
+    landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
+    batch = landed_batch_id(landed)
+    skipped = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
+               "curated_skipped": True, "curated_version": None}  # fmt: skip
+    if drops["units"] == 0 and not any(files.values()):
+        # Nothing new arrived and nothing landed for the window: no table to touch.
+        logger.info("%s: nothing new and nothing landed for %s: nothing to do", name, months)
+        counts, gold = skipped, {}
+    elif lake.committed(table, f"{table}:{batch}", settings):
+        logger.info("batch %s is already committed; nothing to transform", batch)
+        counts, gold = skipped, build_gold.submit(name, months, batch).result()
+    else:
+        futures = [transform_month.submit(name, y, m, sorted(files[(y, m)])) for y, m in months]
+        counts = commit_curated(name, [f.result() for f in futures], months, batch,
+                                drops["state"])  # fmt: skip
+        gold = build_gold.submit(name, months, batch).result()
+    summary.update(
+        batch=batch,
+        curated_table=table,
+        months=[f"{y}-{m:02d}" for y, m in months],
+        **counts,
+        landing={"source": landing["name"],
+                 **{k: drops[k] for k in ("units", "rows_in", "rows_loaded", "rows_quarantined")}},
+        gold_rows=gold,
+        dashboard=_dashboard_link(),
+    )  # fmt: skip
+    summary["drops"] = summary["landing"]  # the name earlier summaries used
+    logger.info("%s run: %s", name, {k: v for k, v in summary.items() if k != "quality"})
+    _report_artifacts(name, summary)
+    return summary
+
+
+def run_name_of(name: str):
+    """A run is named after its pipeline and window: ``flights 2013-02-05``,
+    ``flights 2013-01-01..2013-12-31``, or ``flights new data`` without a window."""
+
+    def run_name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        start, end = params.get("start"), params.get("end")
+        if start is None or end is None:
+            return f"{name} new data"
+        start, end = str(start), str(end)
+        return f"{name} {start}" if start == end else f"{name} {start}..{end}"
+
+    return run_name
+
+
+@cache
+def declared_flow(name: str) -> Flow:
+    """The Prefect flow of declared pipeline ``name``: the generic flow under the
+    pipeline's name, its task runner sized by the declaration, its retries declared."""
+    p = pipelines.pipeline(name, get_settings())
+
+    def body(start: date | None = None, end: date | None = None) -> dict[str, Any]:
+        return run_pipeline(name, start, end)
+
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = p.description or f"The declared pipeline {name}."
+    return flow(
+        name=name,
+        flow_run_name=run_name_of(name),
+        task_runner=pipeline_task_runner(name),  # the edge of a deployment's run
+        log_prints=True,
+        retries=p.retries,
+        retry_delay_seconds=30,
+        persist_result=True,  # the run summary, on the lake (see flows.runner)
+    )(body)
+
+
+def __getattr__(attr: str) -> Flow:
+    """``riverlake.flows.pipeline:<name>``: a deployment's entrypoint for any declared
+    pipeline (Prefect imports the module and takes the attribute)."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    try:
+        return declared_flow(attr)
+    except Exception as e:
+        raise AttributeError(f"no declared pipeline {attr!r}: {e}") from None
