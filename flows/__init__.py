@@ -31,3 +31,44 @@ def get_pipeline(name: str, settings=None):
         return declared_flow(name)
     except RiverlakeError:
         raise
+
+
+def entrypoint_file(name: str, settings=None) -> str:
+    """The entrypoint as a file of the checkout (``flows/pipeline.py:flights``), as a
+    deployment's working directory holds it; a flow outside riverlake.flows keeps its
+    module path."""
+    module, attr = entrypoint(name, settings).split(":")
+    if not module.startswith("riverlake.flows."):
+        return f"{module}:{attr}"
+    return f"{module.removeprefix('riverlake.').replace('.', '/')}.py:{attr}"
+
+
+def deployments(targets: dict, settings=None, only: list[str] | None = None) -> list[dict]:
+    """One Prefect deployment per declared pipeline and target (pure): the declaration
+    gives the entrypoint, description, schedule, concurrency and parameters; ``targets``
+    (prefect.yaml's ``targets``) the work pool, job variables and pull steps."""
+    from riverlake import pipelines
+
+    out = []
+    for p in pipelines.pipelines(settings).values():
+        schedules = []
+        if p.schedule is not None:
+            s = p.schedule
+            when = {"cron": s.cron, "timezone": s.timezone} if s.cron else {"interval": s.interval}
+            schedules = [{**when, "active": True}]
+        for target, spec in targets.items():
+            if only is not None and target not in only:
+                continue
+            d = {
+                "name": f"{p.name}-{target}",
+                "entrypoint": entrypoint_file(p.name, settings),
+                "description": p.description or f"the declared pipeline {p.name}",
+                "tags": ["riverlake", p.name],
+                "parameters": dict(p.parameters),
+                # One run of a pipeline at a time; later ones wait or are dropped.
+                "concurrency_limit": {"limit": 1, "collision_strategy": p.concurrency.upper()},
+                "schedules": schedules,
+                **spec,
+            }
+            out.append(d)
+    return out

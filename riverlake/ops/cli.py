@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
 from riverlake import __version__, runs
 from riverlake.errors import RiverlakeError
@@ -154,25 +156,30 @@ def status(
 def pipelines(
     as_json: Annotated[bool, typer.Option("--json", help="The declarations as JSON.")] = False,
 ) -> None:
-    """List the declared pipelines: worker profile, freshness, sources and tables."""
+    """List the declared pipelines: schedule, worker profile, freshness, sources, the
+    curated table and the gold tables."""
     from riverlake import pipelines as declared
 
     settings = _settings()
-    rows = [
-        {
+    rows = []
+    for p in declared.pipelines(settings).values():
+        when = p.schedule
+        rows.append({
             "name": p.name,
+            "schedule": "" if when is None else when.cron or f"every {when.interval}s",
             "profile": p.profile or settings.worker_profile,
             "freshness": str(p.freshness),
             "sources": ",".join(s["name"] for s in p.sources),
+            "curated": p.curated.table if p.curated else "",
+            "gold": ",".join(g.table for g in p.gold),
             "tables": ",".join(sorted(p.tables())),
-        }
-        for p in declared.pipelines(settings).values()
-    ]
+        })  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    _print_rows(rows, ["name", "profile", "freshness", "sources", "tables"])
-    _say(f"declared in {declared.declarations_file(settings)}")
+    _print_rows(rows, ["name", "schedule", "profile", "freshness", "sources", "curated", "gold"])
+    files = ", ".join(str(f) for f in declared.declaration_files(settings))
+    _say(f"declared in {files}")
 
 
 @app.command()
@@ -207,6 +214,7 @@ def run(
     from riverlake.ops import stack
 
     settings = _settings()
+    pipelines.pipeline(pipeline, settings)  # a bad declaration: one line, nothing started
     profile = validate_profile(cluster or settings.cluster)
     params: dict[str, object] = {}
     for label, value in (("start", start), ("end", end)):
@@ -383,7 +391,8 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
 def deploy(
     worker: Annotated[bool, typer.Option(help="Start the local process worker.")] = True,
 ) -> None:
-    """Register the local deployments of prefect.yaml and start the worker that runs them."""
+    """Register a deployment of every declared pipeline (its schedule from the declaration,
+    its work pool from prefect.yaml) and start the worker that runs them."""
     from riverlake.ops import stack
 
     settings = _settings()
@@ -403,18 +412,33 @@ def deploy(
                               text=True)  # fmt: skip
         if pool.returncode != 0:
             _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
-    from riverlake.flows import PIPELINES
+    from riverlake.flows import deployments
 
-    names = [arg for p in PIPELINES for arg in ("--name", f"{p}-local")]
-    with screen.step(f"registering the deployments of {root / 'prefect.yaml'}"):
-        res = subprocess.run(
-            [prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
-             *names], env=env, cwd=root, capture_output=True, text=True,
-        )  # fmt: skip
-        if res.returncode != 0:
-            _fail(f"prefect deploy failed: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
-    for p in PIPELINES:
-        _say(f"deployed {p}/{p}-local to work pool {stack.WORK_POOL}")
+    doc = yaml.safe_load((root / "prefect.yaml").read_text())
+    local = doc["targets"]["local"]
+    if settings.pipelines_dir is not None:  # the worker reads the user's declarations too
+        folder = str(Path(settings.pipelines_dir).resolve())
+        jobs = local["work_pool"].setdefault("job_variables", {})
+        jobs.setdefault("env", {})["RIVERLAKE_PIPELINES_DIR"] = folder
+    rendered = deployments({"local": local}, settings)
+    spec = {k: v for k, v in doc.items() if k != "targets"} | {"deployments": rendered}
+    with tempfile.TemporaryDirectory() as tmp:
+        prefect_file = Path(tmp) / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        names = [arg for d in rendered for arg in ("--name", d["name"])]
+        with screen.step(f"registering {len(rendered)} deployments of the declared pipelines"):
+            res = subprocess.run(
+                [prefect, "--no-prompt", "deploy", "--prefect-file", str(prefect_file), *names],
+                env=env, cwd=root, capture_output=True, text=True,
+            )  # fmt: skip
+            if res.returncode != 0:
+                last = (res.stderr or res.stdout).strip().splitlines()[-1]
+                _fail(f"prefect deploy failed: {last}")
+    for d in rendered:
+        when = d["schedules"][0] if d["schedules"] else {}
+        every = when.get("cron") or (f"every {when['interval']}s" if when else "no schedule")
+        _say(f"deployed {d['name'].rsplit('-', 1)[0]}/{d['name']} to work pool "
+             f"{stack.WORK_POOL} ({every})")  # fmt: skip
     if worker:
         with screen.step("starting the worker", quiet=True):
             started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})

@@ -53,7 +53,11 @@ def declaration_files(settings: Settings | None = None) -> list[Path]:
 
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
+    loc = list(err["loc"])
+    # a step's union tag (steps.0.join.keys) is not a field: steps.0.keys
+    loc = [p for i, p in enumerate(loc)
+           if not (i >= 2 and loc[i - 2] == "steps" and p in ("join", "function"))]  # fmt: skip
+    where = ".".join(str(p) for p in loc)
     msg = err["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if where else msg
 

@@ -439,7 +439,10 @@ class Pipeline(_Model):
                 if cond is not None:
                     from riverlake.analytics.declared import parse_condition
 
-                    col_c = parse_condition(cond)[0]
+                    try:
+                        col_c = parse_condition(cond)[0]
+                    except ValueError as e:
+                        raise ValueError(f"{where}.measures.{name}: {e}") from None
                     if col_c not in types:
                         raise ValueError(f"{where}.measures.{name}: {col_c!r} is not a column")
             if m.of is not None and m.of not in types:

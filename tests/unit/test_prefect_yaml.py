@@ -1,28 +1,29 @@
-"""prefect.yaml as data: both deployments of every pipeline, with schedule and limits."""
+"""Deployments as data: one per declared pipeline and target, rendered from the
+declarations (schedule, concurrency, parameters) and prefect.yaml (work pools)."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from riverlake.flows import PIPELINES
+from riverlake.flows import deployments, entrypoint_file
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def deployments() -> dict[str, dict]:
+def rendered() -> dict[str, dict]:
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    return {d["name"]: d for d in doc["deployments"]}
+    return {d["name"]: d for d in deployments(doc["targets"])}
 
 
-def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(deployments):
-    for pipeline, target in PIPELINES.items():
-        module, attr = target.split(":")
-        entry = f"{module.removeprefix('riverlake.').replace('.', '/')}.py:{attr}"
-        local, k8s = deployments[f"{pipeline}-local"], deployments[f"{pipeline}-kubernetes"]
-        assert local["entrypoint"] == k8s["entrypoint"] == entry
+def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(rendered):
+    from riverlake import pipelines
+
+    for pipeline in pipelines.pipelines():
+        local, k8s = rendered[f"{pipeline}-local"], rendered[f"{pipeline}-kubernetes"]
+        assert local["entrypoint"] == k8s["entrypoint"] == entrypoint_file(pipeline)
         assert local["work_pool"]["name"] == "riverlake-local"
         assert k8s["work_pool"]["name"] == "riverlake-kubernetes"
         assert k8s["work_pool"]["job_variables"]["env"]["RIVERLAKE_CLUSTER"] == "kubernetes"
@@ -31,18 +32,21 @@ def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(deployments):
             assert d["schedules"] == local["schedules"] and d["schedules"][0]["active"]
     # The batch pipeline runs daily and queues; the stream drains every minute and a run
     # that finds the previous one still draining is dropped, not queued.
-    assert deployments["flights-local"]["schedules"][0]["cron"] == "0 6 * * *"
-    assert deployments["flights-local"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
-    assert deployments["flight_events-local"]["schedules"][0]["interval"] == 60
-    events_limit = deployments["flight_events-local"]["concurrency_limit"]
+    assert rendered["flights-local"]["entrypoint"] == "flows/pipeline.py:flights"
+    assert rendered["flights-local"]["schedules"][0]["cron"] == "0 6 * * *"
+    assert rendered["flights-local"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
+    assert rendered["flight_events-local"]["entrypoint"] == "flows/events.py:flight_events_flow"
+    assert rendered["flight_events-local"]["schedules"][0]["interval"] == 60
+    assert rendered["flight_events-local"]["parameters"] == {"max_seconds": 55, "idle_s": 5}
+    events_limit = rendered["flight_events-local"]["concurrency_limit"]
     assert events_limit["collision_strategy"] == "CANCEL_NEW"
 
 
-def test_entrypoints_resolve_to_flows(deployments):
-    import importlib
+def test_entrypoints_resolve_to_flows_named_after_their_pipeline(rendered):
+    from prefect.flows import load_flow_from_entrypoint
 
-    for d in deployments.values():
+    for d in rendered.values():
         path, attr = d["entrypoint"].split(":")
-        module = "riverlake." + path.removesuffix(".py").replace("/", ".")
-        flow = getattr(importlib.import_module(module), attr)
+        flow = load_flow_from_entrypoint(f"{ROOT / path}:{attr}", use_placeholder_flow=False)
+        assert flow.name == d["name"].rsplit("-", 1)[0]
         assert flow.retries == 1 and flow.persist_result is True
