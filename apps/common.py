@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from riverlake import lake
 from riverlake.apps.formats import tabulator_formatters
-from riverlake.errors import LakeError
+from riverlake.errors import LakeError, RiverlakeError
 from riverlake.settings import get_settings
 
 #: How long a table's version, once read, is trusted by every session of the process
@@ -79,6 +79,17 @@ class TableWatcher:
         return moved
 
 
+def declarations() -> tuple[dict, str | None]:
+    """The declared pipelines (name -> Pipeline) and None; or nothing and the one-line
+    error of a declaration that does not load (an app says so instead of failing)."""
+    from riverlake import pipelines
+
+    try:
+        return pipelines.pipelines(get_settings()), None
+    except RiverlakeError as e:
+        return {}, str(e)
+
+
 def table_widget(frame: pd.DataFrame, **kwargs) -> pn.widgets.Tabulator:
     """A read-only table whose numbers are shown by what they mean (``formats.py``):
     years and ids as written, delays with one decimal, rates as percentages."""
@@ -87,8 +98,9 @@ def table_widget(frame: pd.DataFrame, **kwargs) -> pn.widgets.Tabulator:
     )
 
 
-NAV = [("flights_dashboard", "Flights"), ("big_data", "Every flight"),
-       ("table_explorer", "Tables"), ("pipeline_health", "Pipeline health")]  # fmt: skip
+NAV = [("flights_dashboard", "Flights"), ("gold_dashboard", "Dashboards"),
+       ("big_data", "Every flight"), ("table_explorer", "Tables"),
+       ("pipeline_health", "Pipeline health")]  # fmt: skip
 
 
 def page(title: str, body):

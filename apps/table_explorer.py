@@ -12,8 +12,7 @@ import param
 from bokeh.models import NumeralTickFormatter
 
 from riverlake import lake, pipelines
-from riverlake.analytics.flights import CURATED_TABLE
-from riverlake.apps.common import page, table_widget
+from riverlake.apps.common import declarations, page, table_widget
 from riverlake.apps.formats import axis_format, explorer_defaults
 from riverlake.errors import RiverlakeError
 from riverlake.settings import get_settings
@@ -35,6 +34,13 @@ def declared_keys(table: str) -> list[str]:
         if s.get("table") == table
         for k in [*(s.get("key") or []), *([s["id_field"]] if s.get("id_field") else [])]
     ]
+
+
+def default_table(names: list[str], declared: dict) -> str | None:
+    """The table shown first: the first declared curated table in the lake, else the
+    first table (pure)."""
+    curated = [p.curated.table for p in declared.values() if p.curated is not None]
+    return next((t for t in curated if t in names), names[0] if names else None)
 
 
 def _count(n: int, word: str) -> str:
@@ -60,7 +66,7 @@ class TableExplorer(pn.viewable.Viewer):
         names = [t["name"] for t in self.catalog]
         self.param.table.objects = names
         if names and self.table not in names:
-            self.table = CURATED_TABLE if CURATED_TABLE in names else names[0]
+            self.table = default_table(names, declarations()[0])
 
     def info(self) -> dict:
         return next((t for t in self.catalog if t["name"] == self.table), {})

@@ -83,7 +83,7 @@ def check_references(found: dict[str, Pipeline], where: dict[str, Path]) -> None
     table no pipeline writes."""
     owner: dict[str, str] = {}
     for p in found.values():
-        for t in p.tables():
+        for t in sorted(p.tables()):
             if t in owner and owner[t] != p.name:
                 raise RiverlakeError(f"pipeline {p.name!r} in {where[p.name]}: table {t!r} is "
                                      f"already written by pipeline {owner[t]!r}")  # fmt: skip
