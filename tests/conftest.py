@@ -97,7 +97,9 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
             os.environ[k] = v
 
 
-def riverlake_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
+def riverlake_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path | None = None
+):
     """Run the real `riverlake` command in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "riverlake.ops.cli", *args],
@@ -109,5 +111,5 @@ def riverlake_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 
             **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
             **(env or {}),
         },
-        cwd=ROOT,
+        cwd=cwd or ROOT,
     )

@@ -164,3 +164,26 @@ def test_notebook_runs_against_the_running_cluster(first_run, tmp_path):
             os.environ.pop("RIVERLAKE_CLUSTER", None)
     out = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
     assert f"{first_run['rows_in']} flights read on 1 workers" in out
+
+
+def test_prefect_shows_the_quality_report_and_the_accounting_as_artifacts(first_run):
+    """A table artifact with the run's quality report, a markdown one with its accounting
+    and the Dask dashboard link, both on the flow run."""
+    api = get_settings().prefect_api_url
+
+    def artifacts(key: str) -> list[dict]:
+        body = json.dumps({"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"})
+        req = urllib.request.Request(f"{api}/artifacts/filter", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+    quality = artifacts("flights-quality")[0]
+    rows = {r["check"]: r for r in json.loads(quality["data"])}
+    assert rows["origin:isin(['EWR', 'JFK', 'LGA'])"]["rows_checked"] == first_run["rows_in"]
+    assert sum(r["rows_failed"] for r in rows.values()) == 0
+    accounting = artifacts("flights-accounting")[0]
+    assert quality["flow_run_id"] == accounting["flow_run_id"]
+    md = accounting["data"]
+    assert f"| flights | {first_run['rows_in']} | {first_run['rows_loaded']} | 0 | 0 |" in md
+    assert "| carrier_origin_daily (gold) |" in md
+    assert f"Dask dashboard: {first_run['dashboard']}" in md and first_run["dashboard"]

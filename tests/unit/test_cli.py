@@ -30,8 +30,11 @@ def test_pipelines_json_is_the_declarations_alone_on_stdout():
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)  # nothing else on stdout
     assert [r["name"] for r in rows] == ["flights", "flight_events"]
-    assert rows[1] == {"name": "flight_events", "profile": "small", "freshness": "0:10:00",
-                       "sources": "flight_events", "tables": "flight_events"}  # fmt: skip
+    assert rows[1] == {"name": "flight_events", "schedule": "every 60s", "profile": "small",
+                       "freshness": "0:10:00", "sources": "flight_events", "curated": "",
+                       "gold": "", "tables": "flight_events"}  # fmt: skip
+    assert rows[0]["curated"] == "flights" and rows[0]["schedule"] == "0 6 * * *"
+    assert rows[0]["gold"].split(",")[:2] == ["carrier_origin_daily", "route_stats"]
     assert "declared in" not in res.stdout
 
 

@@ -19,7 +19,7 @@ def test_no_auth_on_the_local_stack(tmp_path):
     assert env == {}
     assert "--basic-auth" not in cmd and "--oauth-provider" not in cmd
     assert cmd[cmd.index("--index") + 1] == "flights_dashboard"
-    assert sum(a.endswith(".py") for a in cmd) == 4  # every app in one process
+    assert sum(a.endswith(".py") for a in cmd) == 5  # every app in one process (Dashboards too)
 
 
 def test_basic_auth_keeps_secrets_out_of_the_command_line(tmp_path):
