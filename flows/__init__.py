@@ -24,7 +24,10 @@ def get_pipeline(name: str, settings=None):
 
     p = pipelines.pipeline(name, settings)  # an unknown pipeline: one line
     if p.flow is not None:
-        return import_path(p.flow)
+        try:
+            return import_path(p.flow)
+        except ValueError as e:
+            raise RiverlakeError(f"pipeline {name!r}: flow: {e}") from None
     from riverlake.flows.pipeline import declared_flow
 
     try:

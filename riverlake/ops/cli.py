@@ -388,6 +388,82 @@ def _watch(pipeline: str, once, params: dict, interval: float, settings: Setting
 
 
 @app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="The pipeline's name (lower case, digits, _).")],
+    sample: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            help="A sample file of the data: csv, csv.gz, jsonl or parquet (its first "
+            "10,000 rows are read). The pipeline reads every such file of its folder.",
+        ),
+    ],
+    force: Annotated[bool, typer.Option(help="Overwrite the pipeline's file.")] = False,
+) -> None:
+    """Write a pipeline declaration inferred from a sample file, for you to edit.
+
+    Types, the key, the event time, a contract and a monthly gold table are proposed
+    from the sample; the file goes to the pipelines folder (RIVERLAKE_PIPELINES_DIR).
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from riverlake import pipelines as declared
+    from riverlake.pipelines import infer
+
+    settings = _settings()
+    try:
+        infer.check_name(name)
+        if settings.pipelines_dir is None:
+            _fail("RIVERLAKE_PIPELINES_DIR is not set: nowhere to write the pipeline")
+        target = Path(settings.pipelines_dir) / f"{name}.yaml"
+        if target.exists() and not force:
+            _fail(f"{target} exists (--force overwrites it)")
+        # Every other declaration: the name and the tables must be new.
+        found, where = {}, {}
+        for f in declared.declaration_files(settings):
+            if f.exists() and not (target.exists() and f.resolve() == target.resolve()):
+                try:
+                    doc = yaml.safe_load(f.read_text()) or {}
+                except yaml.YAMLError as exc:
+                    _fail(f"{f}: not YAML: {str(exc).splitlines()[0]}")
+                for n, p in declared.parse(doc, f).items():
+                    found[n], where[n] = p, f
+        if name in found:
+            _fail(f"pipeline {name!r} is already declared in {where[name]}")
+        if not sample.is_file():
+            _fail(f"--from {sample}: no such file")
+        fmt, ending = infer.format_of(sample.name)
+        try:
+            if fmt == "csv":
+                df = pd.read_csv(sample, dtype=str, keep_default_na=False, nrows=10_000)
+            elif fmt == "jsonl":
+                df = pd.read_json(sample, lines=True, nrows=10_000, dtype=False)
+            else:
+                pf = pq.ParquetFile(sample)
+                batch = next(pf.iter_batches(batch_size=10_000), None)
+                df = pa.Table.from_batches([batch]) if batch else pf.schema_arrow.empty_table()
+        except (OSError, ValueError) as exc:  # not what its name says: one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"--from {sample}: cannot be read as {fmt}: {type(exc).__name__}: {first}")
+        url = f"{sample.resolve().parent.as_posix()}/*.{ending}"
+        body = infer.propose(name, df, url, fmt)
+        new_one = declared.parse({name: body}, target)
+        declared.check_references({**found, **new_one}, {**where, name: target})
+        text = infer.render(name, body, sample.name, len(df))
+    except RiverlakeError as exc:
+        _fail(str(exc))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    typer.echo(str(target))
+    _say(f"pipeline {name}: proposed from {len(df)} rows of {sample}; edit {target}, then:")
+    _say("  riverlake pipelines")
+    _say(f"  riverlake run {name}")
+
+
+@app.command()
 def deploy(
     worker: Annotated[bool, typer.Option(help="Start the local process worker.")] = True,
 ) -> None:

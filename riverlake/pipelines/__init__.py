@@ -128,7 +128,8 @@ def pipeline(name: str, settings: Settings | None = None) -> Pipeline:
     if name not in found:
         places = ", ".join(str(f) for f in declaration_files(settings))
         raise RiverlakeError(
-            f"unknown pipeline {name!r}; declared ({places}): {', '.join(sorted(found))}"
+            f"unknown pipeline {name!r}; known pipelines: {', '.join(sorted(found))} "
+            f"(declared in {places})"
         )
     return found[name]
 

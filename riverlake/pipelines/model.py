@@ -338,8 +338,8 @@ class Pipeline(_Model):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.flow is not None:
-            import_path(self.flow)
+        if self.flow is not None and ":" not in self.flow:  # imported when run (it imports
+            raise ValueError(f"flow: {self.flow!r} is not package.module:flow")  # Prefect)
         if self.curated is not None:
             self._check_curated(self.curated)
         for i, g in enumerate(self.gold):

@@ -281,6 +281,73 @@ def test_table_explorer_first_chart_measures_by_a_text_column(served, page):
     assert page.errors == []
 
 
+#: The plotted points of the newest figure whose title starts with a prefix, one list per
+#: line (or bar group), read from the page's Bokeh document.
+PLOTTED = """prefix => {
+  let last = null;  // a redraw adds a figure; the document may still hold the old one
+  for (const doc of Bokeh.documents) for (const m of doc._all_models.values())
+    if (m.type === 'Figure' && m.title && m.title.text.startsWith(prefix)) last = m;
+  if (last === null) return null;
+  const sources = last.renderers.map(r => r.data_source).filter(s => s && s.data);
+  return sources.map(s => Object.fromEntries(
+    Object.entries(s.data).map(([k, v]) => [k, Array.from(v)])));
+}"""
+
+
+def plotted_points(page, prefix: str, want: int | None = None) -> list[tuple]:
+    """(x in ms, y) of every point drawn in the figure (but gaps), sorted; waits for
+    ``want`` points."""
+    points: list[tuple] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sources = page.evaluate(PLOTTED, prefix) or []
+        points = sorted((x, y) for d in sources
+                        for x, y in zip(d.get("flight_date", []), d.get("on_time_rate", []),
+                                        strict=True)
+                        if y is not None and y == y)  # fmt: skip
+        if points and (want is None or len(points) == want):
+            break
+        page.wait_for_timeout(250)
+    return points
+
+
+def test_dashboards_chart_a_declared_gold_table_and_follow_a_key_filter(served, page):
+    from riverlake import lake
+    from riverlake.settings import get_settings
+
+    open_app(page, f"{served}/gold_dashboard", 1)
+    gold = lake.read_pandas("carrier_origin_daily", settings=get_settings(lake_url=LAKE))
+    rows = page.locator(".gold-rows p")
+    rows.get_by_text(" rows").wait_for(timeout=30000)
+    assert rows.inner_text() == f"{len(gold):,} of {len(gold):,} rows"
+    # a line per origin over the days: one point per (day, origin)
+    days = gold.groupby(["flight_date", "origin"]).size()
+    before = plotted_points(page, "carrier_origin_daily:", want=len(days))
+    assert len(before) == len(days) and all(0 <= y <= 1 for _, y in before)
+    # the first page of the Dashboards: the select of every charted gold table
+    assert page.get_by_role("combobox").first.input_value() == "flights / carrier_origin_daily"
+
+    page.get_by_placeholder("All carrier").click()
+    page.locator(".choices__item--choice", has_text="UA").first.click()
+    ua = gold[gold["carrier"] == "UA"]
+    want = f"{len(ua):,} of {len(gold):,} rows"
+    deadline = time.monotonic() + 20
+    while rows.inner_text() != want and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    assert rows.inner_text() == want
+    # one carrier: each point is that carrier's own on-time rate of the day at the origin
+    expected = sorted(
+        (pd.Timestamp(r.flight_date).value // 10**6, r.on_time_rate)
+        for r in ua.itertuples()
+        if pd.notna(r.on_time_rate)
+    )
+    after = plotted_points(page, "carrier_origin_daily:", want=len(expected))
+    assert [x for x, _ in after] == [x for x, _ in expected], (after, expected)
+    assert [y for _, y in after] == pytest.approx([y for _, y in expected])
+    assert after != before
+    assert page.errors == []
+
+
 def test_new_commits_show_up_without_a_reload(served, page):
     open_app(page, f"{served}/flights_dashboard", 4)
     before = kpi(page, "Flights")

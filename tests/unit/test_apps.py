@@ -221,3 +221,267 @@ def test_explorer_defaults_chart_a_measure_by_a_few_repeated_labels():
     assert explorer_defaults(cols(CURATED_SCHEMA)) == ("carrier", "dep_delay")
     assert explorer_defaults([("version", "int64"), ("rows", "int64")]) == ("version", "rows")
     assert explorer_defaults([]) == (None, None)
+
+
+# ---------------------------------------------------------------- declared pipelines
+
+#: A user's own pipeline (./pipelines/*.yaml): a curated table and one charted gold table.
+SALES_YAML = """
+sales:
+  description: shop sales
+  freshness: PT2H
+  sources:
+    - name: sales_drops
+      kind: files
+      url: "{drops_url}/*.csv"
+      format: csv
+      sink: landing
+      table: sales
+      schema: {year: int32, month: int32, day: int32, shop: string, amount: float64}
+  curated:
+    table: sales
+    key: [year, month, day, shop]
+  gold:
+    - table: shop_monthly
+      by: [year, month, shop]
+      measures:
+        orders: count
+        amount: {sum: amount}
+        mean_amount: {mean: amount}
+      chart: {x: month, y: amount, by: shop}
+"""
+
+
+def shop_monthly() -> pd.DataFrame:
+    rows = [(y, m, shop, 10 * m + i, 100.0 * m + (50 if shop == "b" else 0) + y - 2020,
+             float(m + i))
+            for y in (2020, 2021) for m in (1, 2, 3) for i, shop in enumerate(("a", "b"))]  # fmt: skip
+    f = pd.DataFrame(rows, columns=["year", "month", "shop", "orders", "amount", "mean_amount"])
+    return f.astype({"year": "int32", "month": "int32"})
+
+
+@pytest.fixture
+def declared_lake(settings, tmp_path, monkeypatch):
+    """The local lake with the flights daily KPIs and a user pipeline's gold table."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "sales.yaml").write_text(SALES_YAML)
+    monkeypatch.setenv("RIVERLAKE_PIPELINES_DIR", str(folder))
+    monkeypatch.setenv("RIVERLAKE_PREFECT_API_URL", "http://127.0.0.1:1/api")
+    s = get_settings()
+    lake.write_table("carrier_origin_daily", kpis(3), partition_by=["year", "month"],
+                     schema=DAILY_KPI_SCHEMA, settings=s)  # fmt: skip
+    lake.write_table("shop_monthly", shop_monthly(), partition_by=["year"], settings=s)
+    return s
+
+
+def flights_gold(name: str):
+    from riverlake import pipelines
+
+    return next(g for g in pipelines.pipeline("flights").gold if g.table == name)
+
+
+def test_gold_charts_filters_and_points_are_pure_data():
+    from riverlake import pipelines
+    from riverlake.apps.gold_dashboard import (
+        chart_kind,
+        charted,
+        combine,
+        filter_frame,
+        key_filters,
+        plot_frame,
+        weight_of,
+    )
+
+    shipped = pipelines.pipelines()
+    assert list(charted(shipped)) == ["flights / carrier_origin_daily", "flights / route_stats",
+                                      "flights / delay_by_hour"]  # fmt: skip
+    daily, routes, hourly = (flights_gold(t) for t in ("carrier_origin_daily", "route_stats",
+                                                       "delay_by_hour"))  # fmt: skip
+    k = kpis(3)
+    filters = {f.column: f for f in key_filters(k, daily.group_keys())}
+    # year and month have one value here: no filter; the day a time range; text a choice
+    assert list(filters) == ["flight_date", "carrier", "origin"]
+    assert filters["flight_date"].kind == "time"
+    assert filters["flight_date"].bounds == (pd.Timestamp(2013, 1, 1), pd.Timestamp(2013, 1, 3))
+    assert (filters["carrier"].kind, filters["carrier"].options) == ("choice", ("AA", "UA"))
+    assert filters["carrier"].everything() == [] and filters["origin"].options == ("JFK",)
+    assert chart_kind(k, daily) == "line"
+
+    everything = {c: f.everything() for c, f in filters.items()}
+    assert filter_frame(k, everything).equals(k)
+    ua = filter_frame(k, {**everything, "carrier": ["UA"],
+                          "flight_date": (pd.Timestamp(2013, 1, 2), pd.Timestamp(2013, 1, 3))})  # fmt: skip
+    assert ua["carrier"].tolist() == ["UA", "UA"]
+    assert ua["flight_date"].tolist() == [pd.Timestamp(2013, 1, 2), pd.Timestamp(2013, 1, 3)]
+    # a DateRangeSlider's values are datetimes; a tz-aware column compares in its zone
+    utc = k.assign(flight_date=k["flight_date"].dt.tz_localize("UTC"))
+    assert (
+        len(filter_frame(utc, {"flight_date": (datetime(2013, 1, 3), datetime(2013, 1, 3))})) == 2
+    )
+
+    # rows sharing a point combine as their measure does: the on-time rate of AA (9 of
+    # 10 arrived) and UA (18 of 19) is 27 of 29, weighted by the arrivals, not averaged
+    assert weight_of(daily, "on_time_rate") == "arrived"
+    assert weight_of(daily, "mean_dep_delay") == "departed"
+    assert weight_of(hourly, "delayed_15_rate") == "flights"  # a mean of a bool: all rows
+    points = combine(k, daily)
+    assert points.columns.tolist() == ["flight_date", "origin", "on_time_rate"]
+    assert len(points) == 3 and points["on_time_rate"].tolist() == pytest.approx([27 / 29] * 3)
+    assert combine(filter_frame(k, {"carrier": ["AA"]}), daily)["on_time_rate"].tolist() == (
+        pytest.approx([0.9] * 3)
+    )
+
+    # a key on x: bars, labelled as written, in the key's order (5, 10, 23; not "10" first)
+    h = pd.DataFrame({"year": [2013, 2013, 2013, 2014], "hour": [23, 5, 10, 5],
+                      "flights": [10, 30, 20, 10], "mean_dep_delay": [9.0, 1.0, 4.0, 2.0],
+                      "mean_arr_delay": [1.0] * 4, "delayed_15_rate": [0.5, 0.1, 0.2, 0.3]})  # fmt: skip
+    data, kind = plot_frame(h, hourly)
+    assert kind == "bar" and data["hour"].tolist() == ["5", "10", "23"]
+    # hour 5 over both years: (0.1 * 30 + 0.3 * 10) / 40
+    assert data["delayed_15_rate"].tolist() == pytest.approx([0.15, 0.2, 0.5])
+    assert [f.bounds for f in key_filters(h, hourly.group_keys())] == [(2013, 2014), (5, 23)]
+    assert filter_frame(h, {"hour": (5.0, 10.0)})["hour"].tolist() == [5, 10, 5]
+    r = pd.DataFrame({"year": [2013] * 3, "origin": ["JFK", "EWR", "JFK"],
+                      "dest": ["LAX", "LAX", "SFO"], "arr_delay_p90": [30.0, 40.0, 50.0]})  # fmt: skip
+    assert chart_kind(r, routes) == "bar"
+    data, _ = plot_frame(r, routes)
+    assert data.to_numpy().tolist() == [["LAX", "EWR", 40.0], ["LAX", "JFK", 30.0],
+                                        ["SFO", "JFK", 50.0]]  # fmt: skip
+
+
+def test_gold_dashboard_lists_every_charted_table_and_filters_on_its_keys(declared_lake):
+    import holoviews as hv
+    import panel as pn
+    from bokeh.document import Document
+
+    from riverlake.apps.gold_dashboard import GoldDashboard
+
+    d = GoldDashboard()
+    assert d.param.gold.objects == ["flights / carrier_origin_daily", "flights / route_stats",
+                                    "flights / delay_by_hour", "sales / shop_monthly"]  # fmt: skip
+    assert d.gold == "flights / carrier_origin_daily" and len(d.frame) == 6
+    assert d._rows().object == "6 of 6 rows"
+    chart = d._chart()
+    assert isinstance(chart.object, hv.NdOverlay)  # one line per origin
+    (line,) = chart.object.values()
+    assert isinstance(line, hv.Curve)
+    assert line.data["on_time_rate"].tolist() == pytest.approx([27 / 29] * 3)
+    pn.panel(d).get_root(Document())  # the page builds, widgets and all
+
+    widgets = {w.label: w for w in d._widgets.objects}
+    assert list(widgets) == ["flight_date", "carrier", "origin"]
+    assert isinstance(widgets["carrier"], pn.widgets.MultiChoice)
+    assert isinstance(widgets["flight_date"], pn.widgets.DateRangeSlider)
+    widgets["carrier"].value = ["AA"]  # a filter redraws
+    assert d._rows().object == "3 of 6 rows"
+    (line,) = d._chart().object.values()
+    assert line.data["on_time_rate"].tolist() == pytest.approx([0.9] * 3)
+    widgets["flight_date"].value = (datetime(2013, 1, 2), datetime(2013, 1, 2))
+    assert d.selected()[["carrier", "flight_date"]].to_numpy().tolist() == [
+        ["AA", pd.Timestamp(2013, 1, 2)]
+    ]
+
+    # a declared table the lake does not hold yet: a message naming it and its pipeline
+    d.gold = "flights / route_stats"
+    assert d._chart().object == (
+        "**route_stats** (pipeline flights): no rows yet: run `riverlake run flights`"
+    )
+    assert d._widgets.objects == [] and d._rows().object == "0 of 0 rows"
+
+    # the user's own pipeline: bars per month, one group per shop, filtered on its keys
+    d.gold = "sales / shop_monthly"
+    widgets = {w.label: w for w in d._widgets.objects}
+    assert list(widgets) == ["year", "month", "shop"]
+    assert isinstance(widgets["year"], pn.widgets.RangeSlider)
+    assert (widgets["year"].start, widgets["year"].end, widgets["year"].step) == (2020, 2021, 1)
+    assert widgets["shop"].options == ["a", "b"]
+    bars = d._chart().object
+    assert isinstance(bars, hv.Bars)
+    # amounts add up over the years: month 1, shop a: 100 + 101
+    got = {(r.month, r.shop): r.amount for r in bars.data.itertuples()}
+    assert got == {("1", "a"): 201.0, ("1", "b"): 301.0, ("2", "a"): 401.0,
+                   ("2", "b"): 501.0, ("3", "a"): 601.0, ("3", "b"): 701.0}  # fmt: skip
+    widgets["year"].value = (2021, 2021)
+    widgets["shop"].value = ["b"]
+    got = {(r.month, r.shop): r.amount for r in d._chart().object.data.itertuples()}
+    assert got == {("1", "b"): 151.0, ("2", "b"): 251.0, ("3", "b"): 351.0}
+    assert d._rows().object == "3 of 12 rows"
+    widgets["month"].value = (2, 3)
+    assert sorted(d.selected()["month"]) == [2, 3]
+    # a new commit: the narrowed filters stay, the new rows show
+    more = shop_monthly().assign(amount=lambda f: f["amount"] + 1000)
+    lake.write_table("shop_monthly", more, partition_by=["year"], mode="overwrite_partitions",
+                     settings=declared_lake)  # fmt: skip
+    assert d.refresh() is True and d.refresh() is False
+    assert d.values["shop"] == ["b"] and d.values["year"] == (2021, 2021)
+    got = {(r.month, r.shop): r.amount for r in d._chart().object.data.itertuples()}
+    assert got == {("2", "b"): 1251.0, ("3", "b"): 1351.0}
+
+
+def test_gold_dashboard_without_declared_charts_says_so(settings, tmp_path, monkeypatch):
+    from riverlake.apps.gold_dashboard import GoldDashboard
+
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(SALES_YAML.replace("      chart: {x: month, y: amount, by: shop}\n", ""))
+    monkeypatch.setenv("RIVERLAKE_PIPELINES_FILE", str(bare))
+    d = GoldDashboard()
+    assert d.param.gold.objects == [] and d.gold is None
+    assert "No declared gold table has a chart" in d._chart().object
+    bare.write_text("sales: {curated: {table: x}}\n")
+    broken = GoldDashboard()
+    assert broken.error.startswith("pipeline 'sales' in ")
+    assert "do not load" in broken._chart().object
+
+
+def test_pipeline_health_covers_every_declared_pipeline_and_table(declared_lake):
+    from riverlake.apps.pipeline_health import PipelineHealth, declared_tables, pipeline_status
+
+    quarantine = pd.DataFrame({"year": [2020] * 3, "month": [1] * 3, "source_file": ["f"] * 3,
+                               "failed_check": ["shop:pattern", "shop:pattern", "amount:min"],
+                               "record": ["{}"] * 3})  # fmt: skip
+    lake.write_table("sales_quarantine", quarantine, settings=declared_lake)
+    lake.write_table("flights_quarantine", quarantine.assign(failed_check="origin:isin"),
+                     settings=declared_lake)  # fmt: skip
+    h = PipelineHealth()
+    assert list(h.declared) == ["flights", "flight_events", "sales"]
+    owners = {t: p.name for t, p in declared_tables(h.declared).items()}
+    assert list(owners)[:7] == ["flights", "flights_quarantine", "carrier_origin_daily",
+                                "route_stats", "delay_by_hour", "delay_by_weather",
+                                "daily_on_time"]  # fmt: skip
+    assert {t for t, p in owners.items() if p == "sales"} == {"sales", "sales_quarantine",
+                                                             "shop_monthly"}  # fmt: skip
+    assert owners["flight_events"] == "flight_events" and owners["weather"] == "flights"
+    f = h.fresh().set_index("table")
+    assert f.loc["shop_monthly", "pipeline"] == "sales"
+    assert f.loc["shop_monthly", "status"] == "fresh" and f.loc["shop_monthly", "rows"] == 12
+    assert f.loc["shop_monthly", "expected_minutes"] == 120  # the pipeline's own policy
+    assert f.loc["sales", "status"] == "missing" and f.loc["route_stats", "status"] == "missing"
+    assert f.loc["flight_events", "expected_minutes"] == 10
+    s = pipeline_status(h.fresh(), h.declared).set_index("pipeline")
+    assert s.loc["sales", "tables"] == "2 of 3" and s.loc["sales", "status"] == "incomplete"
+    assert s.loc["flight_events", "status"] == "never run"
+    assert s.loc["sales", "freshness_minutes"] == 120
+    # every curated table's quarantine, by table and failed check
+    assert h.quarantine_by_reason().to_numpy().tolist() == [
+        ["flights", "origin:isin", 3], ["sales", "shop:pattern", 2], ["sales", "amount:min", 1]
+    ]  # fmt: skip
+    # rows per run: the first curated table in the lake by default, any declared table
+    assert h.runs_table == "flights" and h._runs_rows().object == "No runs yet."
+    h.runs_table = "shop_monthly"
+    assert h._runs_rows().data["rows"].tolist() == [12]
+
+
+def test_table_explorer_first_shows_a_declared_curated_table(declared_lake):
+    from riverlake import pipelines
+    from riverlake.apps.table_explorer import TableExplorer, default_table
+
+    declared = pipelines.pipelines(declared_lake)
+    assert default_table(["carrier_origin_daily", "flights", "sales"], declared) == "flights"
+    assert default_table(["a_table", "sales"], declared) == "sales"
+    assert default_table(["a_table", "b_table"], declared) == "a_table"
+    assert default_table([], declared) is None
+    assert default_table(["a_table", "flights"], {}) == "a_table"  # no declarations at all
+    t = TableExplorer()
+    assert t.param.table.objects == ["carrier_origin_daily", "shop_monthly"]
+    assert t.table == "carrier_origin_daily"  # no curated table in this lake: the first

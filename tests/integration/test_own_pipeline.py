@@ -1,0 +1,155 @@
+"""The README's "Add your own pipeline", walked as a user would, on the real local stack:
+a public dataset that is not flights (Seattle's daily weather, 2012-2015) from a sample
+file to a declaration (`riverlake new`), a run, bad rows quarantined with their check, a
+late update winning, gold values checked against an independent pandas computation, a
+run with nothing new that changes nothing, and the table opened in Polars and DuckDB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from riverlake import lake
+from riverlake.settings import get_settings
+from tests.conftest import ROOT, riverlake_cli
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = ROOT / "examples" / "seattle_weather" / "seattle-weather.csv"
+NAME = "seattle_weather"
+#: A later delivery: one new day, a late correction of an old one, and four bad rows.
+LATE = """date,precipitation,temp_max,temp_min,wind,weather
+2016-01-01,0.0,7.2,1.1,2.0,sun
+2015-12-31,1.5,9.9,0.6,2.2,rain
+2016-01-02,0.3,hot,2.2,3.1,rain
+2016-01-03,0.0,8.1,1.0,2.5,hailstorm
+2016-01-04,-5.0,8.0,1.0,2.5,rain
+2016-13-45,0.0,8.0,1.0,2.5,sun
+"""
+
+
+@pytest.fixture(scope="module")
+def walk(stack_env, tmp_path_factory):
+    """The README's commands, in order, in a user's own folder."""
+    work = tmp_path_factory.mktemp("own")
+    (work / "data").mkdir()
+    shutil.copy(SAMPLE, work / "data" / "seattle-weather.csv")
+    t0 = time.monotonic()
+    steps = {}
+    steps["new"] = riverlake_cli("new", NAME, "--from", "data/seattle-weather.csv", cwd=work)
+    steps["pipelines"] = riverlake_cli("pipelines", "--json", cwd=work)
+    steps["run1"] = riverlake_cli("run", NAME, "--json", cwd=work)
+    (work / "data" / "seattle-weather-2016-01.csv").write_text(LATE)
+    steps["run2"] = riverlake_cli("run", NAME, "--json", cwd=work)
+    versions = {t["name"]: t["version"] for t in lake.list_tables(get_settings(), batches=False)}
+    steps["run3"] = riverlake_cli("run", NAME, "--json", cwd=work)
+    took = time.monotonic() - t0
+    for name, res in steps.items():
+        assert res.returncode == 0, (name, res.stderr[-3000:])
+    print(f"sample file to gold tables, three runs: {took:.1f}s")  # the closing note's figure
+    return work, steps, versions
+
+
+def truth() -> pd.DataFrame:
+    """Every good row the lake must hold, computed with pandas from the files alone."""
+    base = pd.read_csv(SAMPLE)
+    late = pd.read_csv(pd.io.common.StringIO(LATE)).iloc[:2]  # the two good rows
+    rows = pd.concat([base, late], ignore_index=True).drop_duplicates("date", keep="last")
+    return rows.assign(date=pd.to_datetime(rows["date"])).sort_values("date")
+
+
+def test_new_writes_a_declaration_the_user_can_read_and_run(walk):
+    work, steps, _ = walk
+    path = work / "pipelines" / f"{NAME}.yaml"
+    assert str(path.relative_to(work)) in steps["new"].stdout + steps["new"].stderr
+    body = yaml.safe_load(path.read_text())[NAME]
+    assert body["curated"]["key"] == ["date"]
+    assert body["curated"]["event_time"]["column"] == "date"
+    assert sorted(body["curated"]["contract"]["weather"]["isin"]) == [
+        "drizzle", "fog", "rain", "snow", "sun"]  # fmt: skip
+    listed = {p["name"]: p for p in json.loads(steps["pipelines"].stdout)}
+    assert listed[NAME]["curated"] == NAME and listed[NAME]["gold"] == f"{NAME}_monthly"
+    assert "flights" in listed  # the shipped pipelines stay
+
+
+def test_first_run_loads_every_row_of_the_sample(walk):
+    first = json.loads(walk[1]["run1"].stdout)
+    assert first["rows_in"] == first["rows_loaded"] == 1461
+    assert first["rows_quarantined"] == first["rows_merged"] == 0
+    assert len(first["months"]) == 48
+
+
+def test_bad_rows_are_quarantined_with_their_check_and_a_late_update_wins(walk):
+    second = json.loads(walk[1]["run2"].stdout)
+    # the landing refused the impossible date (no month to land in); the rest was read
+    assert second["landing"]["rows_in"] == 6 and second["landing"]["rows_quarantined"] == 1
+    assert second["months"] == ["2015-12", "2016-01"]
+    # 2015-12 is rebuilt from its 31 landed days plus the correction (merged), 2016-01 from 4
+    assert second["rows_in"] == 31 + 1 + 4
+    assert second["rows_merged"] == 1 and second["rows_quarantined"] == 3
+    assert second["rows_in"] == second["rows_loaded"] + second["rows_quarantined"] + 1
+    assert second["quarantine_checks"] == {
+        "temp_max:type": 1, "weather:isin": 1, "precipitation:greater_than_or_equal_to": 1}  # fmt: skip
+    q = lake.read_pandas(f"{NAME}_quarantine")
+    bad = q.set_index("failed_check")["record"].map(json.loads)
+    assert bad["temp_max:type"]["temp_max"] == "hot"  # the original value, as it came
+    assert bad["weather:isin"]["weather"] == "hailstorm"
+    sq = lake.read_pandas(lake.SOURCE_QUARANTINE)
+    (reason,) = sq[sq["source"] == f"{NAME}_files"]["reason"]
+    assert reason.startswith("date '2016-13-45' is not a date")
+    curated = lake.read_pandas(NAME).sort_values("date")
+    want = truth()
+    assert len(curated) == len(want) == 1462
+    fixed = curated[curated["date"] == "2015-12-31"].iloc[0]
+    assert (fixed["temp_max"], fixed["weather"]) == (9.9, "rain")  # the late record won
+    np.testing.assert_allclose(curated["temp_max"].to_numpy(), want["temp_max"].to_numpy())
+
+
+def test_gold_matches_an_independent_pandas_computation(walk):
+    gold = lake.read_pandas(f"{NAME}_monthly")
+    want = truth()
+    month = want["date"].dt.to_period("M").dt.start_time
+    by = ["month", "weather"] if "weather" in gold.columns else ["month"]
+    g = want.assign(month=month).groupby(by)
+    exp = pd.DataFrame({"rows": g.size()}).reset_index()
+    for col in [c for c in gold.columns if c.startswith("mean_")]:
+        exp[col] = g[col.removeprefix("mean_")].mean().to_numpy()
+    got = gold.assign(month=pd.to_datetime(gold["month"])).sort_values(by).reset_index(drop=True)
+    exp = exp.sort_values(by).reset_index(drop=True)
+    assert got[by].astype(str).values.tolist() == exp[by].astype(str).values.tolist()
+    assert got["rows"].tolist() == exp["rows"].tolist()
+    for col in exp.columns.difference([*by, "rows"]):
+        np.testing.assert_allclose(got[col].to_numpy(float), exp[col].to_numpy(float), rtol=1e-9)
+
+
+def test_a_run_with_nothing_new_changes_nothing(walk):
+    _, steps, versions = walk
+    third = json.loads(steps["run3"].stdout)
+    assert third["months"] == [] and third["rows_in"] == 0 and third["curated_skipped"]
+    after = {t["name"]: t["version"] for t in lake.list_tables(get_settings(), batches=False)}
+    assert {t: after[t] for t in versions} == versions
+
+
+def test_the_table_opens_in_polars_and_duckdb(walk):
+    import duckdb
+    import polars as pl
+    from deltalake import DeltaTable
+
+    settings = get_settings()
+    uri, opts = lake.table_uri(NAME, settings), lake.storage_options(settings)
+    ours = lake.read_pandas(NAME).sort_values("date").reset_index(drop=True)
+    pl_rows = pl.read_delta(uri, storage_options=opts).sort("date").to_pandas()
+    ds = DeltaTable(uri, storage_options=opts).to_pyarrow_dataset()  # noqa: F841 - for duckdb
+    dk = duckdb.sql("select * from ds order by date").df()
+    for other in (pl_rows, dk):
+        assert len(other) == len(ours) == 1462
+        np.testing.assert_allclose(
+            other["temp_max"].to_numpy(float), ours["temp_max"].to_numpy(float)
+        )
+        assert other["weather"].tolist() == ours["weather"].tolist()
