@@ -344,10 +344,10 @@ def commit_curated(
     }  # fmt: skip
 
 
-def _gold_filters(months: list[tuple[int, int]], partition_by: list[str]) -> list | None:
+def _gold_filters(months: list[tuple[int, int]], partition_by: list[str]) -> list:
     years = sorted({y for y, _ in months})
     if not partition_by:
-        return None  # the whole table
+        return []  # the whole table
     if partition_by[:2] == ["year", "month"]:
         return [("year", "in", years), ("month", "in", sorted({m for _, m in months}))]
     return [("year", "in", years)]
@@ -417,7 +417,7 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
         data = declared.gold_table(frame, schema) if schema is not None else frame
         return lake.write_table(
             table, data, partition_by=partition_by,
-            mode="overwrite_partitions" if partition_by else "overwrite",
+            mode="overwrite_partitions",  # unpartitioned: the whole table
             app_id=f"{table}:{batch}", schema=schema, settings=settings,
         ).rows  # fmt: skip
 

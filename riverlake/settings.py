@@ -251,6 +251,8 @@ class Settings(BaseSettings):
             "RIVERLAKE_SQL_URL": str(self.sql_url),
             "RIVERLAKE_DROPS_URL": str(self.drops_url),
         }
+        if self.pipelines_dir is not None:  # a user's declarations, wherever a worker runs
+            env["RIVERLAKE_PIPELINES_DIR"] = str(Path(self.pipelines_dir).resolve())
         if self.s3_access_key and self.s3_secret_key:
             env["RIVERLAKE_S3_ACCESS_KEY"] = self.s3_access_key.get_secret_value()
             env["RIVERLAKE_S3_SECRET_KEY"] = self.s3_secret_key.get_secret_value()

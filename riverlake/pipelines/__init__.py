@@ -44,8 +44,12 @@ def declaration_files(settings: Settings | None = None) -> list[Path]:
     """The shipped declarations (or RIVERLAKE_PIPELINES_FILE), then every ``*.yaml`` of
     the pipelines folder (RIVERLAKE_PIPELINES_DIR, default ``./pipelines``): where
     ``riverlake new`` writes a user's own."""
+    if settings is None:
+        from riverlake.settings import get_settings
+
+        settings = get_settings()
     files = [declarations_file(settings)]
-    folder = settings.pipelines_dir if settings is not None else None
+    folder = settings.pipelines_dir
     if folder is not None and Path(folder).is_dir():
         files += sorted(Path(folder).glob("*.yaml"))
     return files
