@@ -549,7 +549,6 @@ def run_pipeline(name: str, start: date | str | None = None,
         gold_rows=gold,
         dashboard=_dashboard_link(),
     )  # fmt: skip
-    summary["drops"] = summary["landing"]  # the name earlier summaries used
     logger.info("%s run: %s", name, {k: v for k, v in summary.items() if k != "quality"})
     _report_artifacts(name, summary)
     return summary

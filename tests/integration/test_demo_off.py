@@ -47,7 +47,7 @@ def test_without_the_demo_an_empty_drop_folder_loads_nothing(demo_off, tmp_path)
     assert "demo upstream" not in first.stderr
     assert list(drops.iterdir()) == []  # nobody wrote demo drops
     summary = json.loads(first.stdout)
-    assert (summary["rows_in"], summary["drops"]["units"], summary["gold_rows"]) == (0, 0, {})
+    assert (summary["rows_in"], summary["landing"]["units"], summary["gold_rows"]) == (0, 0, {})
     settings = get_settings(lake_url=LAKE)
     tables = {t["name"] for t in lake.list_tables(settings)}
     flights_tables = {CURATED_TABLE, QUARANTINE_TABLE, DAILY_TABLE, lake.QUALITY_REPORT,

@@ -154,7 +154,8 @@ def bad_run(stack_env) -> dict:
 
 def test_drops_bad_files_are_quarantined_and_late_drops_update(bad_run):
     r = bad_run["second"]
-    assert r["drops"] == {"units": 2, "rows_in": 2, "rows_loaded": 1, "rows_quarantined": 1}
+    assert r["landing"] == {"source": "flight_drops", "units": 2, "rows_in": 2, "rows_loaded": 1,
+                            "rows_quarantined": 1}  # fmt: skip
     settings = get_settings(lake_url=BAD)
     q = (
         lake.table(lake.SOURCE_QUARANTINE, settings).to_arrow().to_pandas()
