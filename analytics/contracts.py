@@ -1,8 +1,9 @@
 """Data contracts (pandera) and the split of a batch into good and quarantined rows.
 
-A contract declares types, nullability, ranges, allowed values and key uniqueness.
-:func:`split` checks every row of a pandas partition (on dask, run it per partition
-with ``map_partitions``): rows that break a check leave the batch with the name of
+A contract (built from a pipeline's declaration by
+:func:`riverlake.analytics.declared.contract`) declares types, nullability, ranges,
+allowed values and key uniqueness. :func:`split` checks every row of a pandas
+partition (on dask, run it per partition with ``map_partitions``): rows that break a check leave the batch with the name of
 the first check they failed; the others go on. :func:`quality_report` counts, per
 check, the rows that passed and failed.
 """
@@ -14,42 +15,6 @@ from dataclasses import dataclass
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
-
-from riverlake.analytics.flights import NATURAL_KEY
-
-ORIGINS = ["EWR", "JFK", "LGA"]
-
-
-def _col(dtype, *checks, nullable: bool = True) -> pa.Column:
-    return pa.Column(dtype, list(checks), nullable=nullable, coerce=False)
-
-
-#: The curated flights contract.
-FLIGHTS_CONTRACT = pa.DataFrameSchema(
-    {
-        "year": _col("Int32", pa.Check.in_range(2000, 2100), nullable=False),
-        "month": _col("Int32", pa.Check.in_range(1, 12), nullable=False),
-        "day": _col("Int32", pa.Check.in_range(1, 31), nullable=False),
-        "dep_time": _col("Int32", pa.Check.in_range(1, 2400)),
-        "sched_dep_time": _col("Int32", pa.Check.in_range(1, 2359), nullable=False),
-        "dep_delay": _col("float64", pa.Check.in_range(-120, 1800)),
-        "arr_time": _col("Int32", pa.Check.in_range(1, 2400)),
-        "sched_arr_time": _col("Int32", pa.Check.in_range(1, 2359)),
-        "arr_delay": _col("float64", pa.Check.in_range(-180, 1800)),
-        "carrier": _col("string", pa.Check.str_matches(r"^[A-Z0-9]{2}$"), nullable=False),
-        "flight": _col("Int32", pa.Check.in_range(1, 9999), nullable=False),
-        "origin": _col("string", pa.Check.isin(ORIGINS), nullable=False),
-        "dest": _col("string", pa.Check.str_matches(r"^[A-Z0-9]{3}$"), nullable=False),
-        "air_time": _col("float64", pa.Check.in_range(1, 1000)),
-        "distance": _col("float64", pa.Check.in_range(1, 6000), nullable=False),
-        "speed_mph": _col("float64", pa.Check.in_range(0, 800)),
-        "cancelled": _col("bool", nullable=False),
-        "sched_dep_utc": _col("datetime64[us, UTC]", nullable=False),
-    },
-    unique=NATURAL_KEY,
-    strict=False,
-    name="flights",
-)
 
 
 def contract_checks(schema: pa.DataFrameSchema) -> list[str]:
@@ -81,7 +46,7 @@ def _check_name(row: pd.Series, unique: list[str]) -> str:
     return f"{row['column']}:{check}"
 
 
-def split(df: pd.DataFrame, schema: pa.DataFrameSchema = FLIGHTS_CONTRACT) -> Split:
+def split(df: pd.DataFrame, schema: pa.DataFrameSchema) -> Split:
     """Check every row of ``df``; return the good rows and the failed rows with their check.
 
     A column-level failure (a wrong dtype, a missing column) fails every row: the
@@ -112,7 +77,7 @@ def split(df: pd.DataFrame, schema: pa.DataFrameSchema = FLIGHTS_CONTRACT) -> Sp
 
 
 def quality_report(
-    checked: int, failures: dict[str, int], schema: pa.DataFrameSchema = FLIGHTS_CONTRACT
+    checked: int, failures: dict[str, int], schema: pa.DataFrameSchema
 ) -> pd.DataFrame:
     """Per check: rows checked, passed and failed (also for checks nothing failed)."""
     names = contract_checks(schema)

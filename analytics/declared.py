@@ -239,6 +239,27 @@ def apply_steps(
     return df
 
 
+def curate(
+    curated: Any,
+    typed: pa.Table,
+    types: Mapping[str, str],
+    tables: Mapping[str, pd.DataFrame],
+    functions: Mapping[str, Transform],
+) -> tuple[pd.DataFrame, int]:
+    """A curated table's rows from its typed landed rows (in landing order): event time
+    localized and its year/month/day derived, deduplicated on the key (the last wins),
+    the steps run, the declared columns conformed. Returns the rows and how many a later
+    record replaced."""
+    df = to_frame(typed)
+    if curated.event_time is not None:
+        col, zone = curated.event_time.column, curated.event_time.time_zone
+        df[col] = localize(df[col], zone)
+        df = add_time_parts(df, col, zone, curated.partition_by)
+    df, merged = dedupe_last(df, [k for k in curated.key if k in df.columns])
+    df = apply_steps(df.reset_index(drop=True), curated.steps, tables, functions)
+    return conform(df, types), merged
+
+
 def conform(df: pd.DataFrame, types: Mapping[str, str]) -> pd.DataFrame:
     """The curated columns, in order, with their pandas dtypes (a missing one raises)."""
     missing = [c for c in types if c not in df.columns]
@@ -429,6 +450,9 @@ def finish(parts, gold: Any) -> pd.DataFrame:
     wide, counts = parts
     keys = gold.group_keys()
     out = wide[keys].copy()
+    for k in keys:  # text keys as pandas' nullable string, whatever the engine gave
+        if out[k].dtype == object or pd.api.types.is_string_dtype(out[k].dtype):
+            out[k] = out[k].astype("string")
     for name, m in gold.measures.items():
         if m.how == "count":
             out[name] = (wide["__n"] if m.column is None else wide[name]).astype("int64")

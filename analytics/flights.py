@@ -1,7 +1,14 @@
-"""Flights: typing of the raw rows and the carrier/origin/day gold aggregate.
+"""The flights pipeline's own logic; everything else about it is declared
+(riverlake/pipelines/pipelines.yaml) and run by the generic flow.
 
-Pure data logic: functions take and return pandas or dask DataFrames (the same
-code serves both), with no I/O and no Prefect or Panel.
+- its steps: :func:`prepare` (the flight's date, ``cancelled``), :func:`utc_times`
+  (local times to UTC in the airports' zones), :func:`derive` (``delayed_15``, speed);
+- its gold tables that are not plain aggregates: :func:`delay_by_weather` (buckets, long
+  format) and :func:`daily_on_time` (with a rolling rate);
+- the dashboard's roll-ups of the daily gold table (:func:`summarize`, ...), and the
+  Arrow-native typing and partials the ETL benchmark measures.
+
+Pure data logic: pandas or dask frames in and out, no I/O, no Prefect or Panel.
 """
 
 from __future__ import annotations
@@ -57,8 +64,6 @@ WEATHER_TABLE = "delay_by_weather"
 ON_TIME_TABLE = "daily_on_time"
 #: Gold tables recomputed per touched year.
 YEARLY_TABLES = (ROUTES_TABLE, HOURLY_TABLE, WEATHER_TABLE, ON_TIME_TABLE)
-
-FLIGHTS_PARTITION_BY = ["year", "month"]
 
 #: A flight is on time when it arrives less than this many minutes late.
 ON_TIME_MINUTES = 15
@@ -128,39 +133,6 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
 #: The natural key of a flight: one scheduled departure of one flight number.
 NATURAL_KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
 
-_UTC = pa.timestamp("us", tz="UTC")
-
-#: The curated ``flights`` table: typed source columns, UTC times, derived and enriched columns.
-CURATED_SCHEMA = pa.schema(
-    [
-        *FLIGHTS_SCHEMA,
-        ("sched_dep_utc", _UTC),
-        ("dep_utc", _UTC),
-        ("sched_arr_utc", _UTC),
-        ("arr_utc", _UTC),
-        ("delayed_15", pa.bool_()),
-        ("speed_mph", pa.float64()),
-        ("temp", pa.float64()),
-        ("wind_speed", pa.float64()),
-        ("precip", pa.float64()),
-        ("visib", pa.float64()),
-        ("plane_year", pa.int32()),
-        ("manufacturer", pa.string()),
-        ("seats", pa.int32()),
-        ("origin_name", pa.string()),
-        ("dest_name", pa.string()),
-    ]
-)
-
-
-def dedupe(flights: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep the last record of each flight (natural key): late updates replace earlier ones.
-
-    Rows must be in landing order. Returns the frame and how many rows were replaced.
-    """
-    keep = ~flights.duplicated(NATURAL_KEY, keep="last")
-    return flights[keep], int((~keep).sum())
-
 
 def local_to_utc(day: pd.Series, hhmm: pd.Series, tz: pd.Series) -> pd.Series:
     """UTC timestamps from a local date, an hhmm time (2400 is next midnight) and a time zone.
@@ -180,26 +152,6 @@ def local_to_utc(day: pd.Series, hhmm: pd.Series, tz: pd.Series) -> pd.Series:
             .dt.tz_convert("UTC")
         )
     return out
-
-
-def add_times(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
-    """Scheduled and actual departure and arrival in UTC.
-
-    Departure times are local to the origin, arrival times to the destination. A
-    scheduled arrival earlier than the scheduled departure lands after midnight: next
-    day. Actual times are the scheduled ones plus the reported delays, which also
-    carries a delayed departure past midnight to the right day.
-    """
-    tz = airports.set_index("faa")["tzone"]
-    day = flights["flight_date"]
-    sched_dep = local_to_utc(day, flights["sched_dep_time"], flights["origin"].map(tz))
-    sched_arr = local_to_utc(day, flights["sched_arr_time"], flights["dest"].map(tz))
-    sched_arr = sched_arr.where(sched_arr >= sched_dep, sched_arr + pd.Timedelta(days=1))
-    dep = sched_dep + pd.to_timedelta(flights["dep_delay"].astype("float64"), unit="m")
-    arr = sched_arr + pd.to_timedelta(flights["arr_delay"].astype("float64"), unit="m")
-    return flights.assign(
-        sched_dep_utc=sched_dep, dep_utc=dep, sched_arr_utc=sched_arr, arr_utc=arr
-    )
 
 
 # --------------------------------------------------------------------------- declared steps
@@ -243,95 +195,6 @@ def derive(flights: pd.DataFrame) -> pd.DataFrame:
         delayed_15=(flights["dep_delay"] >= ON_TIME_MINUTES).fillna(False).astype(bool),
         speed_mph=flights["distance"] / air * 60.0,
     )
-
-
-def enrich(
-    flights: pd.DataFrame, weather: pd.DataFrame, planes: pd.DataFrame, airports: pd.DataFrame
-) -> pd.DataFrame:
-    """Broadcast joins with the small dimensions: weather at the origin in the scheduled
-    hour, the plane by tail number, origin and destination airport names. Left joins:
-    no flight is lost for a missing dimension row."""
-    wkey = ["origin", "year", "month", "day", "hour"]
-    w = weather[[*wkey, "temp", "wind_speed", "precip", "visib"]].drop_duplicates(wkey)
-    w = w.astype({"year": "Int32", "month": "Int32", "day": "Int32", "hour": "Int32"})
-    p = planes[["tailnum", "year", "manufacturer", "seats"]].rename(columns={"year": "plane_year"})
-    p = p.drop_duplicates("tailnum").astype({"tailnum": "string"})
-    names = airports.set_index("faa")["name"]
-    out = flights.merge(w.astype({"origin": "string"}), on=wkey, how="left")
-    out = out.merge(p, on="tailnum", how="left")
-    out["origin_name"] = out["origin"].map(names).astype("string")
-    out["dest_name"] = out["dest"].map(names).astype("string")
-    return out
-
-
-def curate_flights(
-    typed: pa.Table, weather: pd.DataFrame, planes: pd.DataFrame, airports: pd.DataFrame
-) -> tuple[pd.DataFrame, int]:
-    """Typed rows -> deduplicated, timed, derived and enriched rows (CURATED_SCHEMA order).
-
-    Returns the frame and the number of rows replaced by a later record of the same flight.
-    """
-    df, merged = dedupe(to_pandas(typed))
-    df = enrich(derive(add_times(df, airports)), weather, planes, airports)
-    return df[CURATED_SCHEMA.names].reset_index(drop=True), merged
-
-
-def to_curated_table(df: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(
-        df[CURATED_SCHEMA.names], schema=CURATED_SCHEMA, preserve_index=False
-    )
-
-
-_DAILY_KEYS = ["year", "month", "flight_date", "carrier", "origin"]
-_DAILY_SUMS = ["n", "cancelled_n", "dep_n", "dep_sum", "arr_n", "arr_sum", "on_time_n"]
-
-
-def _daily_parts(flights: pd.DataFrame) -> pd.DataFrame:
-    """Per-partition sums and counts; summing these again gives the exact daily totals."""
-    f = flights.assign(
-        n=1,
-        cancelled_n=flights["cancelled"].astype("int64"),
-        dep_n=flights["dep_delay"].notna().astype("int64"),
-        dep_sum=flights["dep_delay"].fillna(0.0),
-        arr_n=flights["arr_delay"].notna().astype("int64"),
-        arr_sum=flights["arr_delay"].fillna(0.0),
-        on_time_n=(flights["arr_delay"] < ON_TIME_MINUTES).fillna(False).astype("int64"),
-    )
-    return f.groupby(_DAILY_KEYS, observed=True, dropna=False)[_DAILY_SUMS].sum().reset_index()
-
-
-def daily_kpis(flights: Frame) -> pd.DataFrame:
-    """Flights, cancellations, mean delays and on-time rate per carrier, origin and day.
-
-    Works on a pandas or a dask frame: each partition is reduced to sums and counts,
-    which are combined before the means are taken. The on-time rate is over flights
-    with a known arrival delay. Returns pandas: the aggregate is small.
-    """
-    if hasattr(flights, "map_partitions"):
-        meta = _daily_parts(flights._meta)
-        partial = flights.map_partitions(_daily_parts, meta=meta).compute()
-        parts = partial.groupby(_DAILY_KEYS, observed=True, dropna=False)[_DAILY_SUMS].sum()
-        parts = parts.reset_index()
-    else:
-        parts = _daily_parts(flights)
-    out = pd.DataFrame(
-        {
-            "year": parts["year"].astype("int32"),
-            "month": parts["month"].astype("int32"),
-            "flight_date": parts["flight_date"],
-            "carrier": parts["carrier"].astype("string"),
-            "origin": parts["origin"].astype("string"),
-            "flights": parts["n"].astype("int64"),
-            "cancelled": parts["cancelled_n"].astype("int64"),
-            "departed": parts["dep_n"].astype("int64"),
-            "arrived": parts["arr_n"].astype("int64"),
-            "on_time": parts["on_time_n"].astype("int64"),
-            "mean_dep_delay": parts["dep_sum"] / parts["dep_n"].where(parts["dep_n"] > 0),
-            "mean_arr_delay": parts["arr_sum"] / parts["arr_n"].where(parts["arr_n"] > 0),
-            "on_time_rate": parts["on_time_n"] / parts["arr_n"].where(parts["arr_n"] > 0),
-        }
-    )
-    return out.sort_values(["flight_date", "carrier", "origin"]).reset_index(drop=True)
 
 
 def _select(kpis: pd.DataFrame, carriers: list[str] | None) -> pd.DataFrame:
@@ -437,44 +300,10 @@ def combine_monthly(partials: list[pa.Table]) -> pa.Table:
     return out.sort_by([(k, "ascending") for k in MONTHLY_KEYS])
 
 
-# --------------------------------------------------------------------------- typing raw text
-
+#: Integer and float columns of the source (the ETL benchmark reads them typed).
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "arr_time",
                "sched_arr_time", "flight", "hour", "minute"]  # fmt: skip
 FLOAT_COLUMNS = ["dep_delay", "arr_delay", "air_time", "distance"]
-STRING_COLUMNS = ["carrier", "tailnum", "origin", "dest", "time_hour"]
-
-
-def type_strings(raw: pd.DataFrame) -> tuple[pa.Table, pd.DataFrame]:
-    """Type rows read as text; a value that does not parse sends its row to quarantine.
-
-    The slow, careful path, for files the fast Arrow reader refused. Returns the typed
-    good rows (FLIGHTS_SCHEMA) and the bad rows as text with ``failed_check``
-    (``column:type``, or ``file:columns`` when the columns are not the source's).
-    """
-    missing = [c for c in SOURCE_COLUMNS if c not in raw.columns]
-    if missing:
-        bad = raw.astype("string").assign(failed_check=f"file:columns (missing {missing[0]})")
-        return FLIGHTS_SCHEMA.empty_table(), bad
-    text = raw[SOURCE_COLUMNS].astype("string")
-    failed = pd.Series(pd.NA, index=text.index, dtype="string")
-    numbers = {}
-    for col in INT_COLUMNS + FLOAT_COLUMNS:
-        s = text[col].str.strip()
-        empty = s.isna() | (s == "") | (s == "NA")
-        v = pd.to_numeric(s.where(~empty), errors="coerce")
-        bad = v.isna() & ~empty
-        if col in INT_COLUMNS:
-            bad |= (v % 1 != 0).fillna(False)
-        failed = failed.mask(bad & failed.isna(), f"{col}:type")
-        numbers[col] = v
-    ok = failed.isna().to_numpy()
-    good = pd.DataFrame(
-        {c: numbers[c][ok] if c in numbers else text[c][ok] for c in SOURCE_COLUMNS}
-    )
-    return prepare_flights(good), text[~ok].assign(failed_check=failed[~ok])
-
-
 # --------------------------------------------------------------------------- yearly gold tables
 
 #: condition -> (bin edges, labels, right-closed bins)
@@ -487,42 +316,6 @@ _WEATHER_BUCKETS = {
     ),
     "precip": ([-np.inf, 0, 0.1, np.inf], ["none", "light (<=0.1 in)", "heavy (>0.1 in)"], True),
 }
-
-
-def route_stats(flights) -> pd.DataFrame:
-    """Per origin and destination: flights, mean distance, departure and arrival delay
-    p50/p90/p99 (exact, over flights that flew). pandas or dask in, pandas out."""
-    from riverlake.analytics.analysis import aggregate, group_stats, is_dask
-
-    keys = ["year", "origin", "dest"]
-    counts = aggregate(flights, keys, {"flights": ("flight", "size"),
-                                       "distance": ("distance", "mean")})  # fmt: skip
-    counts = counts.compute() if is_dask(counts) else counts
-    out = counts
-    for col in ("dep_delay", "arr_delay"):
-        st = group_stats(flights, keys, col)[[*keys, "mean", "p50", "p90", "p99"]]
-        st = st.rename(columns={c: f"{col}_{c}" for c in ("mean", "p50", "p90", "p99")})
-        out = out.merge(st, on=keys, how="left")
-    return (
-        out.astype({"year": "int32", "flights": "int64"}).sort_values(keys).reset_index(drop=True)
-    )
-
-
-def delay_by_hour(flights) -> pd.DataFrame:
-    """Per scheduled departure hour: flights, mean delays, share of departures 15+ min late."""
-    from riverlake.analytics.analysis import aggregate, is_dask
-
-    out = aggregate(
-        flights, ["year", "hour"],
-        {"flights": ("flight", "size"), "mean_dep_delay": ("dep_delay", "mean"),
-         "mean_arr_delay": ("arr_delay", "mean"), "delayed_15_rate": ("delayed_15", "mean")},
-    )  # fmt: skip
-    out = out.compute() if is_dask(out) else out
-    return (
-        out.astype({"year": "int32", "hour": "int32"})
-        .sort_values(["year", "hour"])
-        .reset_index(drop=True)
-    )
 
 
 def delay_by_weather(flights) -> pd.DataFrame:

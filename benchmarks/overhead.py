@@ -49,8 +49,9 @@ def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
 
 def baseline(lake_url: str) -> float:
     """The same day, no orchestration: pandas reads, types, deltalake writes, pandas aggregates."""
-    from riverlake import lake
-    from riverlake.analytics.flights import DAILY_KPI_SCHEMA, daily_kpis, prepare_flights, to_pandas
+    from riverlake import lake, pipelines
+    from riverlake.analytics import declared
+    from riverlake.analytics.flights import DAILY_KPI_SCHEMA, prepare_flights, to_pandas
     from riverlake.demo import data as demo_data
     from riverlake.settings import get_settings
 
@@ -77,7 +78,8 @@ def baseline(lake_url: str) -> float:
         cur,
         partition_by=["year", "month"], storage_options=opts,
     )  # fmt: skip
-    gold = daily_kpis(to_pandas(cur))
+    daily = next(g for g in pipelines.pipeline("flights").gold if g.table == "carrier_origin_daily")
+    gold = declared.gold_frame(to_pandas(cur), daily)
     write_deltalake(
         lake.table_uri("carrier_origin_daily", settings),
         pa.Table.from_pandas(gold, schema=DAILY_KPI_SCHEMA, preserve_index=False),

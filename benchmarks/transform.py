@@ -30,21 +30,36 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.etl import CSV_TYPES, DATA, RESULTS, generate  # noqa: E402
 
 
+def flights_declaration():
+    """The flights declaration, its curated types, its steps' functions and its gold tables."""
+    from riverlake import pipelines
+    from riverlake.pipelines.model import Function, import_path
+
+    p = pipelines.pipeline("flights")
+    steps = {s.function: import_path(s.function) for s in p.curated.steps
+             if isinstance(s, Function)}  # fmt: skip
+    return p, p.curated_types(), steps
+
+
 def transform_file(path: str, uri: str, dims: dict, settings) -> dict:
+    """One landed file through the flights declaration, as a transform task runs it."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     from riverlake import lake
+    from riverlake.analytics import declared
     from riverlake.analytics.contracts import split
-    from riverlake.analytics.flights import curate_flights, prepare_flights, to_curated_table
 
-    types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
-    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
-    curated, merged = curate_flights(
-        prepare_flights(raw), dims["weather"], dims["planes"], dims["airports"]
-    )
-    checked = split(curated)
-    adds = lake.write_fragments(to_curated_table(checked.good), uri, ["year", "month"], settings)
+    p, types, steps = flights_declaration()
+    c = p.curated
+    raw_types = dict(p.landing_source()["schema"])
+    read = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
+    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=read))
+    typed = raw.select(list(raw_types)).cast(declared.arrow_schema(raw_types))
+    curated, merged = declared.curate(c, typed, types, dims, steps)
+    checked = split(curated, declared.contract(c.contract, types, c.key, c.table))
+    adds = lake.write_fragments(declared.to_table(checked.good, types), uri, c.partition_by,
+                                settings)  # fmt: skip
     return {"adds": adds, "rows": raw.num_rows, "loaded": len(checked.good),
             "quarantined": len(checked.bad), "merged": merged}  # fmt: skip
 
@@ -54,14 +69,8 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from riverlake import lake
-    from riverlake.analytics.flights import (
-        CURATED_SCHEMA,
-        daily_kpis,
-        daily_on_time,
-        delay_by_hour,
-        delay_by_weather,
-        route_stats,
-    )
+    from riverlake.analytics import declared
+    from riverlake.analytics.flights import daily_on_time, delay_by_weather
     from riverlake.demo import data as demo_data
     from riverlake.ops.progress import Screen
     from riverlake.settings import get_settings
@@ -94,7 +103,8 @@ def main() -> None:
             dims_f = client.scatter(dims, broadcast=True)
             results = client.gather(client.map(transform_file, files, uri=uri, dims=dims_f,
                                                settings=settings, pure=False))  # fmt: skip
-            lake.commit(uri, [a for r in results for a in r["adds"]], CURATED_SCHEMA,
+            types = flights_declaration()[1]
+            lake.commit(uri, [a for r in results for a in r["adds"]], declared.arrow_schema(types),
                         partition_by=["year", "month"], batch=lake.Batch("bench:transform"),
                         settings=settings)  # fmt: skip
         stages["transform"] = time.perf_counter() - t0
@@ -111,8 +121,15 @@ def main() -> None:
         with screen.step("gold: reading the curated table"):
             flights = lake.read_table("flights", columns=cols, settings=settings).persist()
         stages["gold:read_curated"] = time.perf_counter() - t0
-        for name, fn in [("carrier_origin_daily", daily_kpis), ("route_stats", route_stats),
-                         ("delay_by_hour", delay_by_hour), ("delay_by_weather", delay_by_weather),
+        gold = {g.table: g for g in flights_declaration()[0].gold}
+
+        def declared_gold(name):
+            return lambda f: declared.gold_frame(f, gold[name])
+
+        for name, fn in [("carrier_origin_daily", declared_gold("carrier_origin_daily")),
+                         ("route_stats", declared_gold("route_stats")),
+                         ("delay_by_hour", declared_gold("delay_by_hour")),
+                         ("delay_by_weather", delay_by_weather),
                          ("daily_on_time", daily_on_time)]:  # fmt: skip
             t0 = time.perf_counter()
             with screen.step(f"gold: {name}"):
@@ -135,7 +152,8 @@ def main() -> None:
             transform_file(files[0], lake.table_uri("profile", settings), dims, settings)
         else:
             f = lake.read_table("flights", columns=cols, settings=settings).compute()
-            route_stats(f), daily_kpis(f), delay_by_weather(f)
+            declared_gold("route_stats")(f), declared_gold("carrier_origin_daily")(f)
+            delay_by_weather(f)
         prof.stop()
     profile = prof.output_text(unicode=False, color=False, show_all=False)
     result = {

@@ -210,15 +210,8 @@ def _join_tables(p: Pipeline) -> dict[str, pd.DataFrame]:
 def curate(p: Pipeline, typed: pa.Table, types: dict[str, str]) -> tuple[pd.DataFrame, int]:
     """Typed landed rows (in landing order) -> deduplicated, transformed curated rows."""
     c = p.curated
-    df = declared.to_frame(typed)
-    if c.event_time is not None:
-        df[c.event_time.column] = declared.localize(df[c.event_time.column], c.event_time.time_zone)
-        df = declared.add_time_parts(df, c.event_time.column, c.event_time.time_zone,
-                                     c.partition_by)  # fmt: skip
-    df, merged = declared.dedupe_last(df, [k for k in c.key if k in df.columns])
     functions = _functions(tuple(s.function for s in c.steps if isinstance(s, Function)))
-    df = declared.apply_steps(df.reset_index(drop=True), c.steps, _join_tables(p), functions)
-    return declared.conform(df, types), merged
+    return declared.curate(c, typed, types, _join_tables(p), functions)
 
 
 @task(name="transform-month", persist_result=False, retries=2, retry_delay_seconds=BACKOFF,

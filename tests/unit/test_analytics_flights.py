@@ -1,4 +1,5 @@
-"""analytics.flights on small frames: typing, flags, and the gold aggregate (pandas vs dask)."""
+"""analytics.flights on small frames: typing, flags, and the declared daily gold table (pandas vs
+dask) with the dashboard's roll-ups."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from riverlake import pipelines
+from riverlake.analytics import declared
 from riverlake.analytics.flights import (
     FLIGHTS_SCHEMA,
     SOURCE_COLUMNS,
     by_carrier,
-    daily_kpis,
     delay_by_day,
     prepare_flights,
     summarize,
@@ -21,6 +23,13 @@ from riverlake.analytics.flights import (
 )
 
 pytestmark = pytest.mark.unit
+
+#: The declared carrier_origin_daily gold table (measures as data).
+DAILY = next(g for g in pipelines.pipeline("flights").gold if g.table == "carrier_origin_daily")
+
+
+def daily_kpis(flights):
+    return declared.gold_frame(flights, DAILY)
 
 
 def raw_rows() -> pd.DataFrame:

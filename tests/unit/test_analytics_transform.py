@@ -6,31 +6,27 @@ from __future__ import annotations
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from dask.dataframe.utils import assert_eq
 
-from riverlake.analytics import analysis
-from riverlake.analytics.contracts import FLIGHTS_CONTRACT, contract_checks, quality_report, split
-from riverlake.analytics.flights import (
-    CURATED_SCHEMA,
-    SOURCE_COLUMNS,
-    add_times,
-    curate_flights,
-    daily_on_time,
-    dedupe,
-    delay_by_hour,
-    delay_by_weather,
-    derive,
-    local_to_utc,
-    prepare_flights,
-    route_stats,
-    to_curated_table,
-    to_pandas,
-    type_strings,
-)
+from riverlake import pipelines
+from riverlake.analytics import analysis, declared
+from riverlake.analytics.contracts import contract_checks, quality_report, split
+from riverlake.analytics.flights import daily_on_time, delay_by_weather, derive, local_to_utc
 from riverlake.demo import data as demo_data
+from riverlake.pipelines.model import Function, import_path
 
 pytestmark = pytest.mark.unit
+
+#: The flights declaration: what the generic flow runs, here on frames.
+FLIGHTS = pipelines.pipeline("flights")
+TYPES = FLIGHTS.curated_types()
+RAW = dict(FLIGHTS.landing_source()["schema"])
+CONTRACT = declared.contract(FLIGHTS.curated.contract, TYPES, FLIGHTS.curated.key, "flights")
+STEPS = {s.function: import_path(s.function) for s in FLIGHTS.curated.steps
+         if isinstance(s, Function)}  # fmt: skip
+GOLD = {g.table: g for g in FLIGHTS.gold}
 
 AIRPORTS = pd.DataFrame(
     {
@@ -45,6 +41,13 @@ AIRPORTS = pd.DataFrame(
         "tzone": ["America/New_York"] * 3 + ["America/Los_Angeles", "America/Chicago"],
     }
 )
+NO_WEATHER = pd.DataFrame({c: pd.Series(dtype="int64") for c in ("year", "month", "day", "hour")}
+                          | {"origin": pd.Series(dtype="string")}
+                          | {c: pd.Series(dtype="float64")
+                             for c in ("temp", "wind_speed", "precip", "visib")})  # fmt: skip
+NO_PLANES = pd.DataFrame({"tailnum": pd.Series(dtype="string"), "year": pd.Series(dtype="int64"),
+                          "manufacturer": pd.Series(dtype="string"),
+                          "seats": pd.Series(dtype="int64")})  # fmt: skip
 
 
 def row(**kw) -> dict:
@@ -55,17 +58,24 @@ def row(**kw) -> dict:
     return base | kw
 
 
-def flights(*rows) -> pd.DataFrame:
-    return to_pandas(prepare_flights(pd.DataFrame(list(rows), columns=SOURCE_COLUMNS)))
+def typed(raw: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(raw[list(RAW)], schema=declared.arrow_schema(RAW),
+                                preserve_index=False)  # fmt: skip
+
+
+def curate(*rows, weather=NO_WEATHER, planes=NO_PLANES) -> tuple[pd.DataFrame, int]:
+    """Rows through the flights declaration's curation, as a transform task runs it."""
+    tables = {"airports": AIRPORTS, "weather": weather, "planes": planes}
+    return declared.curate(FLIGHTS.curated, typed(pd.DataFrame(list(rows))), TYPES, tables, STEPS)
 
 
 @pytest.fixture(scope="module")
 def real() -> pd.DataFrame:
     """Three real months, curated with the real dimensions."""
     raw = demo_data.load("flights")
-    typed = prepare_flights(raw[raw["month"].isin([1, 6, 12])])
     dims = {n: pd.read_csv(demo_data.source_path(n)) for n in ("weather", "planes", "airports")}
-    df, merged = curate_flights(typed, dims["weather"], dims["planes"], dims["airports"])
+    df, merged = declared.curate(FLIGHTS.curated, typed(raw[raw["month"].isin([1, 6, 12])]),
+                                 TYPES, dims, STEPS)  # fmt: skip
     assert merged == 0
     return df
 
@@ -87,7 +97,7 @@ def test_local_to_utc_winter_summer_and_dst_gap():
 
 
 def test_red_eye_lands_after_midnight_in_another_zone():
-    df = add_times(flights(row()), AIRPORTS)
+    df, _ = curate(row())
     r = df.iloc[0]
     assert r["sched_dep_utc"] == pd.Timestamp("2013-03-02 04:30", tz="UTC")  # 23:30 EST
     assert r["sched_arr_utc"] == pd.Timestamp("2013-03-02 10:45", tz="UTC")  # 02:45 PST next day
@@ -96,7 +106,7 @@ def test_red_eye_lands_after_midnight_in_another_zone():
 
 
 def test_unknown_destination_zone_gives_no_arrival_time_but_keeps_the_row():
-    df = add_times(flights(row(dest="BQN")), AIRPORTS)
+    df, _ = curate(row(dest="BQN"))
     assert len(df) == 1 and pd.isna(df["sched_arr_utc"].iloc[0])
     assert df["sched_dep_utc"].notna().all()
 
@@ -105,27 +115,25 @@ def test_unknown_destination_zone_gives_no_arrival_time_but_keeps_the_row():
 
 
 def test_derived_columns():
-    df = derive(flights(row(dep_delay=15.0), row(flight=2, dep_delay=14.0, air_time=0.0)))
+    df = derive(pd.DataFrame([row(dep_delay=15.0), row(flight=2, dep_delay=14.0, air_time=0.0)]))
     assert df["delayed_15"].tolist() == [True, False]
     assert df["speed_mph"].iloc[0] == pytest.approx(2475 / 330 * 60)
     assert pd.isna(df["speed_mph"].iloc[1])
 
 
 def test_late_update_replaces_the_earlier_record():
-    df, merged = dedupe(flights(row(arr_delay=15.0), row(flight=2), row(arr_delay=99.0)))
+    df, merged = curate(row(arr_delay=15.0), row(flight=2), row(arr_delay=99.0))
     assert merged == 1 and len(df) == 2
     assert df.loc[df["flight"] == 1, "arr_delay"].tolist() == [99.0]
 
 
-def test_enrich_joins_weather_plane_and_airports_without_losing_rows():
+def test_the_declared_joins_bring_weather_plane_and_airports_without_losing_rows():
     weather = pd.DataFrame({"origin": ["JFK"], "year": [2013], "month": [3], "day": [1],
                             "hour": [23], "temp": [30.0], "wind_speed": [12.0], "precip": [0.0],
                             "visib": [10.0]})  # fmt: skip
     planes = pd.DataFrame({"tailnum": ["N1"], "year": [2004], "manufacturer": ["BOEING"],
                            "seats": [180]})  # fmt: skip
-    from riverlake.analytics.flights import enrich
-
-    df = enrich(flights(row(), row(flight=2, tailnum="N999", hour=6)), weather, planes, AIRPORTS)
+    df, _ = curate(row(), row(flight=2, tailnum="N999", hour=6), weather=weather, planes=planes)
     assert len(df) == 2
     first, second = df.iloc[0], df.iloc[1]
     assert (first["temp"], first["plane_year"], first["manufacturer"]) == (30.0, 2004, "BOEING")
@@ -136,8 +144,9 @@ def test_enrich_joins_weather_plane_and_airports_without_losing_rows():
 
 
 def test_curated_rows_fit_the_curated_schema(real):
-    table = to_curated_table(real)
-    assert table.schema == CURATED_SCHEMA
+    table = declared.to_table(real, TYPES)
+    assert table.schema == declared.arrow_schema(TYPES) and table.schema.names[:4] == [
+        "year", "month", "day", "flight_date"]  # fmt: skip
     raw = demo_data.load("flights")
     assert table.num_rows == int(raw["month"].isin([1, 6, 12]).sum())
     assert real["temp"].notna().mean() > 0.95 and real["origin_name"].notna().all()
@@ -151,38 +160,38 @@ def test_contract_quarantines_each_bad_row_with_its_first_failed_check(real):
     sample.loc[3, "origin"] = "XXX"
     sample.loc[7, "distance"] = -5.0
     sample.loc[9, "carrier"] = pd.NA
-    res = split(sample)
+    res = split(sample, CONTRACT)
     assert len(res.good) == 47 and len(res.bad) == 3
     assert sorted(res.bad["failed_check"]) == [
         "carrier:not_nullable", "distance:in_range(1, 6000)", "origin:isin(['EWR', 'JFK', 'LGA'])"
     ]  # fmt: skip
-    report = quality_report(50, res.failures).set_index("check")
+    report = quality_report(50, res.failures, CONTRACT).set_index("check")
     assert report.loc["distance:in_range(1, 6000)", "rows_failed"] == 1
     assert report.loc["distance:in_range(1, 6000)", "rows_passed"] == 49
     assert report.loc["month:in_range(1, 12)", "rows_failed"] == 0
-    assert set(report.index) >= set(contract_checks(FLIGHTS_CONTRACT))
+    assert set(report.index) >= set(contract_checks(CONTRACT))
 
 
 def test_contract_on_dask_partitions_matches_pandas(real):
     sample = real.head(400).copy()
     sample.loc[[5, 250], "month"] = 13
-    whole = split(sample)
+    whole = split(sample, CONTRACT)
     parts = dd.from_pandas(sample, npartitions=4).map_partitions(
-        lambda p: split(p).bad, meta=whole.bad.iloc[:0]
+        lambda p: split(p, CONTRACT).bad, meta=whole.bad.iloc[:0]
     ).compute()  # fmt: skip
     assert len(parts) == len(whole.bad) == 2
     assert set(parts["failed_check"]) == {"month:in_range(1, 12)"}
 
 
-def test_type_strings_quarantines_unparseable_values_only():
-    raw = pd.DataFrame([row(), row(flight=2), row(flight=3)], columns=SOURCE_COLUMNS).astype(str)
+def test_typing_text_quarantines_unparseable_values_only():
+    raw = pd.DataFrame([row(), row(flight=2), row(flight=3)]).astype(str)
     raw.loc[1, "dep_delay"] = "abc"
     raw.loc[2, "flight"] = "3.5"
-    good, bad = type_strings(raw)
+    good, bad = declared.type_text(raw, RAW)
     assert good.num_rows == 1
     assert bad["failed_check"].tolist() == ["dep_delay:type", "flight:type"]
     assert bad["dep_delay"].iloc[0] == "abc"  # the original text is kept
-    good, bad = type_strings(pd.DataFrame({"a;b;c": ["1;2;3"]}))
+    good, bad = declared.type_text(pd.DataFrame({"a;b;c": ["1;2;3"]}), RAW)
     assert good.num_rows == 0 and bad["failed_check"].iloc[0].startswith("file:columns")
 
 
@@ -190,8 +199,8 @@ def test_type_strings_quarantines_unparseable_values_only():
 
 
 def test_route_stats_exact_quantiles_pandas_and_dask(real):
-    got = route_stats(real)
-    ddf_got = route_stats(dd.from_pandas(real, npartitions=5))
+    got = declared.gold_frame(real, GOLD["route_stats"])
+    ddf_got = declared.gold_frame(dd.from_pandas(real, npartitions=5), GOLD["route_stats"])
     pd.testing.assert_frame_equal(got, ddf_got, check_dtype=False)
     jfk_lax = real[(real["origin"] == "JFK") & (real["dest"] == "LAX")]
     r = got[(got["origin"] == "JFK") & (got["dest"] == "LAX")].iloc[0]
@@ -202,7 +211,8 @@ def test_route_stats_exact_quantiles_pandas_and_dask(real):
 
 
 def test_delay_by_hour_and_weather(real):
-    hours = delay_by_hour(dd.from_pandas(real, npartitions=3)).set_index("hour")
+    hours = declared.gold_frame(dd.from_pandas(real, npartitions=3), GOLD["delay_by_hour"])
+    hours = hours.set_index("hour")
     at18 = real[real["hour"] == 18]
     assert hours.loc[18, "flights"] == len(at18)
     assert hours.loc[18, "mean_dep_delay"] == pytest.approx(at18["dep_delay"].mean())

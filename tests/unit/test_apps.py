@@ -179,8 +179,12 @@ def test_numbers_are_formatted_by_what_they_mean():
 def test_explorer_defaults_chart_a_measure_by_a_few_repeated_labels():
     import pyarrow as pa
 
-    from riverlake.analytics.flights import CURATED_SCHEMA, DAILY_KPI_SCHEMA
+    from riverlake import pipelines
+    from riverlake.analytics.declared import arrow_schema
+    from riverlake.analytics.flights import DAILY_KPI_SCHEMA
     from riverlake.apps.formats import explorer_defaults
+
+    CURATED_SCHEMA = arrow_schema(pipelines.pipeline("flights").curated_types())
 
     def cols(schema: pa.Schema) -> list[tuple[str, str]]:
         return [(f.name, str(f.type)) for f in schema]
