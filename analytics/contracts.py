@@ -3,9 +3,9 @@
 A contract (built from a pipeline's declaration by
 :func:`riverlake.analytics.declared.contract`) declares types, nullability, ranges,
 allowed values and key uniqueness. :func:`split` checks every row of a pandas
-partition (on dask, run it per partition with ``map_partitions``): rows that break a check leave the batch with the name of
-the first check they failed; the others go on. :func:`quality_report` counts, per
-check, the rows that passed and failed.
+partition (on dask, run it per partition with ``map_partitions``): rows that break a
+check leave the batch with the name of the first check they failed; the others go on.
+:func:`quality_report` counts, per check, the rows that passed and failed.
 """
 
 from __future__ import annotations
