@@ -314,9 +314,12 @@ def commit_curated(
     lake.write_table(lake.QUALITY_REPORT, report, schema=QUALITY_SCHEMA,
                      app_id=f"quality:{batch}", settings=settings)  # fmt: skip
     source = p.landing_source()["name"]
+    # Every touched month is replaced, also one whose rows all went to quarantine.
+    months_replaced = [{"year": y, "month": m} for y, m in months]
     curated = lake.commit(
         lake.table_uri(c.table, settings), [a for r in results for a in r["adds"]],
         declared.arrow_schema(types), partition_by=c.partition_by, mode="overwrite_partitions",
+        replace_partitions=months_replaced if c.partition_by == ["year", "month"] else (),
         batch=lake.Batch(f"{c.table}:{batch}",
                          state={source: landing_state} if landing_state is not None else None),
         settings=settings,

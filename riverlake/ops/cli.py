@@ -481,6 +481,8 @@ def deploy(
         results = ensure_result_storage()
     env = {**os.environ, **results, "RIVERLAKE_ROOT": str(root),
            "PREFECT_API_URL": str(settings.prefect_api_url)}  # fmt: skip
+    if settings.pipelines_dir is not None:  # `prefect deploy` runs in the checkout
+        env["RIVERLAKE_PIPELINES_DIR"] = str(Path(settings.pipelines_dir).resolve())
     prefect = str(Path(sys.executable).parent / "prefect")
     with screen.step(f"creating work pool {stack.WORK_POOL}"):
         pool = subprocess.run([prefect, "work-pool", "create", stack.WORK_POOL, "--type",

@@ -51,6 +51,7 @@ def walk(stack_env, tmp_path_factory):
     steps["run2"] = riverlake_cli("run", NAME, "--json", cwd=work)
     versions = {t["name"]: t["version"] for t in lake.list_tables(get_settings(), batches=False)}
     steps["run3"] = riverlake_cli("run", NAME, "--json", cwd=work)
+    steps["deploy"] = riverlake_cli("deploy", "--no-worker", cwd=work)
     took = time.monotonic() - t0
     for name, res in steps.items():
         assert res.returncode == 0, (name, res.stderr[-3000:])
@@ -157,3 +158,44 @@ def test_the_table_opens_in_polars_and_duckdb(walk):
             other["temp_max"].to_numpy(float), ours["temp_max"].to_numpy(float)
         )
         assert other["weather"].tolist() == ours["weather"].tolist()
+
+
+def test_deploy_registers_the_users_pipeline_with_its_schedule(walk):
+    """`riverlake deploy` from the user's folder: a deployment of every declared pipeline,
+    the user's included, scheduled as declared."""
+    from prefect.client.orchestration import get_client
+
+    _, steps, _ = walk
+    assert f"deployed {NAME}/{NAME}-local to work pool riverlake-local (0 6 * * *)" in (
+        steps["deploy"].stderr
+    )
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment_by_name(f"{NAME}/{NAME}-local")
+
+    import asyncio
+
+    dep = asyncio.run(read())
+    assert dep.entrypoint == f"flows/pipeline.py:{NAME}"
+    assert [s.schedule.cron for s in dep.schedules] == ["0 6 * * *"]
+    assert dep.job_variables["env"]["RIVERLAKE_PIPELINES_DIR"].endswith("/pipelines")
+
+
+def test_the_dashboards_page_charts_the_users_gold_table(walk):
+    """The declared chart appears on the Dashboards page with its filters, drawn from the
+    lake's rows (the page's own functions, on the real lake)."""
+    from riverlake import pipelines
+    from riverlake.apps import gold_dashboard as dash
+
+    work, _, _ = walk
+    settings = get_settings(pipelines_dir=work / "pipelines")
+    charts = dash.charted(pipelines.pipelines(settings))
+    p, gold = charts[dash.label(NAME, f"{NAME}_monthly")]
+    assert p.name == NAME
+    frame = lake.read_pandas(gold.table)
+    assert len(frame) > 48 and gold.chart.x == "month"
+    filters = {f.column: f.kind for f in dash.key_filters(frame, gold.group_keys())}
+    assert filters == {"month": "time", "weather": "choice"}
+    sun = dash.filter_frame(frame, {"weather": ["sun"]})
+    assert set(sun["weather"]) == {"sun"} and 0 < len(sun) < len(frame)

@@ -277,3 +277,21 @@ def test_the_readme_declaration_is_valid():
     for d in declared_docs:
         pipelines.parse(d, "README.md")
     assert isinstance(Gold, type)
+
+
+def test_event_time_in_a_zone_is_stored_in_utc_and_partitioned_by_local_date():
+    """A naive local time: 23:30 in Los Angeles on 31 January is 07:30 UTC on 1 February,
+    stored in UTC, partitioned in January (the local date); DST gaps shift forward."""
+    body = copy.deepcopy(WEATHER)
+    body["sources"][0]["schema"]["date"] = "timestamp"
+    c = parse(body).curated
+    types = parse(body).curated_types()
+    text = pd.DataFrame({"date": ["2013-01-31 23:30", "2013-03-10 02:30"], "station": ["S1"] * 2,
+                         "temp_max": ["1", "2"], "precipitation": ["0", "0"],
+                         "weather": ["sun", "sun"]})  # fmt: skip
+    typed, bad = declared.type_text(text, dict(body["sources"][0]["schema"]))
+    assert len(bad) == 0
+    rows, merged = declared.curate(c, typed, types, {}, {})
+    assert rows["date"].tolist() == [pd.Timestamp("2013-02-01 07:30", tz="UTC"),
+                                     pd.Timestamp("2013-03-10 10:00", tz="UTC")]  # fmt: skip
+    assert rows[["year", "month"]].values.tolist() == [[2013, 1], [2013, 3]]
