@@ -286,3 +286,26 @@ def test_a_service_just_started_is_alive_even_inside_exec_on_a_loaded_machine():
 )
 def test_has_password_knows_secret_query_keys_and_odbc_strings_from_plain_options(url, secret):
     assert cluster.has_password(url) is secret
+
+
+def test_the_cluster_spec_starts_commands_that_exist_in_the_image_environment():
+    """The scheduler and worker containers start `dask scheduler` / `dask worker`
+    (distributed 2026.x removed `dask-scheduler` and `dask-worker`): each command line's
+    program and subcommand answer --help in this environment, which the image installs."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="rl-cmd")
+    for part in ("scheduler", "worker"):
+        (c,) = spec["spec"][part]["spec"]["containers"]
+        args = c["args"]
+        assert args[:2] == ["dask", part]
+        program = shutil.which(args[0], path=str(Path(sys.executable).parent))
+        assert program, f"{args[0]} is not installed beside {sys.executable}"
+        res = subprocess.run([program, args[1], "--help"], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-500:]
+        for flag in [a for a in args[2:] if a.startswith("--")]:
+            assert flag in res.stdout, f"`dask {part}` has no {flag}"
