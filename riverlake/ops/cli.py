@@ -642,12 +642,18 @@ def serve(
     with_cluster: Annotated[
         bool, typer.Option(help="Keep a LocalCluster up for notebooks while serving.")
     ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Address to bind (default RIVERLAKE_APP_ADDRESS; 0.0.0.0 in a pod)."),
+    ] = None,
 ) -> None:
     """Serve the Panel apps until Ctrl-C."""
     from riverlake import lake
     from riverlake.ops import stack
 
     settings = _settings()
+    if address is not None:
+        settings = settings.model_copy(update={"app_address": address})
     port = port or settings.panel_port
     if not stack.port_free(port):
         _fail(

@@ -202,3 +202,42 @@ def test_dockerfile_runs_as_a_non_root_user_from_one_image():
     assert "USER 10001:10001" in text
     froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
     assert len(set(froms)) == 1 and ":" in froms[0] and "latest" not in froms[0]
+
+
+def test_the_apps_container_has_all_that_riverlake_serve_needs(overlay, monkeypatch):
+    """The apps Deployment as rendered: its command line is one `riverlake serve` accepts,
+    and its environment (the ConfigMap, the values, Secrets as placeholders) is enough for
+    the OAuth sign-in it turns on: `panel_command` refuses anything less (the pods would
+    crash-loop)."""
+    import typer
+
+    from riverlake.ops.cli import app, panel_command
+
+    name, objs = overlay
+    config = next(o for o in objs if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == "riverlake-config")["data"]  # fmt: skip
+    dep = next(o for o in objs if o["kind"] == "Deployment"
+               and o["metadata"]["name"] == "riverlake-apps")  # fmt: skip
+    (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "apps"]
+    assert c["args"][:2] == ["riverlake", "serve"]
+    serve = typer.main.get_command(app).commands["serve"]
+    known = {opt for p in serve.params for opt in p.opts}
+    assert [a for a in c["args"][2:] if a.startswith("--") and a not in known] == []
+    env = dict(config)
+    for e in c["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]  # secrets as references only
+            env[e["name"]] = f"{ref['name']}/{ref['key']}"
+        else:
+            env[e["name"]] = e["value"]
+    for k in [k for k in __import__("os").environ if k.startswith("RIVERLAKE_")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = get_settings()
+    assert settings.app_auth == "oauth", name
+    cmd, panel_env = panel_command(settings, 5006)
+    assert panel_env["PANEL_OAUTH_KEY"] == "riverlake-apps-auth/oauth-key"
+    params = json.loads(cmd[cmd.index("--oauth-extra-params") + 1])
+    assert {"AUTHORIZE_URL", "TOKEN_URL", "USER_URL"} <= set(params), name
+    assert cmd[cmd.index("--oauth-redirect-uri") + 1].startswith("https://"), name
