@@ -292,6 +292,7 @@ def test_event_time_in_a_zone_is_stored_in_utc_and_partitioned_by_local_date():
     typed, bad = declared.type_text(text, dict(body["sources"][0]["schema"]))
     assert len(bad) == 0
     rows, merged = declared.curate(c, typed, types, {}, {})
+    assert merged == 0
     assert rows["date"].tolist() == [pd.Timestamp("2013-02-01 07:30", tz="UTC"),
                                      pd.Timestamp("2013-03-10 10:00", tz="UTC")]  # fmt: skip
     assert rows[["year", "month"]].values.tolist() == [[2013, 1], [2013, 3]]
