@@ -4,23 +4,32 @@
 # cluster that does not).
 #
 #   docker build -t ghcr.io/riverlake/riverlake:0.1.0 .
+#   podman build --build-arg BASE=localhost/python-base:3.11 ...   (another base with Python 3.11)
+#
+# The Python packages come from requirements.lock (exact versions and hashes, `make lock`),
+# never from pyproject's ranges; Riverlake's own wheel is installed on top without deps.
 #
 # Runs as a non-root user (uid 10001) and works with a read-only root filesystem: the
 # only writable paths are /tmp and $RIVERLAKE_HOME, mounted as emptyDir volumes.
 
-FROM python:3.11.11-slim-bookworm AS build
+# checkov:skip=CKV_DOCKER_7: the base is a build argument; its default is a pinned tag (a deploy test checks it)
+ARG BASE=python:3.11.11-slim-bookworm
+
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements.lock ./
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY riverlake riverlake
 COPY flows flows
 COPY cluster cluster
 COPY analytics analytics
 COPY apps apps
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir .
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
-FROM python:3.11.11-slim-bookworm
+FROM ${BASE}
 LABEL org.opencontainers.image.title="riverlake" \
       org.opencontainers.image.description="Riverlake flows, Dask scheduler and workers, Panel apps" \
       org.opencontainers.image.source="https://github.com/riverlake/riverlake"

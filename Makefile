@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools lint format bench up down clean screenshots
+.PHONY: run test install tools lint format bench up down clean screenshots lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ up: install
 
 down: install
 	$(BIN)/riverlake down
+
+# The image's exact Python packages (versions and hashes) from pyproject's ranges, for
+# Linux x86_64 and Python 3.11 (the image's); a deploy test checks it against pyproject.
+lock: install
+	.venv/bin/uv pip compile pyproject.toml --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements.lock
 
 clean:
 	-$(BIN)/riverlake down

@@ -201,7 +201,9 @@ def test_dockerfile_runs_as_a_non_root_user_from_one_image():
     text = (ROOT / "Dockerfile").read_text()
     assert "USER 10001:10001" in text
     froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
-    assert len(set(froms)) == 1 and ":" in froms[0] and "latest" not in froms[0]
+    assert froms == ["${BASE}", "${BASE}"]  # one base, a build argument
+    (default,) = [ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("ARG BASE=")]
+    assert ":" in default and "latest" not in default
 
 
 def test_the_apps_container_has_all_that_riverlake_serve_needs(overlay, monkeypatch):

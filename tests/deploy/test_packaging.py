@@ -130,3 +130,44 @@ def test_no_module_imports_itself_through_others(installed, tmp_path):
     found = json.loads(res.stdout)
     assert found["modules"] > 40
     assert found["cycles"] == []
+
+
+def test_the_image_installs_exact_locked_versions_that_satisfy_pyproject():
+    """requirements.lock (uv pip compile, `make lock`) pins every package the image
+    installs, with hashes; every dependency pyproject declares is pinned to a version in
+    its range (so the lock is regenerated when pyproject moves); the Dockerfile installs
+    from the lock with --require-hashes and adds Riverlake's own wheel without deps."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = (ROOT / "requirements.lock").read_text()
+    pins = {}
+    for line in lock.splitlines():
+        if line and not line.startswith((" ", "#")):
+            req = Requirement(line.removesuffix("\\").strip())
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = spec.version
+    blocks = lock.split("\n")
+    assert all("--hash=sha256:" in "".join(blocks[i + 1 : i + 2]) for i, line in
+               enumerate(blocks) if line and not line.startswith((" ", "#")))  # fmt: skip
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
+           "platform_machine": "x86_64", "implementation_name": "cpython", "extra": ""}  # fmt: skip
+    for dep in project["dependencies"]:
+        req = Requirement(dep)
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in requirements.lock: run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: "
+            "run `make lock`"
+        )
+    assert pins["distributed"] == pins["dask"]  # client, scheduler and workers match
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in docker
+    assert "pip install --no-cache-dir --no-deps ." in docker
+    assert docker.count("FROM ${BASE}") == 2 and "ARG BASE=python:3.11" in docker
