@@ -74,7 +74,8 @@ def test_the_wheel_runs_outside_the_checkout(installed, tmp_path):
     assert declared["flights"]["profile"] == "standard"
     assert "flight_drops" in declared["flights"]["sources"]
     human = run(installed, "-m", "riverlake.ops.cli", "pipelines", cwd=tmp_path)
-    assert human.stdout.splitlines()[0].split()[:3] == ["NAME", "PROFILE", "FRESHNESS"]
+    assert human.stdout.splitlines()[0].split()[:4] == ["NAME", "SCHEDULE", "PROFILE", "FRESHNESS"]
+    assert declared["flights"]["gold"].startswith("carrier_origin_daily,")
     assert f"declared in {installed}" in human.stderr  # package data, not the checkout's file
 
 
