@@ -43,7 +43,14 @@ from riverlake import lake, pipelines
 from riverlake.analytics import declared
 from riverlake.analytics.contracts import quality_report, split
 from riverlake.flows.runner import export_storage_credentials, pipeline_task_runner, verify_cluster
-from riverlake.pipelines.model import Function, Join, Pipeline, import_path, quarantine_table
+from riverlake.pipelines.model import (
+    Function,
+    Join,
+    Pipeline,
+    import_path,
+    partials_table,
+    quarantine_table,
+)
 from riverlake.settings import get_settings
 from riverlake.sources.ingest import ingest, reach_sources
 
@@ -373,40 +380,13 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
         get_run_logger().info("gold tables already hold batch %s: nothing to rebuild", batch)
         return {g.table: 0 for g in p.gold}
     types = curated_types(p)
-    need: set[str] = set()
-    for g in todo:
-        if g.function is not None:
-            need |= set(types)
-            break
-        need |= set(g.group_keys()) - ({g.time_bin.output} if g.time_bin else set())
-        need |= {g.time_bin.column} if g.time_bin else set()
-        for m in g.measures.values():
-            need |= {x for x in (m.column, m.of) if x}
-            for cond in (m.rate, m.count_where):
-                if cond:
-                    need.add(declared.parse_condition(cond)[0])
-    need |= set(c.partition_by)
-    scopes = [p.gold_partition_by(g) for g in todo]
-    widest = min(scopes, key=len)  # the fewest partition columns: the most rows to read
-    years = sorted({y for y, _ in months})
-    writes = {}
-    with get_dask_client():
-        frame = lake.read_table(c.table, columns=[x for x in types if x in need],
-                                filters=_gold_filters(months, widest),
-                                settings=settings).persist()  # fmt: skip
-        for g, part in zip(todo, scopes, strict=True):
-            scoped = frame  # each table from the rows of its touched partitions only
-            if part and len(widest) < 1:
-                scoped = scoped[scoped["year"].isin(years)]
-            if len(part) >= 2 and len(widest) < 2:
-                scoped = scoped[scoped["month"].isin(sorted({m for _, m in months}))]
-            if g.function is not None:
-                out = import_path(g.function)(scoped)
-                schema = None
-            else:
-                out = declared.gold_frame(scoped, g)
-                schema = declared.gold_schema(g, types)
-            writes[g.table] = (_touched(out, months, part), part, schema)
+    direct = [g for g in todo if not p.incremental(g)]
+    kept = [g for g in todo if p.incremental(g)]
+    writes: dict[str, tuple] = {}
+    if direct:
+        writes |= _gold_from_rows(p, direct, months, types, settings)
+    if kept:
+        writes |= _gold_from_partials(p, kept, months, batch, types, settings)
 
     def write(table: str) -> int:
         frame, partition_by, schema = writes[table]
@@ -424,6 +404,138 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
         rows = pool.map(lambda ctx, t: ctx.run(write, t), contexts, writes)
         out = dict(zip(writes, rows, strict=True))
     return {g.table: out.get(g.table, 0) for g in p.gold}
+
+
+def _columns_needed(golds, types: dict[str, str], partition_by: list[str]) -> list[str]:
+    need: set[str] = set(partition_by)
+    for g in golds:
+        if g.function is not None:
+            return list(types)
+        need |= set(g.group_keys()) - ({g.time_bin.output} if g.time_bin else set())
+        need |= {g.time_bin.column} if g.time_bin else set()
+        for m in g.measures.values():
+            need |= {x for x in (m.column, m.of) if x}
+            for cond in (m.rate, m.count_where):
+                if cond:
+                    need.add(declared.parse_condition(cond)[0])
+    return [x for x in types if x in need]
+
+
+def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tuple]:
+    """Gold tables recomputed from the curated rows of their touched partitions: by
+    month, the touched months; functions by year, the touched years."""
+    c = p.curated
+    scopes = [p.gold_partition_by(g) for g in golds]
+    widest = min(scopes, key=len)  # the fewest partition columns: the most rows to read
+    years = sorted({y for y, _ in months})
+    writes = {}
+    with get_dask_client():
+        frame = lake.read_table(c.table, columns=_columns_needed(golds, types, c.partition_by),
+                                filters=_gold_filters(months, widest),
+                                settings=settings).persist()  # fmt: skip
+        for g, part in zip(golds, scopes, strict=True):
+            scoped = frame  # each table from the rows of its touched partitions only
+            if part and len(widest) < 1:
+                scoped = scoped[scoped["year"].isin(years)]
+            if len(part) >= 2 and len(widest) < 2:
+                scoped = scoped[scoped["month"].isin(sorted({m for _, m in months}))]
+            if g.function is not None:
+                out = import_path(g.function)(scoped)
+                schema = None
+            else:
+                out = declared.gold_frame(scoped, g)
+                schema = declared.gold_schema(g, types)
+            writes[g.table] = (_touched(out, months, part), part, schema)
+    return writes
+
+
+def _months_of(table: str, settings) -> set[tuple[int, int]]:
+    t = lake.table(table, settings)
+    if t is None:
+        return set()
+    return {(int(f["partition_values"]["year"]), int(f["partition_values"]["month"]))
+            for f in t.files() if f["partition_values"].get("year") is not None}  # fmt: skip
+
+
+def _by_month(g):
+    """The gold's declaration with year and month added to its keys: partials per month."""
+    extra = [k for k in ("year", "month") if k not in g.group_keys()]
+    return g.model_copy(update={"by": [*g.by, *extra]})
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    t = pa.Table.from_pandas(frame, preserve_index=False)
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f
+              for f in t.schema]  # fmt: skip
+    return t.cast(pa.schema(fields))
+
+
+def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settings) -> None:
+    """Replace ``months`` of a partials table with ``frame``'s rows in one commit (a month
+    with no rows now is emptied)."""
+    existing = lake.table(table, settings)
+    if not len(frame) and existing is None:
+        return  # nothing to keep, nothing to empty
+    data = _arrow(frame) if len(frame) else existing.schema.empty_table()
+    uri = lake.table_uri(table, settings)
+    adds = lake.write_fragments(data, uri, ["year", "month"], settings) if len(frame) else []
+    lake.commit(uri, adds, data.schema, partition_by=["year", "month"],
+                mode="overwrite_partitions", batch=lake.Batch(app_id),
+                replace_partitions=[{"year": y, "month": m} for y, m in sorted(months)],
+                settings=settings)  # fmt: skip
+
+
+def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> dict[str, tuple]:
+    """Gold tables over a year or all time, from mergeable partial states: the touched
+    months' partials are recomputed from their rows (and any month of the scope whose
+    partials are missing, e.g. on the first run), stored per month, then the stored
+    partials of the scope are combined. Exact: sums, counts and value counts add up."""
+    import dask
+
+    c = p.curated
+    touched = set(months)
+    curated_months = _months_of(c.table, settings)
+    years = {y for y, _ in months}
+    recompute = set(touched)
+    for g in golds:
+        scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
+        recompute |= scope - _months_of(partials_table(g.table), settings)
+    recompute = sorted(recompute)
+    writes = {}
+    with get_dask_client():
+        frame = lake.read_table(c.table, columns=_columns_needed(golds, types, c.partition_by),
+                                filters=_gold_filters(recompute, ["year", "month"]),
+                                settings=settings).persist()  # fmt: skip
+        parts = frame.to_delayed()
+        for g in golds:
+            gm = _by_month(g)
+            computed = dask.compute(*[dask.delayed(declared.partials)(x, gm) for x in parts])
+            wide, counts = declared.combine(list(computed), gm) if computed else (None, {})
+            keep = set(recompute)
+            if wide is not None and len(wide):
+                pairs = zip(wide["year"], wide["month"], strict=True)
+                wide = wide[[(int(y), int(m)) in keep for y, m in pairs]]
+            _replace_months(partials_table(g.table), wide if wide is not None else
+                            pd.DataFrame(), recompute,
+                            f"{partials_table(g.table)}:{batch}", settings)  # fmt: skip
+            for name, vc in counts.items():
+                _replace_months(partials_table(g.table, name), vc, recompute,
+                                f"{partials_table(g.table, name)}:{batch}", settings)  # fmt: skip
+            part = p.gold_partition_by(g)
+            filters = [("year", "in", sorted(years))] if part else []
+            if lake.table(partials_table(g.table), settings) is None:
+                continue  # no curated row in its scope yet
+            stored = lake.read_pandas(partials_table(g.table), filters=filters, settings=settings)
+            extra = [k for k in ("year", "month") if k not in g.group_keys()]
+            stored_counts = {
+                name: lake.read_pandas(partials_table(g.table, name), filters=filters,
+                                       settings=settings).drop(columns=extra)
+                for name, m in g.measures.items() if m.how == "quantile"
+            }  # fmt: skip
+            combined = declared.combine([(stored.drop(columns=extra), stored_counts)], g)
+            out = declared.finish(combined, g)
+            writes[g.table] = (out, part, declared.gold_schema(g, types))
+    return writes
 
 
 # --------------------------------------------------------------------------- the flow

@@ -470,13 +470,31 @@ class Pipeline(_Model):
             out.append(p)
         return out
 
+    def incremental(self, g: Gold) -> bool:
+        """A declared aggregate over more than a month (a year, all time) is kept as
+        mergeable partial states per curated month, so a run recomputes only the touched
+        months' partials and combines the stored ones."""
+        return g.function is None and self.gold_partition_by(g)[:2] != ["year", "month"]
+
+    def partial_tables(self, g: Gold) -> list[str]:
+        if not self.incremental(g):
+            return []
+        quantiles = [n for n, m in g.measures.items() if m.how == "quantile"]
+        return [partials_table(g.table), *(partials_table(g.table, n) for n in quantiles)]
+
     def tables(self) -> set[str]:
         out = {s["table"] for s in self.sources if "table" in s}
         if self.curated is not None:
             out |= {self.curated.table, quarantine_table(self.curated.table)}
-        return out | {g.table for g in self.gold}
+        return out | {t for g in self.gold for t in (g.table, *self.partial_tables(g))}
 
 
 def quarantine_table(table: str) -> str:
     """The quarantine table of a curated table."""
     return f"{table}_quarantine"
+
+
+def partials_table(gold: str, measure: str | None = None) -> str:
+    """Where a gold table keeps its partial states per curated month (a quantile
+    measure's value counts in a table of their own)."""
+    return f"{gold}__partials" if measure is None else f"{gold}__counts__{measure}"
