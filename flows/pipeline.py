@@ -449,18 +449,24 @@ def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tu
     return writes
 
 
-def _months_of(table: str, settings) -> set[tuple[int, int]]:
+#: The partition columns of a partials table: the curated month each partial is of (not
+#: year/month, which a gold table may use for keys of its own, e.g. a time bin "month").
+PART = ["part_year", "part_month"]
+
+
+def _months_of(table: str, settings, columns=("year", "month")) -> set[tuple[int, int]]:
     t = lake.table(table, settings)
     if t is None:
         return set()
-    return {(int(f["partition_values"]["year"]), int(f["partition_values"]["month"]))
-            for f in t.files() if f["partition_values"].get("year") is not None}  # fmt: skip
+    y, m = columns
+    return {(int(f["partition_values"][y]), int(f["partition_values"][m]))
+            for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
 
 
-def _by_month(g):
-    """The gold's declaration with year and month added to its keys: partials per month."""
-    extra = [k for k in ("year", "month") if k not in g.group_keys()]
-    return g.model_copy(update={"by": [*g.by, *extra]})
+def _month_partials(frame: pd.DataFrame, gold) -> tuple:
+    """A frame's partials per curated month (keys plus the month it is of)."""
+    return declared.partials(frame.assign(part_year=frame["year"], part_month=frame["month"]),
+                             gold)  # fmt: skip
 
 
 def _arrow(frame: pd.DataFrame) -> pa.Table:
@@ -478,10 +484,10 @@ def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settin
         return  # nothing to keep, nothing to empty
     data = _arrow(frame) if len(frame) else existing.schema.empty_table()
     uri = lake.table_uri(table, settings)
-    adds = lake.write_fragments(data, uri, ["year", "month"], settings) if len(frame) else []
-    lake.commit(uri, adds, data.schema, partition_by=["year", "month"],
-                mode="overwrite_partitions", batch=lake.Batch(app_id),
-                replace_partitions=[{"year": y, "month": m} for y, m in sorted(months)],
+    adds = lake.write_fragments(data, uri, PART, settings) if len(frame) else []
+    lake.commit(uri, adds, data.schema, partition_by=PART, mode="overwrite_partitions",
+                batch=lake.Batch(app_id),
+                replace_partitions=[dict(zip(PART, ym, strict=True)) for ym in sorted(months)],
                 settings=settings)  # fmt: skip
 
 
@@ -493,13 +499,12 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     import dask
 
     c = p.curated
-    touched = set(months)
     curated_months = _months_of(c.table, settings)
     years = {y for y, _ in months}
-    recompute = set(touched)
+    recompute = set(months)
     for g in golds:
         scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
-        recompute |= scope - _months_of(partials_table(g.table), settings)
+        recompute |= scope - _months_of(partials_table(g.table), settings, PART)
     recompute = sorted(recompute)
     writes = {}
     with get_dask_client():
@@ -508,33 +513,28 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
                                 settings=settings).persist()  # fmt: skip
         parts = frame.to_delayed()
         for g in golds:
-            gm = _by_month(g)
-            computed = dask.compute(*[dask.delayed(declared.partials)(x, gm) for x in parts])
-            wide, counts = declared.combine(list(computed), gm) if computed else (None, {})
-            keep = set(recompute)
-            if wide is not None and len(wide):
-                pairs = zip(wide["year"], wide["month"], strict=True)
-                wide = wide[[(int(y), int(m)) in keep for y, m in pairs]]
-            _replace_months(partials_table(g.table), wide if wide is not None else
-                            pd.DataFrame(), recompute,
-                            f"{partials_table(g.table)}:{batch}", settings)  # fmt: skip
-            for name, vc in counts.items():
-                _replace_months(partials_table(g.table, name), vc, recompute,
-                                f"{partials_table(g.table, name)}:{batch}", settings)  # fmt: skip
-            part = p.gold_partition_by(g)
-            filters = [("year", "in", sorted(years))] if part else []
+            gm = g.model_copy(update={"by": [*g.by, *PART]})
+            computed = dask.compute(*[dask.delayed(_month_partials)(x, gm) for x in parts])
+            wide, counts = declared.combine(list(computed), gm)
+            keep = set(recompute)  # the read is the cross product of years and months
+            for name in [None, *counts]:
+                f = wide if name is None else counts[name]
+                f = f[[(int(y), int(m)) in keep for y, m in zip(f[PART[0]], f[PART[1]],
+                                                                 strict=True)]]  # fmt: skip
+                table = partials_table(g.table, name)
+                _replace_months(table, f, recompute, f"{table}:{batch}", settings)
             if lake.table(partials_table(g.table), settings) is None:
                 continue  # no curated row in its scope yet
+            part = p.gold_partition_by(g)
+            filters = [(PART[0], "in", sorted(years))] if part else []
             stored = lake.read_pandas(partials_table(g.table), filters=filters, settings=settings)
-            extra = [k for k in ("year", "month") if k not in g.group_keys()]
             stored_counts = {
                 name: lake.read_pandas(partials_table(g.table, name), filters=filters,
-                                       settings=settings).drop(columns=extra)
+                                       settings=settings).drop(columns=PART)
                 for name, m in g.measures.items() if m.how == "quantile"
             }  # fmt: skip
-            combined = declared.combine([(stored.drop(columns=extra), stored_counts)], g)
-            out = declared.finish(combined, g)
-            writes[g.table] = (out, part, declared.gold_schema(g, types))
+            combined = declared.combine([(stored.drop(columns=PART), stored_counts)], g)
+            writes[g.table] = (declared.finish(combined, g), part, declared.gold_schema(g, types))
     return writes
 
 

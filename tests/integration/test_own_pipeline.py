@@ -163,23 +163,18 @@ def test_the_table_opens_in_polars_and_duckdb(walk):
 def test_deploy_registers_the_users_pipeline_with_its_schedule(walk):
     """`riverlake deploy` from the user's folder: a deployment of every declared pipeline,
     the user's included, scheduled as declared."""
-    from prefect.client.orchestration import get_client
+    from tests.integration.test_deployments import api
 
     _, steps, _ = walk
     assert f"deployed {NAME}/{NAME}-local to work pool riverlake-local (0 6 * * *)" in (
         steps["deploy"].stderr
     )
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_deployment_by_name(f"{NAME}/{NAME}-local")
-
-    import asyncio
-
-    dep = asyncio.run(read())
-    assert dep.entrypoint == f"flows/pipeline.py:{NAME}"
-    assert [s.schedule.cron for s in dep.schedules] == ["0 6 * * *"]
-    assert dep.job_variables["env"]["RIVERLAKE_PIPELINES_DIR"].endswith("/pipelines")
+    (dep,) = api("/deployments/filter", {"deployments": {"name": {"any_": [f"{NAME}-local"]}}})
+    assert dep["entrypoint"] == f"flows/pipeline.py:{NAME}"
+    assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 6 * * *"]
+    assert dep["job_variables"]["env"]["RIVERLAKE_PIPELINES_DIR"].endswith("/pipelines")
+    (flow,) = api("/flows/filter", {"flows": {"id": {"any_": [dep["flow_id"]]}}})
+    assert flow["name"] == NAME
 
 
 def test_the_dashboards_page_charts_the_users_gold_table(walk):
