@@ -227,7 +227,7 @@ class RunView:
 
 
 def run_line(v: RunView, now: datetime, kind: str = "task") -> str:
-    """One plain line: ``task commit-flights-960: Completed in 1.2s: flights 842 committed``."""
+    """One plain line: ``task commit-curated-960: Completed in 1.2s: flights 842 committed``."""
     label = f"flow run '{v.name}'" if kind == "flow" else f"task {v.name}"
     line = f"{label}: {v.state}"
     if v.final and (elapsed := v.elapsed(now)) is not None:

@@ -25,8 +25,9 @@ from tests.conftest import ROOT, riverlake_cli
 pytestmark = pytest.mark.integration
 
 DAY = "2013-01-01"
-#: The flights pipeline's tasks (their runs are named <task>-<suffix>).
-TASKS = ("check-sources", "extract-flights", "transform-month", "commit-flights", "build-gold")
+#: The flights pipeline's task runs: named <task>-<suffix>, or after what they work on.
+TASKS = (r"check-sources-\w+", "land-flight_drops", r"transform-\d{4}-\d{2}",
+         r"commit-curated-\w+", r"build-gold-\w+")  # fmt: skip
 #: The session stack's services that `up` starts (the worker is started by `deploy`).
 SERVICES = ("seaweedfs", "prefect", "nats", "weather-api", "event-replayer", "metrics")
 ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -105,7 +106,7 @@ def test_run_without_a_terminal_prints_a_plain_line_per_state_change(stack_env):
 
     completed = {}
     for task in TASKS:
-        done = where(rf"task {task}-\w+: Completed in \d+\.\ds(: .*)?")
+        done = where(rf"task {task}: Completed in \d+\.\ds(: .*)?")
         assert done, (task, res.stderr[-3000:])
         completed[task] = done[0]
         name = lines[done[0]].split(":")[0]
@@ -113,10 +114,10 @@ def test_run_without_a_terminal_prints_a_plain_line_per_state_change(stack_env):
             assert i < done[0]
     # the rows each task reported, as the run's summary counts them
     assert summary["rows_loaded"] == summary["rows_in"] > 0 and not summary["curated_skipped"]
-    assert where(rf"task commit-flights-\w+: Completed in \d+\.\ds: .*"
+    assert where(rf"task commit-curated-\w+: Completed in \d+\.\ds: .*"
                  rf"\bflights {summary['rows_loaded']} committed.*")  # fmt: skip
-    assert where(rf"task extract-flights-\w+: Completed in \d+\.\ds: "
-                 rf"flight_drops {summary['drops']['rows_loaded']} landed")  # fmt: skip
+    assert where(rf"task land-flight_drops: Completed in \d+\.\ds: "
+                 rf"flight_drops {summary['landing']['rows_loaded']} landed")  # fmt: skip
     weather = summary["sources"]["weather"]["rows_loaded"]
     assert where(rf"task ingest-weather: Completed in \d+\.\ds: weather {weather} loaded")
     daily = summary["gold_rows"]["carrier_origin_daily"]  # gold's commits reach the run too
@@ -144,8 +145,8 @@ def test_run_under_a_terminal_draws_the_live_display_and_ends_with_the_summary(s
     assert re.fullmatch(r"pipeline flights done in \d+\.\ds", lines[-2])
     text = "\n".join(lines)
     for task in TASKS:  # the last frame: every task run, completed, with its time
-        assert re.search(rf"✓ {task}-\w+ +Completed +\d+\.\ds", text), (task, text[-3000:])
-    assert re.search(rf"✓ commit-flights-\w+ +Completed +\d+\.\ds +.*"
+        assert re.search(rf"✓ {task} +Completed +\d+\.\ds", text), (task, text[-3000:])
+    assert re.search(rf"✓ commit-curated-\w+ +Completed +\d+\.\ds +.*"
                      rf"\bflights {summary['rows_loaded']} committed", text)  # fmt: skip
     assert re.search(rf"flow run 'flights {DAY}': Completed \d+\.\ds", text)
     assert re.search(r"flow run 'flights 2013-01-01': Running \d+\.\ds", text)  # while it ran
