@@ -22,17 +22,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from riverlake.analytics.analysis import FILTER_OPS, is_dask
+from riverlake.analytics.types import TYPES
 
 #: Declared type -> Arrow type (the same names as the sources' schemas).
-ARROW = {
-    "string": pa.string(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "date": pa.date32(),
-}
+ARROW = TYPES
 #: Declared type -> the pandas dtype a contract checks (dates are not checked by dtype).
 PANDAS = {
     "string": "string",
