@@ -194,3 +194,29 @@ def test_the_dashboards_page_charts_the_users_gold_table(walk):
     assert filters == {"month": "time", "weather": "choice"}
     sun = dash.filter_frame(frame, {"weather": ["sun"]})
     assert set(sun["weather"]) == {"sun"} and 0 < len(sun) < len(frame)
+
+
+def test_a_pipeline_of_table_sources_only_runs_on_the_generic_flow(stack_env, tmp_path):
+    """No landing, no curated table: the generic flow ingests each declared source into
+    its table, cursor and rows in one commit; a second run finds nothing new."""
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "carriers.yaml").write_text(yaml.safe_dump({"carriers": {
+        "description": "the airlines, copied from the dimensions database",
+        "sources": [{"name": "carriers_sql", "kind": "sql", "url": "{sql_url}",
+                     "source_table": "airlines", "cursor_column": "updated_at",
+                     "table": "carriers", "key": ["id"],
+                     "schema": {"id": "int64", "carrier": "string", "name": "string",
+                                "updated_at": "string"}}],
+    }}))  # fmt: skip
+    first = riverlake_cli("run", "carriers", "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert summary["sources"]["carriers_sql"] == {"rows_in": 16, "rows_loaded": 16,
+                                                  "rows_quarantined": 0}  # fmt: skip
+    assert "curated_table" not in summary
+    carriers = lake.read_pandas("carriers")
+    assert len(carriers) == 16 and carriers["id"].is_unique
+    second = riverlake_cli("run", "carriers", "--json", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["sources"]["carriers_sql"]["rows_in"] == 0
+    assert len(lake.read_pandas("carriers")) == 16
