@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/transform.py
 	$(BIN)/python benchmarks/apps.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/incremental.py
 
 up: install
 	$(BIN)/riverlake up
