@@ -32,7 +32,7 @@ PANDAS = {
     "int32": "Int32",
     "int64": "Int64",
     "float64": "float64",
-    "bool": "bool",
+    "bool": "boolean",  # nullable: a null is the contract's to judge, row by row
     "timestamp": "datetime64[us, UTC]",
 }
 _INTS = {"int32", "int64"}
@@ -52,10 +52,13 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 # --------------------------------------------------------------------------- typing
 
 
-def read_csv_typed(blob: bytes, types: Mapping[str, str]) -> pa.Table:
+def read_csv_typed(
+    blob: bytes, types: Mapping[str, str], zones: Mapping[str, str] | None = None
+) -> pa.Table:
     """The fast path: Arrow's CSV reader with the declared types (times read as text and
-    typed by :func:`type_text`). Raises an Arrow error or KeyError when a value or a
-    column is not what is declared: the caller then takes the careful path."""
+    typed by :func:`_parse_time`, naive ones in their column's zone from ``zones``, else
+    UTC). Raises an Arrow error or KeyError when a value or a column is not what is
+    declared: the caller then takes the careful path."""
     read = {c: (pa.string() if t in ("timestamp", "date") else ARROW[t]) for c, t in types.items()}
     t = pacsv.read_csv(
         io.BytesIO(blob),
@@ -67,7 +70,8 @@ def read_csv_typed(blob: bytes, types: Mapping[str, str]) -> pa.Table:
     cols = {}
     for c, typ in types.items():
         if c in times:
-            parsed, bad = _parse_time(pd.Series(t[c].to_pandas(), dtype="string"), typ)
+            zone = (zones or {}).get(c, "UTC")
+            parsed, bad = parse_time(pd.Series(t[c].to_pandas(), dtype="string"), typ, zone)
             if bad.any():
                 raise pa.ArrowInvalid(f"column {c}: not a {typ}")
             cols[c] = pa.array(parsed, type=ARROW[typ])
@@ -77,30 +81,79 @@ def read_csv_typed(blob: bytes, types: Mapping[str, str]) -> pa.Table:
 
 
 def read_csv_text(blob: bytes) -> pd.DataFrame:
-    """The careful path: every column as text, so one bad value costs one row, not a file."""
+    """The careful path: every column as text, so one bad value costs one row, not a file.
+    Text is kept as written ("" and "NA" too, as the fast path keeps them in a string
+    column); the typing of other columns reads those spellings as missing."""
     raw = pacsv.read_csv(
         io.BytesIO(blob),
         read_options=pacsv.ReadOptions(encoding="utf8"),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types={}),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={}),
     )
     return raw.cast(pa.schema([(n, pa.string()) for n in raw.column_names])).to_pandas()
 
 
-def _parse_time(s: pd.Series, typ: str) -> tuple[pd.Series, pd.Series]:
-    """Text -> dates or UTC timestamps (naive text is UTC here: event_time's zone is
-    applied later). Returns the values and a mask of the values that did not parse."""
-    empty = s.isna() | s.str.strip().isin(_NA_TEXT)
+#: A time of day followed by an offset: ``23:30Z``, ``23:30:00-08:00`` (a date's ``-31``
+#: is not an offset).
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def parse_time(s: pd.Series, typ: str, zone: str = "UTC") -> tuple[pd.Series, pd.Series]:
+    """Text -> dates or UTC timestamps. A time with an offset (``Z``, ``-08:00``) is that
+    instant; a naive one is a wall time in ``zone`` (DST: an ambiguous time is taken as
+    daylight time, a nonexistent one is shifted forward). Returns the values and a mask
+    of the values that did not parse."""
+    s = s.astype("string").str.strip()
+    empty = s.isna() | s.isin(_NA_TEXT)
     text = s.where(~empty)
-    v = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-    bad = v.isna() & ~empty
     if typ == "date":
-        out = v.dt.tz_convert(None).dt.normalize()
-        bad |= (out != v.dt.tz_convert(None)).fillna(False)  # a time is not a date
+        v = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        bad = v.isna() & ~empty
+        bad |= text.str.contains(r"[T ]\d", regex=True).fillna(False)  # a time is not a date
+        out = v.where(~bad)
         return out.dt.date.where(out.notna(), None), bad
+    aware = text.str.contains(_OFFSET, regex=True).fillna(False)
+    absolute = pd.to_datetime(text.where(aware), errors="coerce", utc=True, format="ISO8601")
+    naive = pd.to_datetime(text.where(~aware), errors="coerce", format="ISO8601")
+    if isinstance(naive.dtype, pd.DatetimeTZDtype):  # only offsets parsed: none naive
+        naive = naive.dt.tz_convert(None)
+    local = naive.dt.tz_localize(zone, ambiguous=True, nonexistent="shift_forward")
+    v = absolute.where(aware, local.dt.tz_convert("UTC"))
+    bad = v.isna() & ~empty
     return v.astype("datetime64[us, UTC]"), bad
 
 
-def type_text(raw: pd.DataFrame, types: Mapping[str, str]) -> tuple[pa.Table, pd.DataFrame]:
+_INT_TEXT = r"^[+-]?\d+$"
+_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def _parse_int(s: pd.Series, empty: pd.Series, typ: str) -> tuple[pd.Series, pd.Series]:
+    """Whole numbers, exactly (never through a float: 64-bit ids keep every digit); a
+    float spelling of a whole number (``1e3``, ``12.0``) is accepted; a value outside
+    the type's range is bad, never wrapped."""
+    lo, hi = _RANGE[typ]
+
+    def one(x: Any) -> Any:
+        if x is None or x is pd.NA:
+            return None
+        try:
+            n = int(x) if re_int.match(x) else float(x)
+        except (ValueError, OverflowError):
+            return None
+        if isinstance(n, float):
+            if not n.is_integer():
+                return None
+            n = int(n)
+        return n if lo <= n <= hi else None
+
+    re_int = re.compile(_INT_TEXT)
+    values = [one(x) for x in s.where(~empty).tolist()]
+    out = pd.Series(pd.array(values, dtype=PANDAS[typ]), index=s.index)
+    return out, out.isna() & ~empty
+
+
+def type_text(
+    raw: pd.DataFrame, types: Mapping[str, str], zones: Mapping[str, str] | None = None
+) -> tuple[pa.Table, pd.DataFrame]:
     """Type rows read as text; a value that does not parse sends its row to quarantine.
 
     Returns the typed good rows and the bad rows as text with ``failed_check``
@@ -118,27 +171,25 @@ def type_text(raw: pd.DataFrame, types: Mapping[str, str]) -> tuple[pa.Table, pd
         s = text[col].str.strip()
         empty = s.isna() | s.isin(_NA_TEXT)
         if typ in ("timestamp", "date"):
-            v, bad = _parse_time(s, typ)
+            v, bad = parse_time(s, typ, (zones or {}).get(col, "UTC"))
         elif typ == "bool":
             low = s.str.lower()
             v = low.map({"true": True, "false": False, "1": True, "0": False}, na_action="ignore")
             bad = v.isna() & ~empty
         elif typ == "string":
             v, bad = text[col], pd.Series(False, index=s.index)
+        elif typ in _INTS:
+            v, bad = _parse_int(s, empty, typ)
         else:
             v = pd.to_numeric(s.where(~empty), errors="coerce")
             bad = v.isna() & ~empty
-            if typ in _INTS:
-                bad |= (v % 1 != 0).fillna(False)
         failed = failed.mask(bad & failed.isna(), f"{col}:type")
         values[col] = v
     ok = failed.isna().to_numpy()
     cols = {}
     for col, typ in types.items():
         v = values[col][ok]
-        if typ in _INTS:
-            v = v.astype("Float64").astype(PANDAS[typ])
-        elif typ == "bool":
+        if typ == "bool":
             v = v.astype("boolean")
         cols[col] = pa.array(v, type=ARROW[typ], from_pandas=True)
     good = pa.table(cols, schema=schema)
@@ -155,17 +206,6 @@ def event_time_local(values: pd.Series, time_zone: str) -> pd.Series:
     return pd.to_datetime(values)
 
 
-def localize(values: pd.Series, time_zone: str) -> pd.Series:
-    """Timestamps typed from naive text (read as UTC) -> the same wall time in
-    ``time_zone``, stored in UTC. DST: an ambiguous time is taken as daylight time, a
-    nonexistent one is shifted forward."""
-    if time_zone == "UTC" or not isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values
-    naive = values.dt.tz_localize(None)
-    local = naive.dt.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward")
-    return local.dt.tz_convert("UTC")
-
-
 def add_time_parts(
     df: pd.DataFrame, column: str, time_zone: str, parts: Sequence[str]
 ) -> pd.DataFrame:
@@ -177,22 +217,42 @@ def add_time_parts(
 
 def dedupe_last(df: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, int]:
     """Keep the last record of each key (rows in landing order): late updates win.
-    Returns the frame and how many rows a later record replaced."""
-    keep = ~df.duplicated(list(key), keep="last")
-    return df[keep], int((~keep).sum())
+    A row with a null in its key is no key's record: it is kept (the contract's
+    nullability and uniqueness checks decide about it). Returns the frame and how many
+    rows a later record replaced."""
+    keyed = df[list(key)].notna().all(axis=1) if key else pd.Series(False, index=df.index)
+    replaced = df[list(key)].duplicated(keep="last") & keyed if key else keyed
+    return df[~replaced], int(replaced.sum())
+
+
+def _key_like(values: pd.Series, like: pd.Series) -> pd.Series:
+    """``values`` as the type of ``like`` (a join key): text compares as text, numbers as
+    numbers; a value that is not one is missing (it matches nothing)."""
+    if pd.api.types.is_string_dtype(like.dtype) or like.dtype == object:
+        return values.astype("string").astype(like.dtype)
+    if pd.api.types.is_numeric_dtype(like.dtype) and not pd.api.types.is_bool_dtype(like.dtype):
+        number = pd.to_numeric(values.astype("string").str.strip(), errors="coerce")
+        whole = number.where(number % 1 == 0) if like.dtype.kind in "iu" else number
+        try:
+            return whole.astype(like.dtype)
+        except (TypeError, ValueError, OverflowError):
+            return whole.astype("Float64")
+    return values.astype(like.dtype)
 
 
 def join(df: pd.DataFrame, other: pd.DataFrame, on: Mapping[str, str],
          renames: Mapping[str, str]) -> pd.DataFrame:  # fmt: skip
     """A left join with a small table: its rows deduplicated on the join keys (the first
-    wins), its keys cast to this frame's types, its columns renamed. No row is lost or
-    repeated."""
+    wins), its keys read as this frame's types, its columns renamed. No row is lost or
+    repeated; a null key, or one of the other table that is not of this frame's type,
+    matches nothing."""
     right_keys = list(on.values())
     cols = [*right_keys, *[c for c in renames if c not in right_keys]]
-    right = other[cols].drop_duplicates(right_keys)
+    right = other[cols].copy()
+    for left, r in on.items():
+        right[r] = _key_like(right[r], df[left])
+    right = right.dropna(subset=right_keys).drop_duplicates(right_keys)
     right = right.rename(columns={r: left for left, r in on.items()})
-    for left in on:
-        right[left] = right[left].astype(df[left].dtype)
     right = right.rename(columns={c: n for c, n in renames.items() if c not in right_keys})
     right = right.loc[:, ~right.columns.duplicated()]
     for c, n in renames.items():
@@ -244,30 +304,54 @@ def curate(
     the steps run, the declared columns conformed. Returns the rows and how many a later
     record replaced."""
     df = to_frame(typed)
-    if curated.event_time is not None:
+    if curated.event_time is not None:  # typed to UTC already (naive text in its zone)
         col, zone = curated.event_time.column, curated.event_time.time_zone
-        df[col] = localize(df[col], zone)
         df = add_time_parts(df, col, zone, curated.partition_by)
-    df, merged = dedupe_last(df, [k for k in curated.key if k in df.columns])
+    key = list(curated.key)
+    early = all(k in df.columns for k in key)  # a key made by a step: dedupe after them
+    merged = 0
+    if early:
+        df, merged = dedupe_last(df, key)
     df = apply_steps(df.reset_index(drop=True), curated.steps, tables, functions)
+    if not early:
+        missing = [k for k in key if k not in df.columns]
+        if missing:
+            raise KeyError(f"key column {missing[0]!r} is not produced by the source or a step")
+        df, merged = dedupe_last(df, key)
     return conform(df, types), merged
 
 
 def conform(df: pd.DataFrame, types: Mapping[str, str]) -> pd.DataFrame:
-    """The curated columns, in order, with their pandas dtypes (a missing one raises)."""
+    """The curated columns, in order, with their pandas dtypes. A value that would change
+    on the way (1.5 into an int, 3e9 into int32, "false" into a bool) is refused with the
+    column's name, never truncated, wrapped or guessed; a missing column raises."""
     missing = [c for c in types if c not in df.columns]
     if missing:
         raise KeyError(f"curated column {missing[0]!r} is not produced by the source or a step")
     out = df[list(types)].reset_index(drop=True)
-    cast = {
-        c: PANDAS[t] for c, t in types.items() if t in PANDAS and str(out[c].dtype) != PANDAS[t]
-    }
-    for c, dtype in cast.items():
-        if dtype in ("Int32", "Int64") and out[c].dtype.kind == "f":
-            out[c] = out[c].astype("Float64")
-        if dtype == "bool" and out[c].isna().any():
-            continue  # a null in a not-null bool: the contract reports it
-        out[c] = out[c].astype(dtype)
+    for c, t in types.items():
+        dtype = PANDAS.get(t)
+        if dtype is None or str(out[c].dtype) == dtype:
+            continue
+        s = out[c]
+        if dtype in ("Int32", "Int64"):
+            if not (pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s)):
+                raise TypeError(f"curated column {c!r} is {s.dtype}, not {t}")
+            number = s.astype("Float64") if s.dtype.kind == "f" else s
+            lo, hi = _RANGE[t]
+            bad = (number.notna() & ((number % 1 != 0) | (number < lo) | (number > hi))).fillna(
+                False)  # fmt: skip
+            if bad.any():
+                raise ValueError(f"curated column {c!r}: {s[bad].iloc[0]!r} is not an {t}")
+            out[c] = number.astype(dtype)
+        elif dtype == "boolean":
+            values = s.dropna()
+            if not (pd.api.types.is_bool_dtype(s.dtype)
+                    or values.map(lambda v: isinstance(v, bool | np.bool_)).all()):  # fmt: skip
+                raise TypeError(f"curated column {c!r} is {s.dtype}, not bool")
+            out[c] = s.astype(dtype)
+        else:
+            out[c] = s.astype(dtype)
     return out
 
 
@@ -305,32 +389,46 @@ def contract(rules: Mapping[str, Any], types: Mapping[str, str], key: Sequence[s
 # --------------------------------------------------------------------------- conditions
 
 _COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|=|not in|in)\s*(.+?)\s*$")
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def _value(raw: str, text: str) -> Any:
+    """A condition's value: a number, 'quoted' or "quoted" text, true or false. Unquoted
+    words are refused (YAML would read NO as false, 1:30 as 90)."""
+    raw = raw.strip()
+    if _NUMBER.match(raw):
+        number = float(raw)
+        return int(number) if re.match(r"^[+-]?\d+$", raw) else number
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise ValueError(f"condition {text!r}: {raw!r} is not a value (a number, true, false, "
+                     "or 'quoted text')")  # fmt: skip
 
 
 def parse_condition(text: str) -> tuple[str, str, Any]:
     """``"arr_delay < 15"`` -> ("arr_delay", "<", 15). Values: numbers, 'text', true,
-    false, or a [list] for in / not in."""
+    false, or a [list] of them for in / not in."""
     m = _COND.match(text)
     if not m:
-        raise ValueError(
-            f"condition {text!r} is not 'column op value' (ops: {', '.join(FILTER_OPS)})"
-        )
+        ops = ", ".join(FILTER_OPS)
+        raise ValueError(f"condition {text!r} is not 'column op value' (ops: {ops})")
     col, op, raw = m.groups()
-    import yaml
-
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ValueError(f"condition {text!r}: {raw!r} is not a value") from None
-    if op in ("in", "not in") and not isinstance(value, list):
-        raise ValueError(f"condition {text!r}: {op} needs a [list]")
-    return col, op, value
+    if op in ("in", "not in"):
+        if not (raw.startswith("[") and raw.endswith("]")):
+            raise ValueError(f"condition {text!r}: {op} needs a [list]")
+        items = [x for x in re.split(r",(?=(?:[^'\"]*['\"][^'\"]*['\"])*[^'\"]*$)", raw[1:-1])
+                 if x.strip()]  # fmt: skip
+        return col, op, [_value(x, text) for x in items]
+    return col, op, _value(raw, text)
 
 
 def condition(df: pd.DataFrame, text: str) -> pd.Series:
-    """Rows where the condition holds (a null never does)."""
+    """Rows where the condition holds; a null never does (not even != or not in)."""
     col, op, value = parse_condition(text)
-    return FILTER_OPS[op](df[col], value).fillna(False).astype(bool)
+    known = df[col].notna()
+    return (FILTER_OPS[op](df[col], value).fillna(False).astype(bool) & known).astype(bool)
 
 
 # --------------------------------------------------------------------------- gold measures
@@ -338,29 +436,37 @@ def condition(df: pd.DataFrame, text: str) -> pd.Series:
 _FLOOR = {"hour": "h", "day": "D", "week": "W-SUN", "month": "M", "year": "Y"}
 
 
-def time_bin(values: pd.Series, every: str) -> pd.Series:
-    """The start of each value's hour, day, week (Monday), month or year."""
+def time_bin(values: pd.Series, every: str, zone: str = "UTC") -> pd.Series:
+    """The start of each value's hour, day, week (Monday), month or year; a timestamp's
+    bins are those of its wall time in ``zone`` (a 23:30 Los Angeles event of 31 January
+    is in January), kept as the UTC instant they start at."""
     tz = values.dt.tz if isinstance(values.dtype, pd.DatetimeTZDtype) else None
-    naive = values.dt.tz_convert(None) if tz is not None else pd.to_datetime(values)
+    naive = values.dt.tz_convert(zone).dt.tz_localize(None) if tz is not None else (
+        pd.to_datetime(values))  # fmt: skip
     if every in ("hour", "day"):
         out = naive.dt.floor(_FLOOR[every])
     else:
         out = naive.dt.to_period(_FLOOR[every]).dt.start_time
-    return out.dt.tz_localize(tz) if tz is not None else out
+    if tz is None:
+        return out
+    local = out.dt.tz_localize(zone, ambiguous=True, nonexistent="shift_forward")
+    return local.dt.tz_convert(tz)
 
 
-def _prepare(df: pd.DataFrame, gold: Any) -> pd.DataFrame:
+def _prepare(df: pd.DataFrame, gold: Any, zone: str = "UTC") -> pd.DataFrame:
     if gold.time_bin is not None:
-        df = df.assign(**{gold.time_bin.output: time_bin(df[gold.time_bin.column],
-                                                          gold.time_bin.every)})  # fmt: skip
+        binned = time_bin(df[gold.time_bin.column], gold.time_bin.every, zone)
+        df = df.assign(**{gold.time_bin.output: binned})
     return df
 
 
-def partials(df: pd.DataFrame, gold: Any) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def partials(
+    df: pd.DataFrame, gold: Any, zone: str = "UTC"
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """One frame's partial states: per group the sums, counts, minima and maxima the
     measures need, and per quantile measure the value counts. Partials of any split of
     the rows combine (:func:`combine`) into the partials of all of them."""
-    df = _prepare(df, gold)
+    df = _prepare(df, gold, zone)
     keys = gold.group_keys()
     cols: dict[str, pd.Series] = {"__n": pd.Series(1, index=df.index, dtype="int64")}
     how: dict[str, str] = {"__n": "sum"}
@@ -423,6 +529,8 @@ def combine(parts: Sequence[tuple[pd.DataFrame, dict[str, pd.DataFrame]]], gold:
 def _quantile(counts: pd.DataFrame, keys: list[str], q: float) -> pd.DataFrame:
     """Exact quantile per group from value counts (pandas' linear interpolation)."""
     rows = []
+    if counts.empty:  # no value at all: no group, or (without keys) one row of NaN
+        return pd.DataFrame([] if keys else [[np.nan]], columns=[*keys, "__q"])
     groups = counts.groupby(keys, observed=True, dropna=False) if keys else [((), counts)]
     for key, c in groups:
         c = c.sort_values("__value")
@@ -465,15 +573,16 @@ def finish(parts, gold: Any) -> pd.DataFrame:
     return out.sort_values(keys).reset_index(drop=True) if keys else out
 
 
-def gold_frame(curated, gold: Any) -> pd.DataFrame:
-    """A declared gold table from a pandas or dask frame of the curated table. On dask,
-    each partition is reduced to partials on the workers; only the partials travel."""
+def gold_frame(curated, gold: Any, zone: str = "UTC") -> pd.DataFrame:
+    """A declared gold table from a pandas or dask frame of the curated table (time bins
+    in ``zone``). On dask, each partition is reduced to partials on the workers; only the
+    partials travel."""
     if is_dask(curated):
         import dask
 
-        parts = dask.compute(*[dask.delayed(partials)(p, gold) for p in curated.to_delayed()])
-        return finish(combine(list(parts), gold), gold)
-    return finish(combine([partials(curated, gold)], gold), gold)
+        parts = [dask.delayed(partials)(p, gold, zone) for p in curated.to_delayed()]
+        return finish(combine(list(dask.compute(*parts)), gold), gold)
+    return finish(combine([partials(curated, gold, zone)], gold), gold)
 
 
 def gold_schema(gold: Any, types: Mapping[str, str]) -> pa.Schema:

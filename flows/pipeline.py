@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from functools import cache
@@ -176,6 +177,13 @@ def month_files(table: str, year: int, month: int) -> dict[str, int]:
     return {p: int(info["size"]) for p, info in fs.glob(pattern, detail=True).items()}
 
 
+def landing_order(path: str) -> list:
+    """Landed files are read in name order, numbers by value: ``x.update-10.csv`` after
+    ``x.update-2.csv`` (the last record of a key wins)."""
+    return [int(part) if part.isdigit() else part
+            for part in re.split(r"(\d+)", path.rsplit("/", 1)[-1])]  # fmt: skip
+
+
 def landed_batch_id(files: dict[str, int]) -> str:
     """A batch is named by the landed files it reads: same files, same batch."""
     h = hashlib.sha256()
@@ -234,17 +242,29 @@ def transform_month(name: str, year: int, month: int, files: list[str]) -> dict[
     c = p.curated
     settings = get_settings()
     raw_types = dict(p.landing_source()["schema"])
+    zones = {c.event_time.column: c.event_time.time_zone} if c.event_time else {}
     fs = lake.filesystem(settings)
     blobs = fs.cat(files) if files else {}
     typed, quarantined, rows_in = [], [], 0
-    for path in sorted(blobs):
+    for path in sorted(blobs, key=landing_order):
         try:
-            table = declared.read_csv_typed(blobs[path], raw_types)
+            table = declared.read_csv_typed(blobs[path], raw_types, zones)
             bad = pd.DataFrame()
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
-            table, bad = declared.type_text(declared.read_csv_text(blobs[path]), raw_types)
+            try:
+                text = declared.read_csv_text(blobs[path])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError) as e:
+                # not a CSV at all (a line with extra fields, not UTF-8): the whole file is
+                # one quarantined record, with its first bytes
+                head = bytes(blobs[path][:4096]).decode("utf-8", "replace")
+                reason = f"file:unreadable ({str(e).splitlines()[0][:120]})"
+                text = pd.DataFrame({"file_head": [head]})
+                table, bad = pa.schema([]).empty_table(), text.assign(failed_check=reason)
+            else:
+                table, bad = declared.type_text(text, raw_types, zones)
         rows_in += table.num_rows + len(bad)
-        typed.append(table)
+        if table.num_columns:
+            typed.append(table)
         if len(bad):
             quarantined.append(_quarantine_rows(bad, path, year, month))
     empty = {"adds": [], "rows_in": rows_in, "merged": 0, "failures": {}, "checked": 0,
@@ -257,15 +277,23 @@ def transform_month(name: str, year: int, month: int, files: list[str]) -> dict[
     checked = split(rows, schema)
     if len(checked.bad):
         quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
+    good = checked.good
+    # A row belongs to the month it was landed in; one that does not (it cannot, landing
+    # and curation read the same time) would replace another month's partition: refused.
+    elsewhere = (good["year"] != year) | (good["month"] != month)
+    if elsewhere.any():
+        stray = good[elsewhere].assign(failed_check=f"landing:month ({year}-{month:02d})")
+        quarantined.append(_quarantine_rows(stray, "landing", year, month))
+        good = good[~elsewhere]
     adds = lake.write_fragments(
-        declared.to_table(checked.good, types), lake.table_uri(c.table, settings),
-        c.partition_by, settings,
+        declared.to_table(good, types), lake.table_uri(c.table, settings), c.partition_by,
+        settings,
     )  # fmt: skip
     return {
         "adds": adds,
         "rows_in": rows_in,
         "merged": merged,
-        "rows_loaded": len(checked.good),
+        "rows_loaded": len(good),
         "quarantine": pd.concat(quarantined, ignore_index=True) if quarantined else None,
         "failures": checked.failures,
         "checked": len(rows),
@@ -326,7 +354,7 @@ def commit_curated(
     curated = lake.commit(
         lake.table_uri(c.table, settings), [a for r in results for a in r["adds"]],
         declared.arrow_schema(types), partition_by=c.partition_by, mode="overwrite_partitions",
-        replace_partitions=months_replaced if c.partition_by == ["year", "month"] else (),
+        replace_partitions=months_replaced,  # by year and month: every day under it too
         batch=lake.Batch(f"{c.table}:{batch}",
                          state={source: landing_state} if landing_state is not None else None),
         settings=settings,
@@ -388,12 +416,19 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
     if kept:
         writes |= _gold_from_partials(p, kept, months, batch, types, settings)
 
+    years = sorted({y for y, _ in months})
+    scope = {  # every touched partition is replaced, also one that has no rows any more
+        ("year", "month"): [{"year": y, "month": m} for y, m in months],
+        ("year",): [{"year": y} for y in years],
+    }
+
     def write(table: str) -> int:
         frame, partition_by, schema = writes[table]
         data = declared.gold_table(frame, schema) if schema is not None else frame
         return lake.write_table(
             table, data, partition_by=partition_by,
             mode="overwrite_partitions",  # unpartitioned: the whole table
+            replace_partitions=scope.get(tuple(partition_by[:2]), ()),
             app_id=f"{table}:{batch}", schema=schema, settings=settings,
         ).rows  # fmt: skip
 
@@ -443,7 +478,7 @@ def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tu
                 out = import_path(g.function)(scoped)
                 schema = None
             else:
-                out = declared.gold_frame(scoped, g)
+                out = declared.gold_frame(scoped, g, _zone(p))
                 schema = declared.gold_schema(g, types)
             writes[g.table] = (_touched(out, months, part), part, schema)
     return writes
@@ -463,10 +498,15 @@ def _months_of(table: str, settings, columns=("year", "month")) -> set[tuple[int
             for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
 
 
-def _month_partials(frame: pd.DataFrame, gold) -> tuple:
+def _zone(p: Pipeline) -> str:
+    """The zone of a pipeline's time bins: its event time's (local days and months)."""
+    return p.curated.event_time.time_zone if p.curated.event_time else "UTC"
+
+
+def _month_partials(frame: pd.DataFrame, gold, zone: str) -> tuple:
     """A frame's partials per curated month (keys plus the month it is of)."""
     return declared.partials(frame.assign(part_year=frame["year"], part_month=frame["month"]),
-                             gold)  # fmt: skip
+                             gold, zone)  # fmt: skip
 
 
 def _arrow(frame: pd.DataFrame) -> pa.Table:
@@ -504,7 +544,7 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     recompute = set(months)
     for g in golds:
         scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
-        recompute |= scope - _months_of(partials_table(g.table), settings, PART)
+        recompute |= scope - _months_of(partials_table(g), settings, PART)
     recompute = sorted(recompute)
     writes = {}
     with get_dask_client():
@@ -514,25 +554,32 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
         parts = frame.to_delayed()
         for g in golds:
             gm = g.model_copy(update={"by": [*g.by, *PART]})
-            computed = dask.compute(*[dask.delayed(_month_partials)(x, gm) for x in parts])
+            zone = _zone(p)
+            computed = dask.compute(*[dask.delayed(_month_partials)(x, gm, zone) for x in parts])
             wide, counts = declared.combine(list(computed), gm)
             keep = set(recompute)  # the read is the cross product of years and months
             for name in [None, *counts]:
                 f = wide if name is None else counts[name]
                 f = f[[(int(y), int(m)) in keep for y, m in zip(f[PART[0]], f[PART[1]],
                                                                  strict=True)]]  # fmt: skip
-                table = partials_table(g.table, name)
+                table = partials_table(g, name)
                 _replace_months(table, f, recompute, f"{table}:{batch}", settings)
-            if lake.table(partials_table(g.table), settings) is None:
+            if lake.table(partials_table(g), settings) is None:
                 continue  # no curated row in its scope yet
             part = p.gold_partition_by(g)
             filters = [(PART[0], "in", sorted(years))] if part else []
-            stored = lake.read_pandas(partials_table(g.table), filters=filters, settings=settings)
-            stored_counts = {
-                name: lake.read_pandas(partials_table(g.table, name), filters=filters,
-                                       settings=settings).drop(columns=PART)
-                for name, m in g.measures.items() if m.how == "quantile"
-            }  # fmt: skip
+            stored = lake.read_pandas(partials_table(g), filters=filters, settings=settings)
+            stored_counts = {}
+            for name, m in g.measures.items():
+                if m.how != "quantile":
+                    continue
+                if lake.table(partials_table(g, name), settings) is None:  # no value yet
+                    stored_counts[name] = pd.DataFrame(columns=[*g.group_keys(), "__value",
+                                                                "__count"])  # fmt: skip
+                    continue
+                stored_counts[name] = lake.read_pandas(
+                    partials_table(g, name), filters=filters, settings=settings
+                ).drop(columns=PART)
             combined = declared.combine([(stored.drop(columns=PART), stored_counts)], g)
             writes[g.table] = (declared.finish(combined, g), part, declared.gold_schema(g, types))
     return writes

@@ -438,11 +438,19 @@ def _removes(dt, adds, partition_by: Sequence[str], extra: Sequence[dict[str, An
 
     now = int(time.time() * 1000)
     touched = {tuple(a["partition_values"].get(c) for c in partition_by) for a in adds}
-    touched |= {tuple(partition_value(p.get(c)) for c in partition_by) for p in extra}
+    # an extra partition may name a prefix of the partition columns ({"year", "month"} of a
+    # table by year, month and day): every partition under it is replaced
+    prefixes = [{c: partition_value(v) for c, v in p.items()} for p in extra]
+
+    def replaced(values: dict) -> bool:
+        if tuple(values.get(c) for c in partition_by) in touched:
+            return True
+        return any(all(values.get(c) == v for c, v in p.items()) for p in prefixes)
+
     return [
         RemoveAction(f["path"], True, now, f["size"], f["partition_values"])
         for f in current_files(dt)
-        if not partition_by or tuple(f["partition_values"].get(c) for c in partition_by) in touched
+        if not partition_by or replaced(f["partition_values"])
     ]
 
 
@@ -461,6 +469,7 @@ def write_table(
     app_id: str | None = None,
     schema: pa.Schema | None = None,
     allow_new_columns: bool = False,
+    replace_partitions: Sequence[dict[str, Any]] = (),
     settings: Settings | None = None,
 ) -> CommitResult:
     """Write a pandas, Arrow or dask frame to table ``name`` in one atomic commit.
@@ -494,7 +503,8 @@ def write_table(
         adds = write_fragments(table, uri, partition_by, settings)
     return commit(
         uri, adds, schema, partition_by=partition_by, mode=mode, batch=Batch(app_id),
-        allow_new_columns=allow_new_columns, settings=settings,
+        replace_partitions=replace_partitions, allow_new_columns=allow_new_columns,
+        settings=settings,
     )  # fmt: skip
 
 

@@ -148,7 +148,8 @@ def _raw_source(p: Pipeline, raw: dict[str, Any]) -> dict[str, Any]:
         and "landing_time" not in raw
         and not {"year", "month"} <= set(raw.get("schema") or {})
     ):
-        return {**raw, "landing_time": c.event_time.column}
+        return {**raw, "landing_time": c.event_time.column,
+                "landing_time_zone": c.event_time.time_zone}  # fmt: skip
     return raw
 
 

@@ -384,6 +384,12 @@ class Pipeline(_Model):
             if available is not None and name not in available:
                 raise ValueError(f"curated.contract.{name}: no such column")
             typ = (available or c.columns or {}).get(name)
+            words = [v for v in rule.isin or [] if isinstance(v, bool) or v is None]
+            if typ == "string" and words:
+                raise ValueError(
+                    f"curated.contract.{name}.isin: {words[0]!r} is not text (YAML reads "
+                    "NO, yes, off... as booleans): quote it, e.g. 'NO'"
+                )
             if (rule.min is not None or rule.max is not None) and typ not in (None, *NUMERIC):
                 raise ValueError(f"curated.contract.{name}: a range needs a number, not {typ}")
         typed = self.curated_types(assume_functions=True)
@@ -421,6 +427,9 @@ class Pipeline(_Model):
         assert c is not None
         types = self.curated_types()
         where = f"gold.{i} ({g.table})"
+        clash = [m for m in g.measures if m in g.group_keys()]
+        if clash:
+            raise ValueError(f"{where}.measures.{clash[0]}: a measure named like a key")
         for k in g.by:
             if k not in types:
                 raise ValueError(f"{where}.by: {k!r} is not a column of {c.table}")
@@ -480,7 +489,7 @@ class Pipeline(_Model):
         if not self.incremental(g):
             return []
         quantiles = [n for n, m in g.measures.items() if m.how == "quantile"]
-        return [partials_table(g.table), *(partials_table(g.table, n) for n in quantiles)]
+        return [partials_table(g), *(partials_table(g, n) for n in quantiles)]
 
     def tables(self) -> set[str]:
         out = {s["table"] for s in self.sources if "table" in s}
@@ -494,7 +503,14 @@ def quarantine_table(table: str) -> str:
     return f"{table}_quarantine"
 
 
-def partials_table(gold: str, measure: str | None = None) -> str:
+def partials_table(gold: Gold, measure: str | None = None) -> str:
     """Where a gold table keeps its partial states per curated month (a quantile
-    measure's value counts in a table of their own)."""
-    return f"{gold}__partials" if measure is None else f"{gold}__counts__{measure}"
+    measure's value counts in a table of their own). The name carries a fingerprint of
+    the gold's declaration (keys, time bin, measures): a changed declaration starts new
+    partials, recomputed for every month, never combined with states of another shape."""
+    import hashlib
+
+    shape = gold.model_dump_json(include={"by", "time_bin", "measures"})
+    tag = hashlib.sha256(shape.encode()).hexdigest()[:8]
+    base = f"{gold.table}__partials_{tag}"
+    return base if measure is None else f"{base}__counts__{measure}"

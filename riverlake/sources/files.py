@@ -370,11 +370,20 @@ def _landing(
     Arrow error before any of it is."""
     root = lake.strip_scheme(lake.landing_uri(spec.table, settings))
     stem = landed_name(path)
-    if spec.landing_time is not None:  # YYYY-MM... of an event time
-        t = pc.fill_null(_text(table, spec.landing_time), "")
-        ym = pc.extract_regex(pc.utf8_trim_whitespace(t), r"^(?P<y>[0-9]{4})-(?P<m>[0-9]{2})")
-        y = pc.fill_null(pc.struct_field(ym, "y"), "")
-        m = pc.fill_null(pc.struct_field(ym, "m"), "")
+    if spec.landing_time is not None:  # the local month of an event time, as curation reads it
+        import pandas as pd
+
+        from riverlake.analytics.declared import parse_time
+
+        kind = (spec.schema_ or {}).get(spec.landing_time, "timestamp")
+        text = pd.Series(_text(table, spec.landing_time).to_pandas(), dtype="string")
+        when, _ = parse_time(text, "date" if kind == "date" else "timestamp",
+                             spec.landing_time_zone)  # fmt: skip
+        if kind != "date":
+            when = when.dt.tz_convert(spec.landing_time_zone)
+        when = pd.to_datetime(when)
+        y = pa.array(when.dt.year.astype("Int64").astype("string").fillna(""), pa.string())
+        m = pa.array(when.dt.month.astype("Int64").astype("string").fillna(""), pa.string())
     else:
         y, m = (pc.fill_null(_text(table, c), "") for c in ("year", "month"))
     y_ok, m_ok = pc.match_substring_regex(y, _YEAR), pc.match_substring_regex(m, _MONTH)

@@ -89,6 +89,10 @@ class FileSource(_Source):
         "event_time.",
     )
 
+    landing_time_zone: str = Field(
+        "UTC", description="landing: the zone of landing_time's naive times (the month is local)."
+    )
+
     @model_validator(mode="after")
     def _landing_columns(self):
         # A landing source's schema is the curated table's typing: every file must have

@@ -24,8 +24,13 @@ LAKE = "s3://riverlake-test/incremental"
 DAYS = ["2013-01-30", "2013-01-31", "2013-02-01", "2013-02-02"]
 
 
+def partials(table: str, measure: str | None = None) -> str:
+    gold = next(g for g in pipelines.pipeline("flights").gold if g.table == table)
+    return pipelines.model.partials_table(gold, measure)
+
+
 def partial_files(month: int) -> set[str]:
-    t = lake.table("route_stats__partials", get_settings(lake_url=LAKE))
+    t = lake.table(partials("route_stats"), get_settings(lake_url=LAKE))
     return {f["path"] for f in t.files() if f["partition_values"]["part_month"] == str(month)}
 
 
@@ -75,8 +80,8 @@ def test_incremental_gold_equals_a_full_recomputation(daily_runs):
 
 def test_partials_hold_exactly_the_curated_months(daily_runs):
     settings = get_settings(lake_url=LAKE)
-    for table in ("route_stats__partials", "route_stats__counts__arr_delay_p90",
-                  "delay_by_hour__partials"):  # fmt: skip
+    for table in (partials("route_stats"), partials("route_stats", "arr_delay_p90"),
+                  partials("delay_by_hour")):  # fmt: skip
         parts = lake.read_pandas(table, settings=settings)
         months = sorted(set(zip(parts["part_year"], parts["part_month"], strict=True)))
         assert months == [(2013, 1), (2013, 2)], table

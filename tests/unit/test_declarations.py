@@ -78,8 +78,13 @@ def test_a_user_declaration_parses_with_derived_partitions():
         **WEATHER["sources"][0]["schema"],
     }
     assert p.gold_partition_by(p.gold[0]) == []  # by month bin and weather: one table
+    parts = pipelines.model.partials_table(p.gold[0])
+    assert (
+        parts.startswith("weather_monthly__partials_")
+        and len(parts) == len("weather_monthly__partials_") + 8
+    )
     assert p.tables() == {"daily_weather", "daily_weather_quarantine", "weather_monthly",
-                          "weather_monthly__partials", "weather_monthly__counts__p90_temp_max"}  # fmt: skip
+                          parts, f"{parts}__counts__p90_temp_max"}  # fmt: skip
 
 
 def test_the_shipped_flights_declaration():
@@ -290,7 +295,8 @@ def test_event_time_in_a_zone_is_stored_in_utc_and_partitioned_by_local_date():
     text = pd.DataFrame({"date": ["2013-01-31 23:30", "2013-03-10 02:30"], "station": ["S1"] * 2,
                          "temp_max": ["1", "2"], "precipitation": ["0", "0"],
                          "weather": ["sun", "sun"]})  # fmt: skip
-    typed, bad = declared.type_text(text, dict(body["sources"][0]["schema"]))
+    zones = {"date": c.event_time.time_zone}
+    typed, bad = declared.type_text(text, dict(body["sources"][0]["schema"]), zones)
     assert len(bad) == 0
     rows, merged = declared.curate(c, typed, types, {}, {})
     assert merged == 0

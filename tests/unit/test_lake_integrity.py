@@ -224,3 +224,18 @@ def test_merge_into_a_new_table_refuses_null_keys_too(settings):
     ):
         lake.merge_table("n", pa.table({"k": [1, None]}), ["k"], settings=settings)
     assert lake.table("n", settings) is None
+
+
+def test_replacing_a_month_of_a_table_by_day_replaces_every_day_under_it(settings):
+    """A correction moves a row from day 5 to day 6: the month is replaced whole (the
+    replace names year and month, a prefix of the partition columns), so the row is not
+    left behind in day 5 as well."""
+    parts = ["year", "month", "day"]
+    rows = pd.DataFrame({"year": [2013] * 2 + [2013], "month": [1, 1, 2], "day": [5, 5, 1],
+                         "k": [1, 2, 3]})  # fmt: skip
+    lake.write_table("by_day", rows, partition_by=parts, settings=settings)
+    fixed = pd.DataFrame({"year": [2013, 2013], "month": [1, 1], "day": [6, 5], "k": [1, 2]})
+    lake.write_table("by_day", fixed, partition_by=parts, mode="overwrite_partitions",
+                     replace_partitions=[{"year": 2013, "month": 1}], settings=settings)  # fmt: skip
+    got = lake.read_pandas("by_day", settings=settings).sort_values("k")
+    assert got[["k", "month", "day"]].values.tolist() == [[1, 1, 6], [2, 1, 5], [3, 2, 1]]
