@@ -25,13 +25,16 @@ def _rows(name: str, settings) -> list[dict]:
     return [] if t is None else t.to_arrow().to_pylist()
 
 
-def test_watch_keeps_the_lake_current_until_ctrl_c(stack_env):
+def test_watch_keeps_the_lake_current_until_ctrl_c(stack_env, tmp_path):
     settings = get_settings(lake_url=LAKE)
     env = {**os.environ, "RIVERLAKE_LAKE_URL": LAKE}
+    # Its output goes to a file: a pipe nobody reads while it runs fills up (64 KiB) and
+    # then blocks every thread of the command that writes a line.
+    log = (tmp_path / "watch.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "riverlake.ops.cli", "run", "flights", "--watch", "--interval", "3",
          "--start", "2013-01-01", "--end", "2013-01-01"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline, days, events = time.monotonic() + 240, set(), []
@@ -47,7 +50,9 @@ def test_watch_keeps_the_lake_current_until_ctrl_c(stack_env):
         assert len(ids) == len(set(ids))
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        log.seek(0)
+        out = log.read()
     assert proc.returncode == 0, out[-3000:]
     assert "watch stopped" in out
     assert out.count("pipeline flights done in") >= 3
