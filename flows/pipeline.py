@@ -384,12 +384,18 @@ def _gold_filters(months: list[tuple[int, int]], partition_by: list[str]) -> lis
     return [("year", "in", years)]
 
 
+def _in_months(frame: pd.DataFrame, months, columns=("year", "month")) -> pd.DataFrame:
+    """The rows of ``frame`` whose (year, month) is one of ``months`` (a read filtered by
+    years and by months holds their cross product)."""
+    wanted = {(int(y), int(m)) for y, m in months}
+    pairs = zip(frame[columns[0]], frame[columns[1]], strict=True)
+    return frame[[(int(y), int(m)) in wanted for y, m in pairs]]
+
+
 def _touched(frame: pd.DataFrame, months: list[tuple[int, int]], partition_by: list[str]):
     if partition_by[:2] != ["year", "month"] or frame.empty:
         return frame
-    touched = set(months)
-    keep = [(y, m) in touched for y, m in zip(frame["year"], frame["month"], strict=True)]
-    return frame[keep]
+    return _in_months(frame, months)
 
 
 @task(name="build-gold", persist_result=False)
@@ -557,11 +563,8 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
             zone = _zone(p)
             computed = dask.compute(*[dask.delayed(_month_partials)(x, gm, zone) for x in parts])
             wide, counts = declared.combine(list(computed), gm)
-            keep = set(recompute)  # the read is the cross product of years and months
             for name in [None, *counts]:
-                f = wide if name is None else counts[name]
-                f = f[[(int(y), int(m)) in keep for y, m in zip(f[PART[0]], f[PART[1]],
-                                                                 strict=True)]]  # fmt: skip
+                f = _in_months(wide if name is None else counts[name], recompute, PART)
                 table = partials_table(g, name)
                 _replace_months(table, f, recompute, f"{table}:{batch}", settings)
             if lake.table(partials_table(g), settings) is None:
@@ -658,13 +661,10 @@ def run_pipeline(name: str, start: date | str | None = None,
     landing = p.landing_source()
     table_sources = [s["name"] for s in p.sources if s is not landing]
     futures = [ingest_source.submit(name, s) for s in table_sources]
-    dims = {}
     summary: dict[str, Any] = {"pipeline": name, "batch": None}
-    if landing is not None:
+    if landing is not None:  # landed while the table sources load
         drops = land_files.submit(name, landing["name"]).result()
-        dims = {d["source"]: d for d in (f.result() for f in futures)}  # steps join them
-    else:
-        dims = {d["source"]: d for d in (f.result() for f in futures)}
+    dims = {d["source"]: d for d in (f.result() for f in futures)}  # the steps join them
     del futures  # held futures would be recomputed when the worker holding them dies
     summary["sources"] = {k: {f: v[f] for f in ("rows_in", "rows_loaded", "rows_quarantined")}
                           for k, v in dims.items()}  # fmt: skip
