@@ -149,3 +149,45 @@ def test_checkov_passes_the_terraform():
     # every skip is justified where it is made
     for c in report["results"]["skipped_checks"]:
         assert len(c["check_result"].get("suppress_comment", "")) > 20, c["check_id"]
+
+
+def resources(folder: Path) -> dict[tuple[str, str], dict]:
+    """Every resource of a folder, by (type, name), its attributes unquoted."""
+    out = {}
+    for f in sorted(folder.glob("*.tf")):
+        for block in hcl2.load(f.open()).get("resource", []):
+            for kind, named in block.items():
+                for name, body in named.items():
+                    out[(unq(kind), unq(name))] = {k: unq(v) for k, v in body.items()}
+    return out
+
+
+def jsonencoded(expr: str):
+    """The value of a ``jsonencode({...})`` attribute, as the JSON Terraform would send."""
+    m = re.fullmatch(r"\$\{jsonencode\((.*)\)\}", expr, re.DOTALL)
+    assert m, f"not a jsonencode(...) expression: {expr}"
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {unq(k): plain(x) for k, x in v.items() if k != "__is_block__"}
+        return [plain(x) for x in v] if isinstance(v, list) else unq(v)
+
+    return plain(hcl2.loads(f"v = {m.group(1)}\n")["v"])
+
+
+def test_the_cluster_enforces_network_policies_with_the_vpc_cni_add_on():
+    """Without an engine, NetworkPolicy objects are accepted and ignored: the VPC CNI add-on
+    with its network policy agent on (AWS: configuration value enableNetworkPolicy "true")."""
+    eks = TF / "modules" / "eks"
+    addons = {r["addon_name"]: r for (kind, _), r in resources(eks).items()
+              if kind == "aws_eks_addon"}  # fmt: skip
+    cni = addons["vpc-cni"]
+    assert cni["cluster_name"] == "${module.eks.cluster_name}"
+    assert jsonencoded(cni["configuration_values"])["enableNetworkPolicy"] == "true"
+    # EKS installs a self-managed vpc-cni with every cluster: the add-on takes it over
+    assert cni["resolve_conflicts_on_create"] == "OVERWRITE"
+    # network policies need Kubernetes 1.25 or later (and VPC CNI 1.14 or later: the add-on
+    # version is the default one for the cluster's Kubernetes version)
+    minor = blocks(eks, "variable")["kubernetes_version"]["default"]
+    assert tuple(int(x) for x in minor.split(".")) >= (1, 25)
+    assert "aws_eks_addon_version.vpc_cni.version" in cni["addon_version"]

@@ -45,3 +45,24 @@ module "eks" {
 
   tags = var.tags
 }
+
+# The NetworkPolicy engine: without one, the namespace's NetworkPolicy objects are accepted
+# and ignored. The Amazon VPC CNI add-on enforces them with its network policy agent once
+# its configuration value enableNetworkPolicy is "true" (VPC CNI 1.14 or later, Kubernetes
+# 1.25 or later). EKS installs a self-managed vpc-cni with every cluster: the add-on takes
+# it over (OVERWRITE) at the version EKS names the default for the cluster's Kubernetes.
+data "aws_eks_addon_version" "vpc_cni" {
+  addon_name         = "vpc-cni"
+  kubernetes_version = module.eks.cluster_version
+  most_recent        = false
+}
+
+resource "aws_eks_addon" "vpc_cni" {
+  cluster_name                = module.eks.cluster_name
+  addon_name                  = "vpc-cni"
+  addon_version               = data.aws_eks_addon_version.vpc_cni.version
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  configuration_values        = jsonencode({ enableNetworkPolicy = "true" })
+  tags                        = var.tags
+}
