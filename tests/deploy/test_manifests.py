@@ -96,11 +96,14 @@ def test_network_policies_deny_by_default_and_open_only_named_flows(overlay):
         assert rules, name
         for r in spec.get("ingress", []):
             assert r.get("from"), f"{name}: an ingress rule without a source opens to all"
-    dask = pols["dask-in-namespace"]["ingress"]
-    peers = [p for r in dask for p in r.get("from", [])]
-    assert all("namespaceSelector" not in p or
-               p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "monitoring"
-               for p in peers)  # fmt: skip
+    # Dask pods take connections from other namespaces only from Prometheus and (the
+    # scheduler's dashboard port) the dask-kubernetes operator; who exactly may reach them
+    # is evaluated in test_network_policies.py.
+    for name, others in (("dask-scheduler-ingress", {"monitoring", "dask-operator"}),
+                         ("dask-worker-ingress", {"monitoring"})):  # fmt: skip
+        peers = [p for r in pols[name]["ingress"] for p in r.get("from", [])]
+        assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for p in peers if "namespaceSelector" in p} == others  # fmt: skip
 
 
 def test_rbac_is_namespaced_and_grants_no_wildcards_or_secrets(overlay):
