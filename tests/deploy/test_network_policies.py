@@ -279,3 +279,38 @@ def test_dask_workers_take_connections_from_their_peers_and_prometheus_only(over
     assert reach == {"dask scheduler", "dask worker", "flow run"}
     reach = {p.name for p in pods if connects(pols, p, worker, "TCP", 8788)}
     assert reach == {"dask scheduler", "dask worker", "flow run", "monitoring/prometheus"}
+
+
+# ------------------------------------------------------------------ egress
+
+
+SOURCES = {("TCP", 443), ("TCP", 4222), ("TCP", 5432)}  # HTTPS, NATS, PostgreSQL
+DNS = {("UDP", 53), ("TCP", 53)}
+PREFECT_API = {("TCP", 4200)}
+
+
+@pytest.mark.parametrize("reader", ["flow run", "dask worker"])
+def test_source_readers_reach_https_nats_and_postgres_and_nothing_else(overlay, reader):
+    """Outside the cluster: 443, 4222 and 5432 (TCP); besides, DNS at kube-dns and the
+    Prefect API in its namespace. Inside the namespace: the Dask pods only."""
+    _name, objs = overlay
+    pols = network_policies(objs)
+    src = flow_run_pod() if reader == "flow run" else dask_pod("worker")
+    assert open_ports(pols, src, OUTSIDE) == SOURCES
+    assert open_ports(pols, src, KUBE_DNS) == SOURCES | DNS
+    assert open_ports(pols, src, PREFECT_SERVER) == SOURCES | PREFECT_API
+    others = [p for p in everyone(objs) if p.namespace not in (None, NAMESPACE)]
+    for p in others:
+        assert open_ports(pols, src, p) <= SOURCES | DNS | PREFECT_API, p.name
+    # in the namespace: the Dask pods, never the apps or the Prefect worker
+    assert connects(pols, src, dask_pod("scheduler"), "TCP", 8786)
+    assert connects(pols, src, dask_pod("worker"), "TCP", 40123)
+    for p in manifest_pods(objs):
+        assert open_ports(pols, src, p) == set(), p.name
+
+
+def test_pods_that_read_no_source_keep_https_only(overlay):
+    _name, objs = overlay
+    pols = network_policies(objs)
+    for pod in [*manifest_pods(objs), dask_pod("scheduler")]:
+        assert open_ports(pols, pod, OUTSIDE) == {("TCP", 443)}, pod.name
