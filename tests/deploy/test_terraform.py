@@ -121,7 +121,7 @@ def test_the_lake_bucket_is_versioned_encrypted_private_tls_only_and_tiered():
                                         "ignore_public_acls", "restrict_public_buckets"))  # fmt: skip
     assert res[("aws_kms_key", "lake")]["enable_key_rotation"] is True
     rules = json.dumps(res[("aws_s3_bucket_lifecycle_configuration", "lake")])
-    assert "lake/landing/" in rules and "quarantine" in rules
+    assert "lake/landing/" in rules
     policy = (TF / "modules" / "lake" / "main.tf").read_text()
     assert "aws:SecureTransport" in policy
 
@@ -191,3 +191,30 @@ def test_the_cluster_enforces_network_policies_with_the_vpc_cni_add_on():
     minor = blocks(eks, "variable")["kubernetes_version"]["default"]
     assert tuple(int(x) for x in minor.split(".")) >= (1, 25)
     assert "aws_eks_addon_version.vpc_cni.version" in cni["addon_version"]
+
+
+def test_no_lifecycle_rule_expires_what_a_delta_table_holds():
+    """S3 knows nothing of Delta: expiring objects under a table (its _delta_log, or data
+    files the log still names) corrupts it. Rows leave a table through Delta (`riverlake
+    prune-quarantine`: a delete, then a vacuum), never through a lifecycle rule."""
+    from riverlake.lake.names import LANDING, TABLES
+
+    lake = TF / "modules" / "lake"
+    url = blocks(lake, "output")["lake_url"]["value"]
+    root = re.fullmatch(r"s3://\$\{aws_s3_bucket\.lake\.bucket\}/(.+)", url).group(1)
+    tables, landing = f"{root}/{TABLES}/", f"{root}/{LANDING}/"
+    (config,) = [r for (kind, name), r in resources(lake).items()
+                 if kind == "aws_s3_bucket_lifecycle_configuration" and name == "lake"]  # fmt: skip
+    rules = {unq(r["id"]): r for r in config["rule"]}
+    assert rules
+    for rid, rule in rules.items():
+        (filt,) = rule["filter"]
+        prefix = unq(filt.get("prefix", ""))
+        assert not prefix.startswith(tables), f"rule {rid} acts inside the tables ({prefix})"
+        if tables.startswith(prefix):  # the rule covers the tables (the whole bucket: "")
+            assert "expiration" not in rule, f"rule {rid} expires objects of the tables"
+            assert "transition" not in rule, f"rule {rid} moves objects of the tables"
+    # landing/ holds plain files (the landed batches, immutable, read again when a month is
+    # reprocessed): tiered to cheaper storage, never expired
+    (landing_rule,) = [r for r in rules.values() if unq(r["filter"][0].get("prefix")) == landing]
+    assert "expiration" not in landing_rule and landing_rule["transition"]

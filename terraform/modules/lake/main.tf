@@ -1,5 +1,5 @@
 # The lake bucket: versioned, SSE-KMS with a customer key that rotates, no public
-# access, TLS only, access-logged, with lifecycle rules for landing and quarantine.
+# access, TLS only, access-logged, with lifecycle rules for landing and old versions.
 data "aws_caller_identity" "current" {}
 
 data "aws_iam_policy_document" "key" {
@@ -105,6 +105,12 @@ resource "aws_s3_bucket_policy" "lake" {
   depends_on = [aws_s3_bucket_public_access_block.this]
 }
 
+# Lifecycle rules never act on objects under lake/tables/: S3 knows nothing of Delta, and
+# expiring a table's _delta_log or a data file its log names corrupts the table. Old
+# quarantine rows leave through Delta (`riverlake prune-quarantine --older-than-days N`: a
+# delete, then a vacuum). landing/ holds plain files (the landed batches, read again when
+# a month is reprocessed): tiered, never expired. Noncurrent versions (what vacuum
+# deleted, in this versioned bucket) and incomplete uploads expire everywhere.
 resource "aws_s3_bucket_lifecycle_configuration" "lake" {
   bucket = aws_s3_bucket.lake.id
 
@@ -121,28 +127,6 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     transition {
       days          = var.landing_to_glacier_days
       storage_class = "GLACIER_IR"
-    }
-  }
-
-  rule {
-    id     = "quarantine-expiry"
-    status = "Enabled"
-    filter {
-      prefix = "lake/tables/source_quarantine/"
-    }
-    expiration {
-      days = var.quarantine_expiry_days
-    }
-  }
-
-  rule {
-    id     = "flights-quarantine-expiry"
-    status = "Enabled"
-    filter {
-      prefix = "lake/tables/flights_quarantine/"
-    }
-    expiration {
-      days = var.quarantine_expiry_days
     }
   }
 

@@ -15,12 +15,6 @@ variable "landing_to_glacier_days" {
   default     = 90
 }
 
-variable "quarantine_expiry_days" {
-  type        = number
-  description = "Days after which quarantined records (tables/*quarantine*) expire."
-  default     = 180
-}
-
 variable "noncurrent_expiry_days" {
   type        = number
   description = "Days to keep noncurrent object versions (Delta's vacuum removes live references first)."
