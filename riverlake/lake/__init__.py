@@ -8,7 +8,7 @@ history, files and commit info through this API:
 - :mod:`~riverlake.lake.write`: parallel file writes, then one atomic commit;
 - :mod:`~riverlake.lake.read`: a table as a dask DataFrame, pruned by partition;
 - :mod:`~riverlake.lake.catalog`: every table with its size and batches;
-- :mod:`~riverlake.lake.maintenance`: compaction and vacuum;
+- :mod:`~riverlake.lake.maintenance`: compaction, vacuum, pruning old quarantine rows;
 - :mod:`~riverlake.lake.names`: the folders, commit metadata keys and platform tables.
 
 Layout under ``settings.lake_url``::
@@ -18,11 +18,13 @@ Layout under ``settings.lake_url``::
 """
 
 from riverlake.lake.catalog import list_tables
-from riverlake.lake.maintenance import optimize, vacuum
+from riverlake.lake.maintenance import is_quarantine, optimize, prune_quarantine, vacuum
 from riverlake.lake.names import (
     BATCH_KEY,
     LANDING,
     QUALITY_REPORT,
+    QUARANTINE_SUFFIX,
+    QUARANTINED_AT,
     ROWS_KEY,
     SOURCE_QUARANTINE,
     STATE_PREFIX,
@@ -55,10 +57,11 @@ from riverlake.lake.write import (
 )
 
 __all__ = [
-    "BATCH_KEY", "LANDING", "QUALITY_REPORT", "ROWS_KEY", "SOURCE_QUARANTINE", "STATE_PREFIX",
-    "TABLES", "Batch", "CommitConflict", "CommitResult", "Table", "WriteMode", "check_store",
-    "commit", "committed", "filesystem", "fs_options", "lake_root", "landing_uri", "last_per_key",
-    "list_tables", "merge_table", "null_key_rows", "optimize", "read_fragment", "read_pandas",
-    "read_state", "read_table", "schema_changes", "storage_options", "strip_scheme", "table",
-    "table_files", "table_uri", "table_version", "vacuum", "write_fragments", "write_table",
+    "BATCH_KEY", "LANDING", "QUALITY_REPORT", "QUARANTINED_AT", "QUARANTINE_SUFFIX", "ROWS_KEY",
+    "SOURCE_QUARANTINE", "STATE_PREFIX", "TABLES", "Batch", "CommitConflict", "CommitResult",
+    "Table", "WriteMode", "check_store", "commit", "committed", "filesystem", "fs_options",
+    "is_quarantine", "lake_root", "landing_uri", "last_per_key", "list_tables", "merge_table",
+    "null_key_rows", "optimize", "prune_quarantine", "read_fragment", "read_pandas", "read_state",
+    "read_table", "schema_changes", "storage_options", "strip_scheme", "table", "table_files",
+    "table_uri", "table_version", "vacuum", "write_fragments", "write_table",
 ]  # fmt: skip

@@ -21,6 +21,10 @@ STATE_PREFIX = "riverlake.state."
 
 #: Rows (files, pages, records, messages) a source could not read, with the reason.
 SOURCE_QUARANTINE = "source_quarantine"
+#: Its column of when each row was quarantined (what pruning old rows goes by).
+QUARANTINED_AT = "quarantined_at"
+#: A curated table's quarantine is named after it with this suffix.
+QUARANTINE_SUFFIX = "_quarantine"
 #: Rows checked, passed and failed per batch, partition and contract check.
 QUALITY_REPORT = "quality_report"
 

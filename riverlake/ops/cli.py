@@ -589,6 +589,53 @@ def vacuum(
     typer.echo(f"{table}: {verb} {len(removed)} files")
 
 
+@app.command("prune-quarantine")
+def prune_quarantine(
+    older_than_days: Annotated[
+        int,
+        typer.Option(min=1, help="Delete the rows quarantined more than this many days ago."),
+    ],
+    table: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this quarantine table (default: every declared curated table's "
+            "quarantine, then source_quarantine)."
+        ),
+    ] = None,
+    retention_hours: Annotated[
+        int | None,
+        typer.Option(
+            help="Vacuum only files removed at least this long ago (readers of earlier "
+            "versions keep theirs); at least and by default "
+            "RIVERLAKE_VACUUM_MIN_RETENTION_HOURS."
+        ),
+    ] = None,
+) -> None:
+    """Delete old quarantine rows through Delta (a delete commit per table), then vacuum
+    the files the log removed. Replaces S3 expiry, which would corrupt the tables; run
+    it on a schedule (e.g. --older-than-days 180)."""
+    from datetime import timedelta
+
+    from riverlake import lake
+    from riverlake import pipelines as declared
+
+    settings = _settings()
+    names = [declared.quarantine_table(p.curated.table)
+             for p in declared.pipelines(settings).values() if p.curated is not None]  # fmt: skip
+    names.append(lake.SOURCE_QUARANTINE)
+    if table is not None:
+        if table not in names:
+            _fail(f"{table} is not a declared quarantine table (one of: {', '.join(names)})")
+        names = [table]
+    lake.check_store(settings)
+    older_than = timedelta(days=older_than_days)
+    for name in names:
+        with progress.Screen().step(f"pruning {name}"):
+            deleted = lake.prune_quarantine(name, older_than, retention_hours=retention_hours,
+                                            settings=settings)  # fmt: skip
+        typer.echo(f"{name}: {deleted} rows deleted")
+
+
 def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[list[str], dict]:
     """The `panel serve` command line and extra environment for every app in apps/ (pure).
 

@@ -30,7 +30,7 @@ SOURCE_QUARANTINE_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("original", pa.binary()),
         ("batch", pa.string()),
-        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+        (lake.QUARANTINED_AT, pa.timestamp("us", tz="UTC")),  # what pruning goes by
     ]
 )
 
@@ -146,7 +146,7 @@ def quarantine(source: str, bad: Sequence[Bad], batch: str, settings: Settings) 
     for b in bad:
         key = f"{b.unit}#{hashlib.sha256(b.original).hexdigest()[:12]}"
         rows[key] = {"source": source, "unit": key, "reason": b.reason, "original": b.original,
-                     "batch": batch, "quarantined_at": now}  # fmt: skip
+                     "batch": batch, lake.QUARANTINED_AT: now}  # fmt: skip
     table = pa.Table.from_pylist(list(rows.values()), schema=SOURCE_QUARANTINE_SCHEMA)
     log.warning("source %s: %d quarantined (first: %s: %s)", source, len(bad), bad[0].unit,
                 bad[0].reason)  # fmt: skip
