@@ -204,7 +204,7 @@ def test_dockerfile_runs_as_a_non_root_user_from_one_image():
     text = (ROOT / "Dockerfile").read_text()
     assert "USER 10001:10001" in text
     froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
-    assert froms == ["${BASE}", "${BASE}"]  # one base, a build argument
+    assert froms == ["${BASE}", "deps", "${BASE}"]  # one base, a build argument
     (default,) = [ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("ARG BASE=")]
     assert ":" in default and "latest" not in default
 
@@ -246,3 +246,28 @@ def test_the_apps_container_has_all_that_riverlake_serve_needs(overlay, monkeypa
     params = json.loads(cmd[cmd.index("--oauth-extra-params") + 1])
     assert {"AUTHORIZE_URL", "TOKEN_URL", "USER_URL"} <= set(params), name
     assert cmd[cmd.index("--oauth-redirect-uri") + 1].startswith("https://"), name
+
+
+def test_prefect_kubernetes_accepts_the_job_template_and_renders_the_flow_run_pod():
+    """The worker's own job configuration class validates the template (it refused it, for
+    lack of parallelism/completions, until the containers tier ran a flow-run pod) and
+    renders a pod of the given image with the Secrets' references. The values are applied
+    as the worker applies them (prefect.utilities.templating), without a server."""
+    from prefect.utilities.templating import apply_values
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration as Config
+
+    tpl = json.loads(JOB_TEMPLATE.read_text())
+    values = Config._get_base_config_defaults(tpl["variables"]["properties"])
+    values |= {"image": "registry.example/riverlake:1", "env": {"RIVERLAKE_CLUSTER": "kubernetes"}}
+    config = Config(**apply_values(tpl["job_configuration"], values))
+    job = config.job_manifest
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "registry.example/riverlake:1"
+    assert (
+        job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "flow-run"
+    )
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+    assert refs == {cluster.SQL_URL_ENV: cluster.SQL_SECRET,
+                    "RIVERLAKE_S3_ACCESS_KEY": cluster.S3_SECRET,
+                    "RIVERLAKE_S3_SECRET_KEY": cluster.S3_SECRET}  # fmt: skip
