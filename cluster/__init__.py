@@ -67,16 +67,23 @@ def version_mismatches(versions: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_versions(client) -> None:
-    """Refuse a cluster whose scheduler or workers run other package versions."""
+def check_versions(client) -> str:
+    """Refuse a cluster whose scheduler or workers run other package versions; what was
+    checked, in one line, when they all match."""
     extra = [p for p in MATCHED_PACKAGES if p not in ("python", "dask", "distributed")]
-    bad = version_mismatches(client.get_versions(check=False, packages=extra))
+    versions = client.get_versions(check=False, packages=extra)
+    bad = version_mismatches(versions)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ClusterError(
             f"version mismatch: {bad[0]}{more}; run the client, scheduler and workers from "
             "one image (see the Dockerfile)"
         )
+    client_info = versions["client"]
+    mine = {"python": client_info.get("host", {}).get("python"), **client_info.get("packages", {})}
+    shown = ("python", "distributed", "riverlake")
+    same = ", ".join(f"{p} {mine[p]}" for p in shown if mine.get(p))
+    return f"the scheduler and {len(versions.get('workers', {}))} workers match the client: {same}"
 
 
 def is_address(profile: str) -> bool:
@@ -190,6 +197,9 @@ S3_SECRET = "riverlake-s3"
 #: a password or another secret (see :func:`has_password`).
 SQL_SECRET = "riverlake-sql"
 SQL_URL_ENV = "RIVERLAKE_SQL_URL"
+#: The Secret that holds any other source URL carrying a secret (a NATS URL with a
+#: password, an API URL with a token), under the key of its variable.
+SOURCES_SECRET = "riverlake-sources"
 #: Words that make a query parameter a secret, whatever their case (``passwd``,
 #: ``sslpassword``, ``PWD``, ``private_key_passphrase``, ``access_token``, ...).
 SECRET_QUERY_WORDS = ("pass", "pwd", "secret", "token", "key")
@@ -237,14 +247,16 @@ def make_dask_cluster_spec(options: ClusterOptions, name: str | None = None) -> 
         spec["metadata"]["ownerReferences"] = owners
     spec["spec"]["idleTimeout"] = options.idle_timeout
     # Credentials never go into the manifest: in a cluster the pods get the S3 keys from
-    # the service account (IRSA) or from the S3 Secret, when one exists, and a SQL URL
-    # with a password from the SQL Secret (which must exist then: the run has one).
+    # the service account (IRSA) or from the S3 Secret, when one exists, a SQL URL with a
+    # password from the SQL Secret and any other URL with credentials from the sources
+    # Secret (which must exist then: the run has them).
     env = []
     for k, v in options.worker_env:
         if k in SECRET_ENV:
             continue
-        if k == SQL_URL_ENV and has_password(v):
-            env.append(_secret_ref(k, SQL_SECRET, optional=False))
+        if "://" in v and has_password(v):
+            secret = SQL_SECRET if k == SQL_URL_ENV else SOURCES_SECRET
+            env.append(_secret_ref(k, secret, optional=False))
         else:
             env.append({"name": k, "value": v})
     env += [_secret_ref(key, S3_SECRET, optional=True) for key in SECRET_ENV]

@@ -39,12 +39,13 @@ def verify_cluster() -> None:
 
     Called in a task (the task runner's client exists once a task has been submitted).
     """
+    from prefect import get_run_logger
     from prefect_dask import get_dask_client
 
     from riverlake.cluster import check_versions
 
     with get_dask_client() as client:
-        check_versions(client)
+        get_run_logger().info(check_versions(client))
 
 
 def result_storage_block():

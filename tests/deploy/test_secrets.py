@@ -175,15 +175,13 @@ def test_the_dask_cluster_of_a_run_holds_secrets_as_references_only():
         assert "sql-password" not in json.dumps(env) and "s3-secret" not in json.dumps(env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this test, not fixed here: cluster/__init__.py (owned by another "
-    "change now) refers to a Secret for the SQL URL only; a NATS or API URL that carries "
-    "credentials is written into the DaskCluster manifest as a literal",
-)
 def test_the_dask_cluster_of_a_run_holds_no_url_with_credentials():
     leaks = [x for where, env in dask_env(**CREDENTIALED_URLS) for x in literal_leaks(where, env)]
     assert leaks == []
+    for _, env in dask_env(**CREDENTIALED_URLS):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+        for var in ("RIVERLAKE_NATS_URL", "RIVERLAKE_API_URL"):
+            assert refs[var] == {"name": cluster.SOURCES_SECRET, "key": var}
 
 
 def test_no_secret_is_committed_as_a_kustomize_secret_generator():

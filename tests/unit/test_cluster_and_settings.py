@@ -148,7 +148,14 @@ def test_a_real_cluster_with_one_environment_passes_the_version_check():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, processes=True, dashboard_address=":0") as lc, Client(lc) as c:
-        cluster.check_versions(c)  # raises ClusterError on any mismatch
+        said = cluster.check_versions(c)  # raises ClusterError on any mismatch
+    import platform
+
+    import distributed
+
+    assert said.startswith("the scheduler and 1 workers match the client: ")
+    assert f"python {platform.python_version()}" in said
+    assert f"distributed {distributed.__version__}" in said
 
 
 @pytest.mark.parametrize("profile", ["local", "kubernetes", "tcp://10.1.2.3:8786"])
