@@ -14,12 +14,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("api")
     a.add_argument("--port", type=int, required=True)
+    a.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     r = sub.add_parser("replay")
     r.add_argument("--rate", type=float, default=20.0)
     r.add_argument("--loop", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "api":
-        serve_api(args.port, token=os.environ.get("RIVERLAKE_API_TOKEN") or None)
+        serve_api(args.port, host=args.host, token=os.environ.get("RIVERLAKE_API_TOKEN") or None)
     else:
         replay(rate=args.rate, loop=args.loop)
 

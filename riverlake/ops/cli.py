@@ -466,11 +466,21 @@ def new(
 @app.command()
 def deploy(
     worker: Annotated[bool, typer.Option(help="Start the local process worker.")] = True,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="prefect.yaml target: local (a process pool and its worker here) or "
+            "kubernetes (the Kubernetes pool with deploy/prefect/kubernetes-job-template.json; "
+            "Prefect's Kubernetes worker in the cluster runs it)."
+        ),
+    ] = "local",
 ) -> None:
     """Register a deployment of every declared pipeline (its schedule from the declaration,
     its work pool from prefect.yaml) and start the worker that runs them."""
     from riverlake.ops import stack
 
+    if target not in ("local", "kubernetes"):
+        _fail(f"unknown target {target!r}: use local or kubernetes")
     settings = _settings()
     screen = progress.Screen()
     with screen.step(f"connecting to Prefect at {settings.prefect_api_url}", quiet=True):
@@ -484,21 +494,25 @@ def deploy(
     if settings.pipelines_dir is not None:  # `prefect deploy` runs in the checkout
         env["RIVERLAKE_PIPELINES_DIR"] = str(Path(settings.pipelines_dir).resolve())
     prefect = str(Path(sys.executable).parent / "prefect")
-    with screen.step(f"creating work pool {stack.WORK_POOL}"):
-        pool = subprocess.run([prefect, "work-pool", "create", stack.WORK_POOL, "--type",
-                               "process", "--overwrite"], env=env, capture_output=True,
-                              text=True)  # fmt: skip
+    doc = yaml.safe_load((root / "prefect.yaml").read_text())
+    chosen = doc["targets"][target]
+    pool_name = chosen["work_pool"]["name"]
+    kind = ["--type", "process"]
+    if target == "kubernetes":
+        template = root / "deploy" / "prefect" / "kubernetes-job-template.json"
+        kind = ["--type", "kubernetes", "--base-job-template", str(template)]
+    with screen.step(f"creating work pool {pool_name}"):
+        pool = subprocess.run([prefect, "work-pool", "create", pool_name, *kind, "--overwrite"],
+                              env=env, capture_output=True, text=True)  # fmt: skip
         if pool.returncode != 0:
-            _fail(f"could not create work pool {stack.WORK_POOL}: {pool.stderr.strip()[-300:]}")
+            _fail(f"could not create work pool {pool_name}: {pool.stderr.strip()[-300:]}")
     from riverlake.flows import deployments
 
-    doc = yaml.safe_load((root / "prefect.yaml").read_text())
-    local = doc["targets"]["local"]
-    if settings.pipelines_dir is not None:  # the worker reads the user's declarations too
+    if settings.pipelines_dir is not None and target == "local":  # the worker reads them too
         folder = str(Path(settings.pipelines_dir).resolve())
-        jobs = local["work_pool"].setdefault("job_variables", {})
+        jobs = chosen["work_pool"].setdefault("job_variables", {})
         jobs.setdefault("env", {})["RIVERLAKE_PIPELINES_DIR"] = folder
-    rendered = deployments({"local": local}, settings)
+    rendered = deployments({target: chosen}, settings)
     spec = {k: v for k, v in doc.items() if k != "targets"} | {"deployments": rendered}
     with tempfile.TemporaryDirectory() as tmp:
         prefect_file = Path(tmp) / "prefect.yaml"
@@ -516,8 +530,8 @@ def deploy(
         when = d["schedules"][0] if d["schedules"] else {}
         every = when.get("cron") or (f"every {when['interval']}s" if when else "no schedule")
         _say(f"deployed {d['name'].rsplit('-', 1)[0]}/{d['name']} to work pool "
-             f"{stack.WORK_POOL} ({every})")  # fmt: skip
-    if worker:
+             f"{pool_name} ({every})")  # fmt: skip
+    if worker and target == "local":
         with screen.step("starting the worker", quiet=True):
             started = stack.start_worker(settings, {**results, "RIVERLAKE_ROOT": str(root)})
         _say("worker started" if started else "worker already running")
