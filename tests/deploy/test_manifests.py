@@ -271,3 +271,19 @@ def test_prefect_kubernetes_accepts_the_job_template_and_renders_the_flow_run_po
     assert refs == {cluster.SQL_URL_ENV: cluster.SQL_SECRET,
                     "RIVERLAKE_S3_ACCESS_KEY": cluster.S3_SECRET,
                     "RIVERLAKE_S3_SECRET_KEY": cluster.S3_SECRET}  # fmt: skip
+
+
+def test_the_dask_workers_of_a_run_report_to_the_clusters_prefect(overlay, monkeypatch):
+    """A run's settings come from the ConfigMap: its Dask workers get the cluster's Prefect
+    API, not the local default (they got 127.0.0.1:4200 until the ConfigMap set
+    RIVERLAKE_PREFECT_API_URL; found by the containers tier)."""
+    _, objs = overlay
+    (cm,) = [
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "riverlake-config"
+    ]
+    for k, v in cm["data"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RIVERLAKE_PREFECT_PORT", raising=False)
+    env = get_settings().worker_env()
+    assert env["PREFECT_API_URL"] == cm["data"]["PREFECT_API_URL"]
+    assert "127.0.0.1" not in env["PREFECT_API_URL"]
