@@ -36,16 +36,6 @@ def get_pipeline(name: str, settings=None):
         raise
 
 
-def entrypoint_file(name: str, settings=None) -> str:
-    """The entrypoint as a file of the checkout (``flows/pipeline.py:flights``), as a
-    deployment's working directory holds it; a flow outside riverlake.flows keeps its
-    module path."""
-    module, attr = entrypoint(name, settings).split(":")
-    if not module.startswith("riverlake.flows."):
-        return f"{module}:{attr}"
-    return f"{module.removeprefix('riverlake.').replace('.', '/')}.py:{attr}"
-
-
 def deployments(targets: dict, settings=None, only: list[str] | None = None) -> list[dict]:
     """One Prefect deployment per declared pipeline and target (pure): the declaration
     gives the entrypoint, description, schedule, concurrency and parameters; ``targets``
@@ -64,7 +54,10 @@ def deployments(targets: dict, settings=None, only: list[str] | None = None) -> 
                 continue
             d = {
                 "name": f"{p.name}-{target}",
-                "entrypoint": entrypoint_file(p.name, settings),
+                # A module path, never a file: Prefect loads a file as a module of its
+                # own name ("pipeline"), and Dask workers in other processes cannot
+                # unpickle tasks of a module they cannot import.
+                "entrypoint": entrypoint(p.name, settings),
                 "description": p.description or f"the declared pipeline {p.name}",
                 "tags": ["riverlake", p.name],
                 "parameters": dict(p.parameters),

@@ -174,7 +174,7 @@ def test_deploy_registers_the_users_pipeline_with_its_schedule(walk):
         steps["deploy"].stderr
     )
     (dep,) = api("/deployments/filter", {"deployments": {"name": {"any_": [f"{NAME}-local"]}}})
-    assert dep["entrypoint"] == f"flows/pipeline.py:{NAME}"
+    assert dep["entrypoint"] == f"riverlake.flows.pipeline:{NAME}"
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 6 * * *"]
     assert dep["job_variables"]["env"]["RIVERLAKE_PIPELINES_DIR"].endswith("/pipelines")
     (flow,) = api("/flows/filter", {"flows": {"id": {"any_": [dep["flow_id"]]}}})
