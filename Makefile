@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools lint format bench up down clean screenshots lock
+.PHONY: run test install tools lint format bench up down clean screenshots lock image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ up: install
 
 down: install
 	$(BIN)/riverlake down
+
+## make image: build the production image with podman (a local Debian base where no
+## registry is reachable); prints its size and build time
+image:
+	$(PYTHON) deploy/containers/build.py
 
 # The image's exact Python packages (versions and hashes) from pyproject's ranges, for
 # Linux x86_64 and Python 3.11 (the image's); a deploy test checks it against pyproject.
