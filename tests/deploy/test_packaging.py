@@ -169,6 +169,7 @@ def test_the_image_installs_exact_locked_versions_that_satisfy_pyproject():
         )
     assert pins["distributed"] == pins["dask"]  # client, scheduler and workers match
     docker = (ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in docker
-    assert "pip install --no-cache-dir --no-deps ." in docker
+    assert "pip install --no-cache-dir --require-hashes -r /src/requirements.lock" in docker
+    # Riverlake's own wheel goes on top without dependencies and without an index.
+    assert "pip install --no-cache-dir --no-deps --no-index /tmp/wheels/*.whl" in docker
     assert docker.count("FROM ${BASE}") == 2 and "ARG BASE=python:3.11" in docker
