@@ -87,6 +87,23 @@ def test_rerun_is_a_noop(first_run):
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
 
 
+def test_a_narrower_window_with_nothing_new_reads_and_writes_nothing(first_run):
+    """A daily schedule re-runs one day of a month an earlier, wider run committed: its
+    month already holds exactly the landed files, so nothing is transformed (it re-read
+    and rewrote the whole month before: a different batch id for the same files)."""
+    versions = {t: lake.table_version(t, get_settings())
+                for t in ("flights", "carrier_origin_daily", "flights_quarantine")}  # fmt: skip
+    res = riverlake_cli("run", "flights", "--json", "--start", "2013-01-31", "--end", "2013-01-31")
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads(res.stdout)
+    assert again["landing"]["units"] == 0
+    assert again["curated_skipped"] is True and again["rows_in"] == 0
+    assert set(again["gold_rows"].values()) == {0}
+    assert {t: lake.table_version(t, get_settings()) for t in versions} == versions
+    assert "already hold exactly their landed files" in res.stderr
+    assert len(lake.read_pandas("flights")) == first_run["rows_in"]
+
+
 def test_a_person_sees_a_table_per_table_and_the_runs_url(first_run):
     res = riverlake_cli("run", "flights", "--start", START, "--end", END)
     assert res.returncode == 0, res.stderr[-3000:]
