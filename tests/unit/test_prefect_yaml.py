@@ -35,7 +35,9 @@ def test_every_pipeline_has_a_local_and_a_kubernetes_deployment(rendered):
     assert rendered["flights-local"]["entrypoint"] == "riverlake.flows.pipeline:flights"
     assert rendered["flights-local"]["schedules"][0]["cron"] == "0 6 * * *"
     assert rendered["flights-local"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
-    assert rendered["flight_events-local"]["entrypoint"] == "riverlake.flows.events:flight_events_flow"
+    assert (
+        rendered["flight_events-local"]["entrypoint"] == "riverlake.flows.events:flight_events_flow"
+    )
     assert rendered["flight_events-local"]["schedules"][0]["interval"] == 60
     assert rendered["flight_events-local"]["parameters"] == {"max_seconds": 55, "idle_s": 5}
     events_limit = rendered["flight_events-local"]["concurrency_limit"]
