@@ -13,7 +13,8 @@ is the public ``python:3.11.11-slim-bookworm``; both give Python 3.11.
 Two settings of machines like this one travel with every podman call (deploy/containers/
 containers.conf, as CONTAINERS_CONF): no default ulimits, and the runc runtime. When the
 machine reaches PyPI through its own certificate authority, its CA bundle is mounted into
-the build and pip is pointed at it (PIP_CERT); nothing of it stays in the image.
+the build and pip is pointed at it (PIP_CERT: the host's bundle whenever the host has
+one; harmless where PyPI's own chain is trusted); nothing of it stays in the image.
 
 Standard library only: it runs before any virtualenv exists.
 """
@@ -70,6 +71,8 @@ def podman(*args: str, capture: bool = False, stdin=None) -> subprocess.Complete
 
 
 def image_exists(ref: str) -> bool:
+    if shutil.which("podman") is None:
+        raise BuildError("podman is not installed (apt-get install -y podman buildah runc)")
     return subprocess.run(["podman", "image", "exists", ref], env=podman_env()).returncode == 0
 
 
@@ -93,7 +96,8 @@ def build_base(ref: str = LOCAL_BASE, mirror: str = MIRROR) -> float:
         # An imported tarball has no configuration: give it Debian's PATH and a shell.
         podman("import", "--change", f"ENV PATH={DEBIAN_PATH}", "--change", 'CMD ["/bin/bash"]',
                "-", ref, stdin=tar.stdout, capture=True)  # fmt: skip
-        tar.wait()
+        if tar.wait() != 0:
+            raise BuildError(f"tar of {rootfs} failed (exit {tar.returncode})")
     return time.perf_counter() - t0
 
 

@@ -42,7 +42,6 @@ NAMESPACE = "riverlake"
 BUCKET_URL = "s3://riverlake-ct/lake"
 CLIENT_ID, CLIENT_SECRET = "riverlake-apps", "s3cret-of-the-client"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432"
-SQL_DB = "riverlake_containers"
 
 
 def _load_build():
@@ -54,8 +53,13 @@ def _load_build():
 
 @contextlib.contextmanager
 def environ(values: dict[str, str]):
-    """``values`` in os.environ for the block (host-side calls that read the settings)."""
-    saved = {k: os.environ.get(k) for k in values}
+    """Exactly ``values`` as the Riverlake and Prefect settings in os.environ for the
+    block (host-side calls that read the settings): what earlier tests of the session
+    left there (the local stack's ports, a pipelines folder) is set aside meanwhile."""
+    ours = [k for k in os.environ if k.startswith(("RIVERLAKE_", "PREFECT_"))]
+    saved = {k: os.environ.get(k) for k in {*values, *ours}}
+    for k in ours:
+        os.environ.pop(k)
     os.environ.update(values)
     try:
         yield
@@ -71,20 +75,32 @@ class Relay:
     """A TCP relay from the podman network's gateway to a service of this machine that
     listens on 127.0.0.1 only (PostgreSQL here): plumbing, not a stand-in."""
 
-    def __init__(self, listen: str, target: tuple[str, int]):
+    def __init__(self, listen: str, target: tuple[str, int], subnet: str):
+        import ipaddress
+
         self.sock = socket.create_server((listen, 0))
         self.port = self.sock.getsockname()[1]
         self.target = target
+        self.subnet = ipaddress.ip_network(subnet)
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
+        import ipaddress
+
         while not self.closed:
             try:
-                client, _ = self.sock.accept()
+                client, peer = self.sock.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            if ipaddress.ip_address(peer[0]) not in self.subnet:  # only this network's pods
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -115,6 +131,7 @@ class Topology:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     configmap_file: Path | None = None
     ips: dict[str, str] = field(default_factory=dict)
+    originals: dict[tuple, dict] = field(default_factory=dict)  # (kind, name) -> as rendered
     dask: list[dict] = field(default_factory=list)  # the operator's objects, as played
     overlay: list[dict] = field(default_factory=list)  # the dev overlay's Deployments, as played
     timings: dict[str, float] = field(default_factory=dict)
@@ -127,9 +144,20 @@ class Topology:
         return self.dask + self.overlay
 
     def containers(self) -> list[tuple[dict, dict, str]]:
-        """(object, container spec, podman container name) of every played container."""
-        return [(o, c, tp.container_name(o, c["name"])) for o in self.played()
-                for c in tp.pod_spec(o)["containers"]]  # fmt: skip
+        """(object, container spec as rendered, podman container name) of every played
+        container: the spec before podman's translations, whose probes the kubelet makes."""
+        out = []
+        for o in self.played():
+            rendered = tp.pod_spec(self.rendered(o))["containers"]
+            out += [(o, c, tp.container_name(o, c["name"])) for c in rendered]
+        return out
+
+    def keep(self, rendered: dict, played: dict) -> dict:
+        self.originals[rendered["kind"], rendered["metadata"]["name"]] = rendered
+        return played
+
+    def rendered(self, played: dict) -> dict:
+        return self.originals[played["kind"], played["metadata"]["name"]]
 
     def find(self, kind: str, component: str) -> dict:
         for o in self.played():
@@ -148,7 +176,7 @@ class Topology:
 
     def ready(self, obj: dict) -> bool:
         """Every container of ``obj`` answers its readiness probe (as the kubelet would)."""
-        for c in tp.pod_spec(obj)["containers"]:
+        for c in tp.pod_spec(self.rendered(obj))["containers"]:
             if "readinessProbe" not in c:
                 continue
             ip = self.podman.ip(tp.container_name(obj, c["name"]))
@@ -199,9 +227,11 @@ def _start_idp(host: str):
     return issuer, app, server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def topo(tmp_path_factory):
     need(shutil.which("podman") is not None, "podman is not installed (apt-get install podman)")
+    # rootful podman: the host reaches pod IPs on the bridge and may signal a container
+    need(os.geteuid() == 0, "the containers tier needs root (rootful podman)")
     need(shutil.which("kubectl") is not None, "kubectl is not installed")
     from cryptography.fernet import Fernet
 
@@ -215,6 +245,7 @@ def topo(tmp_path_factory):
     t = Topology(podman=pm, image=image, workdir=workdir)
     t.timings["image_build_or_reuse_s"] = time.monotonic() - t0
     relay = server = None
+    sql_db = f"riverlake_ct_{secrets.token_hex(3)}"
     try:
         pm.create_network()
         # --- 2. what a cluster gets from elsewhere ------------------------------------
@@ -242,19 +273,15 @@ def topo(tmp_path_factory):
         for name in ("seaweedfs", "prefect", "weather-api"):
             t.ips[name] = pm.ip(f"ct-{name}")
         # PostgreSQL: the machine's own server, a database of its own for this tier.
-        import sqlalchemy as sa
 
-        engine = sa.create_engine(f"{PG_ADMIN}/test", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {SQL_DB} WITH (FORCE)"))
-            conn.execute(sa.text(f"CREATE DATABASE {SQL_DB}"))
-        engine.dispose()
+        _sql(f"CREATE DATABASE {sql_db}")
         from riverlake.demo.dimensions import seed_dimensions
 
-        seed_dimensions(f"{PG_ADMIN}/{SQL_DB}")
-        relay = Relay(pm.gateway, ("127.0.0.1", 5432))
-        # A password in the URL: the run's manifests must carry it as a Secret reference.
-        sql_url = f"postgresql+psycopg://postgres:not-checked@{pm.gateway}:{relay.port}/{SQL_DB}"
+        seed_dimensions(f"{PG_ADMIN}/{sql_db}")
+        relay = Relay(pm.gateway, ("127.0.0.1", 5432), pm.subnet)
+        # A password in the URL makes the manifests carry it as a Secret reference (the
+        # machine's PostgreSQL trusts local connections, so its value is not checked).
+        sql_url = f"postgresql+psycopg://postgres:not-checked@{pm.gateway}:{relay.port}/{sql_db}"
 
         _wait_http(f"http://{t.ips['prefect']}:4200/api/health", 120, "the Prefect server")
         _wait_http(f"http://{t.ips['seaweedfs']}:8333/", 120, "SeaweedFS")
@@ -330,7 +357,7 @@ def topo(tmp_path_factory):
                 cluster_options(settings, profile="kubernetes", worker_profile=size),
                 name="riverlake-ct",
             )
-        t.dask = [tp.for_podman(o, image=image, namespace=NAMESPACE)
+        t.dask = [t.keep(o, tp.for_podman(o, image=image, namespace=NAMESPACE))
                   for o in tp.operator_objects(spec, NAMESPACE)]  # fmt: skip
         service = next(o for o in t.dask if o["kind"] == "Service")
         t.dask.remove(service)
@@ -356,8 +383,9 @@ def topo(tmp_path_factory):
                             if p["name"] == "http")  # fmt: skip
                 http["hostPort"] = t.apps_port  # published on the machine's loopback
                 http["hostIP"] = "127.0.0.1"
-            t.overlay.append(tp.for_podman(o, image=image, namespace=NAMESPACE,
-                                           configmaps={"riverlake-config": t.config}))  # fmt: skip
+            played = tp.for_podman(o, image=image, namespace=NAMESPACE,
+                                   configmaps={"riverlake-config": t.config})  # fmt: skip
+            t.overlay.append(t.keep(o, played))
         # The Prefect worker polls the Kubernetes pool: register it (and the deployments).
         with environ(t.host_env):
             from tests.conftest import riverlake_cli
@@ -371,16 +399,14 @@ def topo(tmp_path_factory):
         t.timings["overlay_ready_s"] = time.monotonic() - t0
         yield t
     finally:
-        _save_logs(pm, workdir)
-        # Figures for the record (reported, never asserted: timings are not tests).
-        (ROOT / "test-artifacts" / "containers" / "timings.json").write_text(
-            json.dumps({k: round(v, 1) for k, v in t.timings.items()}, indent=2)
-        )
-        pm.close()
-        if relay:
-            relay.close()
-        if server:
-            server.should_exit = True
+        with contextlib.ExitStack() as stack:  # every step runs, whichever fails
+            stack.callback(_sql, f"DROP DATABASE IF EXISTS {sql_db} WITH (FORCE)")
+            if server:
+                stack.callback(setattr, server, "should_exit", True)
+            if relay:
+                stack.callback(relay.close)
+            stack.callback(pm.close)
+            stack.callback(_save_logs, t)
 
 
 def _bucket(stack, settings) -> bool:
@@ -397,12 +423,23 @@ def _free_port() -> int:
     return free_port()
 
 
-def _save_logs(pm: tp.Podman, workdir: Path) -> None:
-    """Every container's log under test-artifacts/containers/ (CI keeps them)."""
+def _sql(statement: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"{PG_ADMIN}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+def _save_logs(t: Topology) -> None:
+    """This topology's container logs and figures under test-artifacts/containers/."""
     out = ROOT / "test-artifacts" / "containers"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    names = pm("ps", "-a", "--format", "{{.Names}}", check=False).split()
+    names = [*t.podman.containers, *(name for _, _, name in t.containers())]
     for name in names:
-        if name.startswith(("ct-", "riverlake-")) or "pod" in name:
-            (out / f"{name}.log").write_text(pm.logs(name)[-200_000:])
+        (out / f"{name}.log").write_text(t.podman.logs(name)[-200_000:])
+    # Figures for the record (reported, never asserted: timings are not tests).
+    timings = {k: round(v, 1) for k, v in t.timings.items()}
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))

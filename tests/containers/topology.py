@@ -22,9 +22,17 @@ operator's reconcile loop, the autoscaler):
   ConfigMap becomes ``configMapKeyRef`` entries for the keys ``env`` does not set;
 * Services: no kube-proxy; a Service becomes DNS names (``NAME``, ``NAME.NS``,
   ``NAME.NS.svc.cluster.local``) of the pod its selector matches, on the podman network;
-* probes: the kubelet makes httpGet and tcpSocket probes from outside the container;
+* liveness probes: podman turns an httpGet/tcpSocket liveness probe into a healthcheck
+  that runs ``curl``/``nc`` inside the container, which the image does not ship; it
+  becomes the same check in Python (``exec``), run by ``podman healthcheck run``;
+* readiness and liveness as the kubelet makes them: from outside the container;
   :func:`probe_target` gives the address the tests probe from the host, which reaches
-  pod IPs on the network's bridge.
+  pod IPs on the network's bridge (the original probes, before translation).
+
+Not enforced by podman and so not proven here: emptyDir ``sizeLimit``, ``fsGroup``,
+``seccompProfile``, ``runAsNonRoot`` as an admission check (the image's user is 10001
+anyway and the tests check the uid), resource requests (limits are applied as cgroup
+limits), Secrets' ``optional`` when absent (every Secret exists here).
 """
 
 from __future__ import annotations
@@ -117,9 +125,10 @@ def for_podman(obj: dict, *, image: str, namespace: str,
     prefix = obj["metadata"]["name"]
     renamed = {}
     for vol in spec.get("volumes", []):
-        if "emptyDir" in vol:
-            renamed[vol["name"]] = f"{prefix}-{vol['name']}"
-            vol["name"] = renamed[vol["name"]]
+        if "emptyDir" not in vol:  # a hostPath or a claim would mean something else here
+            raise ValueError(f"{prefix}: volume {vol['name']} is not an emptyDir")
+        renamed[vol["name"]] = f"{prefix}-{vol['name']}"
+        vol["name"] = renamed[vol["name"]]
     for c in spec["containers"]:
         if RIVERLAKE_IMAGES.match(c["image"]):
             c["image"] = image
@@ -132,10 +141,19 @@ def for_podman(obj: dict, *, image: str, namespace: str,
                 target = c.get(kind, {}).get(how)
                 if target and isinstance(target.get("port"), str):
                     target["port"] = named[target["port"]]
+        if "livenessProbe" in c:
+            c["livenessProbe"] = _python_probe(c["livenessProbe"])
         c["ports"] = [p for p in c.get("ports", []) if p.get("hostPort")]
         if not c["ports"]:
             del c["ports"]
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("fieldRef", {})
+            if ref.get("fieldPath") == "metadata.namespace":
+                e.pop("valueFrom")
+                e["value"] = namespace
         for src in c.pop("envFrom", []):
+            if "configMapRef" not in src or "prefix" in src:
+                raise ValueError(f"{prefix}: envFrom {src} is not translated")
             name = src["configMapRef"]["name"]
             own = {e["name"] for e in c.get("env", [])}
             refs = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": name, "key": k}}}
@@ -145,12 +163,25 @@ def for_podman(obj: dict, *, image: str, namespace: str,
         for key in ("args", "command"):
             if key in c:
                 c[key] = [_expand(str(a), literal) for a in c[key]]
-        for e in c.get("env", []):
-            ref = e.get("valueFrom", {}).get("fieldRef", {})
-            if ref.get("fieldPath") == "metadata.namespace":
-                e.pop("valueFrom")
-                e["value"] = namespace
     return obj
+
+
+def _python_probe(probe: dict) -> dict:
+    """An httpGet/tcpSocket probe as the same check run inside the container by Python.
+    podman 4.3 splits an exec probe's command on spaces and hands it to a shell, so the
+    code has no spaces and is quoted for that shell."""
+    out = {k: v for k, v in probe.items() if k not in ("httpGet", "tcpSocket")}
+    if "httpGet" in probe:
+        g = probe["httpGet"]
+        url = f"http://127.0.0.1:{g['port']}{g.get('path', '/')}"
+        code = f"__import__('urllib.request').request.urlopen('{url}',timeout=5)"
+    elif "tcpSocket" in probe:
+        port = probe["tcpSocket"]["port"]
+        code = f"__import__('socket').create_connection(('127.0.0.1',{port}),5)"
+    else:
+        return probe
+    out["exec"] = {"command": ["python", "-c", f'"{code}"']}
+    return out
 
 
 def service_names(service: dict, namespace: str) -> list[str]:
@@ -246,7 +277,7 @@ class Podman:
         """A plain container (the services a cluster gets from elsewhere: S3, Prefect),
         non-root with a read-only root filesystem like the manifests' pods."""
         net = self.network + (":" + ",".join(f"alias={a}" for a in aliases) if aliases else "")
-        cmd = ["run", "-d", "--name", name, "--network", net, "--read-only", "--user", "10001:10001",
+        cmd = ["run", "-d", "--replace", "--name", name, "--network", net, "--read-only", "--user", "10001:10001",
                "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]  # fmt: skip
         for k, v in (env or {}).items():
             cmd += ["-e", f"{k}={v}"]
@@ -263,7 +294,7 @@ class Podman:
         f = Path(tempfile.mkstemp(suffix=".yaml", dir=self.workdir)[1])
         f.write_text(yaml.safe_dump_all(objects, sort_keys=False))
         net = self.network + (":" + ",".join(f"alias={a}" for a in aliases) if aliases else "")
-        args = ["kube", "play", "--network", net]
+        args = ["kube", "play", "--replace", "--network", net]
         for cm in configmaps:
             args += ["--configmap", str(cm)]
         t0 = time.monotonic()
