@@ -50,6 +50,12 @@ def pytest_make_collect_report(collector):
         report.longrepr = f"CI={os.environ['CI']} but the module skipped: {_skip_reason(report)}"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The containers tier runs last: it builds the image and runs a dozen containers, and
+    the timing-sensitive fault tests of the local stack should not run after it."""
+    items.sort(key=lambda item: item.get_closest_marker("containers") is not None)
+
+
 def _free_port_block(width: int = 14) -> int:
     """A port p such that p..p+width are all free (SeaweedFS uses s3_port+0..+13)."""
     from riverlake.ops.stack import free_port, port_free
