@@ -39,13 +39,8 @@ def vacuum(
     ``vacuum_min_retention_hours`` setting (1 hour by default) is refused.
     """
     settings = settings or get_settings()
-    minimum = settings.vacuum_min_retention_hours
-    if retention_hours < minimum:
-        raise LakeError(
-            f"vacuum of table {name!r}: a retention of {retention_hours} hours is below the "
-            f"minimum of {minimum} (RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): files being "
-            "written but not committed yet would be deleted"
-        )
+    _check_retention(f"vacuum of table {name!r}", retention_hours, settings,
+                     "files being written but not committed yet would be deleted")  # fmt: skip
     dt = open_table(table_uri(name, settings), settings)
     if dt is None:
         raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")
@@ -55,6 +50,16 @@ def vacuum(
         enforce_retention_duration=False,
         full=True,
     )
+
+
+def _check_retention(what: str, hours: int, settings: Settings, risk: str) -> None:
+    """Refuse a retention below ``vacuum_min_retention_hours``, naming what it risks."""
+    minimum = settings.vacuum_min_retention_hours
+    if hours < minimum:
+        raise LakeError(
+            f"{what}: a retention of {hours} hours is below the minimum of {minimum} "
+            f"(RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): {risk}"
+        )
 
 
 def is_quarantine(name: str) -> bool:
@@ -91,14 +96,10 @@ def prune_quarantine(
     settings = settings or get_settings()
     if not is_quarantine(name):
         raise LakeError(f"{name!r} is not a quarantine table: its rows are not pruned")
-    minimum = settings.vacuum_min_retention_hours
-    retention_hours = minimum if retention_hours is None else retention_hours
-    if retention_hours < minimum:
-        raise LakeError(
-            f"pruning table {name!r}: a retention of {retention_hours} hours is below the "
-            f"minimum of {minimum} (RIVERLAKE_VACUUM_MIN_RETENTION_HOURS): a reader of an "
-            "earlier version would miss its files"
-        )
+    if retention_hours is None:
+        retention_hours = settings.vacuum_min_retention_hours
+    _check_retention(f"pruning table {name!r}", retention_hours, settings,
+                     "a reader of an earlier version would miss its files")  # fmt: skip
     dt = open_table(table_uri(name, settings), settings)
     if dt is None:
         return 0
