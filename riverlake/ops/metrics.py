@@ -19,11 +19,16 @@ Metrics (every one is used by an alert rule or the Grafana dashboard):
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from riverlake import lake, pipelines, runs
@@ -108,10 +113,45 @@ class PlatformCollector(Collector):
         yield from (rows, version, last, fresh, expected, quar, run_counts, duration, up)
 
 
-def serve(port: int, address: str = "127.0.0.1", settings: Settings | None = None):
-    """Start the exporter's HTTP server in a thread; returns (server, thread)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+#: The exporter's liveness and readiness path: answers without computing any metric.
+HEALTH_PATH = "/healthz"
 
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # Prometheus scrapes every 15 s: no access log
+        pass
+
+
+def app(registry: CollectorRegistry) -> Callable:
+    """The exporter's WSGI app: ``/healthz`` answers at once (a scrape reads every table's
+    log and asks Prefect; a probe or ``riverlake up`` must not wait for that), ``/`` and
+    ``/metrics`` are prometheus_client's own exposition, anything else is 404."""
+    metrics_app = make_wsgi_app(registry)
+
+    def route(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if path == HEALTH_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        if path in ("/", "/metrics"):
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"not found: {path}; the metrics are at /metrics\n".encode()]
+
+    return route
+
+
+def serve(
+    port: int,
+    address: str = "127.0.0.1",
+    settings: Settings | None = None,
+    collector: Collector | None = None,
+):
+    """Start the exporter's HTTP server in a daemon thread (a thread per request, so a
+    slow scrape never holds up a health check); returns (server, thread)."""
     registry = CollectorRegistry()
-    registry.register(PlatformCollector(settings))
-    return start_http_server(port, addr=address, registry=registry)
+    registry.register(collector or PlatformCollector(settings))
+    server = make_server(address, port, app(registry), ThreadingWSGIServer, _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread

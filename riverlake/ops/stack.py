@@ -192,7 +192,7 @@ def services(settings: Settings) -> list[Service]:
             str(settings.metrics_port),
         ],
         ports={"http": settings.metrics_port},
-        health_url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        health_url=f"http://127.0.0.1:{settings.metrics_port}/healthz",
         url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
         env={"RIVERLAKE_HOME": str(home), "PREFECT_API_URL": str(settings.prefect_api_url)},
         setting="RIVERLAKE_METRICS_PORT",

@@ -294,9 +294,12 @@ PLOTTED = """prefix => {
 }"""
 
 
-def plotted_points(page, prefix: str, want: int | None = None) -> list[tuple]:
+def plotted_points(
+    page, prefix: str, want: int | None = None, unlike: list[tuple] | None = None
+) -> list[tuple]:
     """(x in ms, y) of every point drawn in the figure (but gaps), sorted; waits for
-    ``want`` points."""
+    ``want`` points, and for the figure to differ from ``unlike`` (the points before a
+    filter change: the new figure may have as many points as the old one)."""
     points: list[tuple] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -305,7 +308,7 @@ def plotted_points(page, prefix: str, want: int | None = None) -> list[tuple]:
                         for x, y in zip(d.get("flight_date", []), d.get("on_time_rate", []),
                                         strict=True)
                         if y is not None and y == y)  # fmt: skip
-        if points and (want is None or len(points) == want):
+        if points and (want is None or len(points) == want) and points != unlike:
             break
         page.wait_for_timeout(250)
     return points
@@ -341,7 +344,7 @@ def test_dashboards_chart_a_declared_gold_table_and_follow_a_key_filter(served, 
         for r in ua.itertuples()
         if pd.notna(r.on_time_rate)
     )
-    after = plotted_points(page, "carrier_origin_daily:", want=len(expected))
+    after = plotted_points(page, "carrier_origin_daily:", want=len(expected), unlike=before)
     assert [x for x, _ in after] == [x for x, _ in expected], (after, expected)
     assert [y for _, y in after] == pytest.approx([y for _, y in expected])
     assert after != before

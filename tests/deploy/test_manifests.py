@@ -287,3 +287,17 @@ def test_the_dask_workers_of_a_run_report_to_the_clusters_prefect(overlay, monke
     env = get_settings().worker_env()
     assert env["PREFECT_API_URL"] == cm["data"]["PREFECT_API_URL"]
     assert "127.0.0.1" not in env["PREFECT_API_URL"]
+
+
+def test_the_metrics_exporter_is_probed_on_its_health_endpoint(overlay):
+    """Its readiness probe (1 s timeout) must not wait for a scrape of the whole lake: an
+    unready exporter takes the apps container's pod out of the Service with it."""
+    _name, objs = overlay
+    found = 0
+    for where, spec in pod_specs(objs):
+        for c in spec["containers"]:
+            if c.get("args", [])[:2] == ["riverlake", "metrics"]:
+                found += 1
+                for probe in ("readinessProbe", "livenessProbe"):
+                    assert c[probe]["httpGet"]["path"] == "/healthz", (where, probe, c[probe])
+    assert found == 1
