@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python benchmarks/apps.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/incremental.py
+	$(BIN)/python benchmarks/extract.py
 
 up: install
 	$(BIN)/riverlake up

@@ -22,7 +22,6 @@ stderr.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import statistics
@@ -36,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.etl import DATA, RESULTS  # noqa: E402
+from benchmarks import record  # noqa: E402
+from benchmarks.etl import DATA  # noqa: E402
 
 LAKE = DATA / "bench-lake"
 CHROMIUM = "/usr/bin/chromium"
@@ -177,7 +177,6 @@ def main() -> None:
     with screen.step(what), served(PROCS) as url:
         loaded = load(url, LOAD_SESSIONS, LOAD_SECONDS)
     result = {
-        "benchmark": "apps",
         "curated_rows": rows,
         "load_server_processes": PROCS,
         "first_render_s": {
@@ -197,9 +196,7 @@ def main() -> None:
         "meets_filter_p95": p(latency, 0.95) <= 0.3,
         "meets_load_no_errors": loaded["errors"] == 0,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "apps.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record.write("apps", result)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -39,8 +38,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import record  # noqa: E402
+
 DATA = ROOT / "benchmarks" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = record.RESULTS
 
 TARGET_RATIO = 1.5
 TARGET_WORKER_BYTES = 2 * 2**30
@@ -272,7 +274,6 @@ def main() -> None:
     # With thread workers the driver process is the worker.
     worker_peak = max(river["peak_rss_driver_bytes"], river_procs["peak_rss_worker_bytes"])
     result = {
-        "benchmark": "etl",
         "data": {
             "rows": args.rows,
             "csv_files": args.files,
@@ -280,7 +281,6 @@ def main() -> None:
             "csv_bytes": sum(f.stat().st_size for f in csv_dir.glob("*.csv")),
             "generate_s": gen_s,
         },
-        "machine": {"cpus": cores, "python": platform.python_version()},
         "duckdb": duck,
         "riverlake": river,
         "riverlake_process_workers": river_procs,
@@ -292,9 +292,7 @@ def main() -> None:
         "meets_ratio_target": river["wall_s"] / duck["wall_s"] <= TARGET_RATIO,
         "meets_memory_target": worker_peak <= TARGET_WORKER_BYTES,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "etl.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record.write("etl", result)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import record
 from riverlake.demo import api as demo_api
 from riverlake.demo import dimensions as demo_dimensions
 from riverlake.demo import drops as demo_drops
@@ -36,8 +39,6 @@ from riverlake.ops.stack import _bin, free_port
 from riverlake.settings import get_settings
 from riverlake.sources import ingest
 from riverlake.sources.spec import parse_source
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def stream_latency(tmp: Path, rate: float, seconds: float) -> dict:
@@ -211,10 +212,7 @@ def main() -> None:
                 result["connectors"] = connectors(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "extract.json").write_text(text + "\n")
+    record.write("extract", result)
 
 
 if __name__ == "__main__":

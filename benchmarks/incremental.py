@@ -25,17 +25,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import record  # noqa: E402
 
 YEARS = (1, 3, 5)
 LAST_YEAR = 2013
@@ -78,11 +78,6 @@ def run_cli(env: dict[str, str], *args: str) -> tuple[float, dict]:
     if res.returncode != 0:
         raise SystemExit(f"run {args} failed: {res.stderr[-2000:]}")
     return wall, json.loads(res.stdout)
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "all": values}  # fmt: skip
 
 
 def main() -> None:
@@ -135,21 +130,15 @@ def main() -> None:
             wall, s = run_cli(env, "--start", day, "--end", day)
         empty.append(wall)
     empty_median = statistics.median(empty)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()  # fmt: skip
     result = {
-        "benchmark": "incremental",
         "what": "riverlake run flights for one day on lakes of 1, 3 and 5 years: nothing new, "
         "one new day; the same new day on an empty lake",
-        "commit": commit,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "repeats": REPEATS,
         "build": build,
-        "noop_command_wall_s": {f"{n}y": spread(v) for n, v in noop.items()},
+        "noop_command_wall_s": {f"{n}y": record.spread(v) for n, v in noop.items()},
         "noop_rows_reread": {f"{n}y": v for n, v in noop_rows.items()},
-        "new_day_command_wall_s": {f"{n}y": spread(v) for n, v in new_day.items()},
-        "empty_lake_command_wall_s": spread(empty),
+        "new_day_command_wall_s": {f"{n}y": record.spread(v) for n, v in new_day.items()},
+        "empty_lake_command_wall_s": record.spread(empty),
         "new_day_to_empty_ratio": {
             f"{n}y": statistics.median(v) / empty_median for n, v in new_day.items()
         },
@@ -159,10 +148,7 @@ def main() -> None:
         ),
         "noop_target_s": 4.0,
     }
-    out = ROOT / "benchmarks" / "results" / "incremental.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record.write("incremental", result)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ finished run elsewhere) to stderr.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -26,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import record  # noqa: E402
 
 DAY = "2013-03-05"
 NEXT_DAY = "2013-03-06"
@@ -115,24 +115,19 @@ def main() -> None:
         with screen.step(f"repeat {i + 1}/{REPEATS}: baseline in process"):
             bases.append(baseline(f"{prefix}/base-{uuid.uuid4().hex[:8]}"))
     result = {
-        "benchmark": "overhead",
         "what": f"riverlake run flights --start {DAY} --end {DAY}",
         "includes": "python start-up, flow run, LocalCluster start and stop; stack already up",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "repeats": REPEATS,
-        "command_wall_s": {"median": statistics.median(walls), "all": walls},
-        "flow_run_s": {"median": statistics.median(flows), "all": flows},
-        "next_day_command_wall_s": {"median": statistics.median(next_walls), "all": next_walls},
-        "next_day_flow_run_s": {"median": statistics.median(next_flows), "all": next_flows},
-        "baseline_in_process_s": {"median": statistics.median(bases), "all": bases},
+        "command_wall_s": record.spread(walls),
+        "flow_run_s": record.spread(flows),
+        "next_day_command_wall_s": record.spread(next_walls),
+        "next_day_flow_run_s": record.spread(next_flows),
+        "baseline_in_process_s": record.spread(bases),
         "ratio_command_to_baseline": statistics.median(walls) / statistics.median(bases),
         "target_s": TARGET_S,
         "meets_target": statistics.median(walls) <= TARGET_S,
     }
-    out = ROOT / "benchmarks" / "results" / "overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record.write("overhead", result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ stage being run (a spinner on a terminal, a line per finished stage elsewhere) t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import record  # noqa: E402
 from benchmarks.etl import CSV_TYPES, DATA, RESULTS, generate  # noqa: E402
 
 
@@ -157,7 +157,6 @@ def main() -> None:
         prof.stop()
     profile = prof.output_text(unicode=False, color=False, show_all=False)
     result = {
-        "benchmark": "transform",
         "rows": rows,
         "rows_loaded": sum(r["loaded"] for r in results),
         "rows_quarantined": sum(r["quarantined"] for r in results),
@@ -169,10 +168,8 @@ def main() -> None:
         "slowest_stage": slowest[0],
         "profile": f"benchmarks/results/transform_profile.txt ({slowest[0]}, one file)",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "transform.json").write_text(json.dumps(result, indent=2))
+    record.write("transform", result)
     (RESULTS / "transform_profile.txt").write_text(profile)
-    print(json.dumps(result, indent=2))
     print(profile[:4000])
 
 
