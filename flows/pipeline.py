@@ -3,7 +3,12 @@
 A declaration (riverlake/pipelines/pipelines.yaml, or your own) says what to read and
 what to build; this flow does it with the same guarantees for every pipeline:
 
-1. Reach every source before anything is written (one line on failure).
+1. Reach every source before anything is written (one line on failure) and count what
+   each would read now, in the flow's own process. When nothing is new and the lake's
+   logs say every month of the window was built from exactly its landed files and
+   every gold table holds its batch, the run stops there: no data work, and the Dask
+   cluster (started by the first task submitted to it) never starts. Otherwise the
+   cluster's versions are checked against this client's first.
 2. Ingest the sources that load tables (dimensions), each with its cursor in the same
    commit as its rows.
 3. Land the new or changed files of the landing source under
@@ -30,6 +35,7 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from typing import Any
@@ -139,12 +145,19 @@ def _declared_type(t: pa.DataType) -> str:
 
 @task(name="check-sources", persist_result=False)
 def check_sources(name: str) -> dict[str, int]:
-    """Check the cluster's versions and reach every source before anything is written: a
-    mismatched cluster, an unreachable source or refused credentials fail the run here,
-    with one line."""
-    verify_cluster()
+    """Reach every source before anything is written (an unreachable source or refused
+    credentials fail the run here, with one line) and count what each would read now:
+    0 is nothing new, or only a batch its table already holds. Read only, and called in
+    the flow's own process, so a run with nothing new starts no Dask cluster."""
     settings = get_settings()
     return reach_sources(pipelines.pipeline_sources(name, settings), settings)
+
+
+@task(name="check-cluster", persist_result=False)
+def check_cluster() -> None:
+    """Refuse a cluster whose scheduler or workers run other package versions than this
+    client, before the run's first write (the cluster starts with this task)."""
+    verify_cluster()
 
 
 @task(name="ingest-source", persist_result=False, task_run_name="ingest-{source}")
@@ -435,7 +448,7 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
     curated = lake.table(c.table, settings)
     if not p.gold or curated is None or curated.rows() == 0:  # only quarantine so far
         return {}
-    todo = [g for g in p.gold if not lake.committed(g.table, f"{g.table}:{batch}", settings)]
+    todo = gold_pending(p, batch, settings)
     if not todo:
         get_run_logger().info("gold tables already hold batch %s: nothing to rebuild", batch)
         return {g.table: 0 for g in p.gold}
@@ -672,6 +685,93 @@ def _dashboard_link() -> str | None:
         return None
 
 
+@dataclass
+class Window:
+    """What the landed files say about a run's months, before anything is read."""
+
+    months: list[tuple[int, int]]  # the new drops' months and the run's window
+    files: dict[tuple[int, int], dict[str, int]]  # landed files of each month: path -> size
+    batch: str  # named by those files and the landing manifest
+    fingerprints: dict[str, str]  # "YYYY-MM" -> the fingerprint of its landed files
+    built: dict[str, Any]  # "YYYY-MM" -> what built it (files, batch), from the log
+    current: dict[str, list[str]]  # batch -> months it built from exactly these files
+
+
+def _window(p: Pipeline, landing: dict[str, Any], drops: dict[str, Any],
+            start: date | None, end: date | None) -> Window:  # fmt: skip
+    """The months a run covers and what each holds (landed files listed, the curated
+    table's state read; nothing else)."""
+    table = p.curated.table
+    window = _months(start, end) if start is not None and end is not None else []
+    months = sorted({*map(tuple, drops["months"]), *window})
+    files = {ym: month_files(table, *ym) for ym in months}
+    landed = {path: s for f in files.values() for path, s in f.items()}
+    # The batch: the landed files it reads and the landing manifest it commits.
+    landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
+    fingerprints = {f"{y}-{m:02d}": landed_batch_id(files[(y, m)]) for y, m in months}
+    built, current = {}, {}
+    if drops["units"] == 0 and months and all(files.values()):
+        built = lake.read_state(table, months_state_key(landing["name"]), get_settings()) or {}
+        current = current_months(built, fingerprints)
+    return Window(months, files, landed_batch_id(landed), fingerprints, built, current)
+
+
+def _gold_batches(w: Window) -> list[tuple[list[tuple[int, int]], str]]:
+    """The (months, batch) gold is built for when no month needs transforming: every
+    month each current batch built (not only this window's: its gold is one commit), or
+    the window's own batch already committed."""
+    if w.current:
+        return [([tuple(map(int, ym.split("-"))) for ym in sorted(
+            ym for ym, d in w.built.items() if d["batch"] == done)], done)
+            for done in w.current]  # fmt: skip
+    return [(w.months, w.batch)]
+
+
+def gold_pending(p: Pipeline, batch: str, settings) -> list:
+    """The gold tables whose log does not hold ``batch`` yet (none while the curated
+    table has no rows: only quarantine so far)."""
+    if not p.gold:
+        return []
+    curated = lake.table(p.curated.table, settings)
+    if curated is None or curated.rows() == 0:
+        return []
+    return [g for g in p.gold if not lake.committed(g.table, f"{g.table}:{batch}", settings)]
+
+
+SKIPPED = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
+           "curated_skipped": True, "curated_version": None}  # fmt: skip
+NOTHING = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0}
+
+
+def _nothing_to_do(p: Pipeline, landing, start, end, settings) -> dict[str, Any] | None:
+    """When no source has anything new: the summary of a run with no data work (every
+    month of the window built from exactly its landed files, every gold table holding
+    its batch), or None when something is left to do (a run that died between commits).
+    Learnt from the lake's logs and a listing, in the flow's process."""
+    logger = get_run_logger()
+    if landing is None:
+        return {}
+    state = lake.read_state(p.curated.table, landing["name"], settings) or {"files": {}}
+    w = _window(p, landing, {"months": [], "state": state, "units": 0}, start, end)
+    out = {"batch": w.batch, "curated_table": p.curated.table,
+           "months": [f"{y}-{m:02d}" for y, m in w.months], **SKIPPED,
+           "landing": {"source": landing["name"], "units": 0, **NOTHING}}  # fmt: skip
+    if not any(w.files.values()):
+        logger.info("%s: nothing new and nothing landed for %s: nothing to do", p.name, w.months)
+        return {**out, "gold_rows": {}}
+    if not w.current and not lake.committed(p.curated.table, f"{p.curated.table}:{w.batch}",
+                                            settings):  # fmt: skip
+        return None
+    if any(gold_pending(p, batch, settings) for _, batch in _gold_batches(w)):
+        return None
+    logger.info("%s: nothing new; months %s already hold exactly their landed files "
+                "(batches %s) and every gold table holds its batch: no data work, no cluster",
+                p.name, sorted(w.fingerprints), sorted(w.current or [w.batch]))  # fmt: skip
+    curated = lake.table(p.curated.table, settings)
+    has_rows = curated is not None and curated.rows() > 0
+    return {**out, "gold_rows": {g.table: 0 for g in p.gold} if has_rows else {}}
+
+
 def run_pipeline(name: str, start: date | str | None = None,
                  end: date | str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run declared pipeline ``name``: its sources, its curated table, its gold tables."""
@@ -683,11 +783,20 @@ def run_pipeline(name: str, start: date | str | None = None,
     settings = get_settings()
     lake.check_store(settings)
     p = pipelines.pipeline(name, settings)
-    check_sources.submit(name).result()  # before anything is written
     landing = p.landing_source()
     table_sources = [s["name"] for s in p.sources if s is not landing]
-    futures = [ingest_source.submit(name, s) for s in table_sources]
     summary: dict[str, Any] = {"pipeline": name, "batch": None}
+    pending = check_sources(name)  # in this process, before anything is written
+    if not any(pending.values()):
+        quiet = _nothing_to_do(p, landing, start, end, settings)
+        if quiet is not None:  # no data work: the cluster is never started
+            summary.update(sources={s: dict(NOTHING) for s in table_sources}, **quiet,
+                           dashboard=None)  # fmt: skip
+            logger.info("%s run: %s", name, summary)
+            _report_artifacts(name, summary)
+            return summary
+    check_cluster.submit().result()  # the cluster's versions, before the first write
+    futures = [ingest_source.submit(name, s) for s in table_sources]
     if landing is not None:  # landed while the table sources load
         drops = land_files.submit(name, landing["name"]).result()
     dims = {d["source"]: d for d in (f.result() for f in futures)}  # the steps join them
@@ -699,44 +808,30 @@ def run_pipeline(name: str, start: date | str | None = None,
         _report_artifacts(name, summary)
         return summary
     table = p.curated.table
-    window = _months(start, end) if start is not None and end is not None else []
-    months = sorted({*map(tuple, drops["months"]), *window})
-    files = {ym: month_files(table, *ym) for ym in months}
-    landed = {path: s for f in files.values() for path, s in f.items()}
-    # The batch: the landed files it reads and the landing manifest it commits.
-    landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
-    batch = landed_batch_id(landed)
-    skipped = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,
-               "curated_skipped": True, "curated_version": None}  # fmt: skip
-    fingerprints = {f"{y}-{m:02d}": landed_batch_id(files[(y, m)]) for y, m in months}
-    current, built = {}, {}
-    if drops["units"] == 0 and months and all(files.values()):
-        built = lake.read_state(table, months_state_key(landing["name"]), settings) or {}
-        current = current_months(built, fingerprints)
-    if drops["units"] == 0 and not any(files.values()):
+    w = _window(p, landing, drops, start, end)
+    months, batch = w.months, w.batch
+    if drops["units"] == 0 and not any(w.files.values()):
         # Nothing new arrived and nothing landed for the window: no table to touch.
         logger.info("%s: nothing new and nothing landed for %s: nothing to do", name, months)
-        counts, gold = skipped, {}
-    elif current:
+        counts, gold = SKIPPED, {}
+    elif w.current or lake.committed(table, f"{table}:{batch}", settings):
         # Nothing new, and every month of the window was built from exactly the files it
-        # has landed (whatever window built it): only gold may lag (a run that died
-        # between the commits), and its tables' logs say whether it does.
-        logger.info("months %s already hold exactly their landed files (batches %s)",
-                    sorted(fingerprints), sorted(current))  # fmt: skip
-        counts, gold = skipped, {}
-        for done in current:
-            # every month that batch built, not only this window's: its gold is one commit
-            yms = sorted(ym for ym, d in built.items() if d["batch"] == done)
-            part = build_gold.submit(name, [tuple(map(int, ym.split("-"))) for ym in yms],
-                                     done).result()  # fmt: skip
+        # has landed (whatever window built it), or this batch is committed: only gold
+        # may lag (a run that died between the commits), and its tables' logs say so.
+        if w.current:
+            logger.info("months %s already hold exactly their landed files (batches %s)",
+                        sorted(w.fingerprints), sorted(w.current))  # fmt: skip
+        else:
+            logger.info("batch %s is already committed; nothing to transform", batch)
+        counts, gold = SKIPPED, {}
+        for yms, done in _gold_batches(w):
+            part = build_gold.submit(name, yms, done).result()
             gold = {t: gold.get(t, 0) + rows for t, rows in part.items()}
-    elif lake.committed(table, f"{table}:{batch}", settings):
-        logger.info("batch %s is already committed; nothing to transform", batch)
-        counts, gold = skipped, build_gold.submit(name, months, batch).result()
     else:
-        futures = [transform_month.submit(name, y, m, sorted(files[(y, m)])) for y, m in months]
+        futures = [transform_month.submit(name, y, m, sorted(w.files[(y, m)]))
+                   for y, m in months]  # fmt: skip
         counts = commit_curated(name, [f.result() for f in futures], months, batch,
-                                drops["state"], fingerprints)  # fmt: skip
+                                drops["state"], w.fingerprints)  # fmt: skip
         gold = build_gold.submit(name, months, batch).result()
     summary.update(
         batch=batch,

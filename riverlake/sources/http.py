@@ -286,7 +286,16 @@ def plan(spec: HttpSource, state: dict | None, settings: Settings) -> list[dict[
     cap = settings.max_response_bytes
     if spec.pagination == "cursor" or spec.total_path is None:
         with _client(spec) as c:  # reachability and credentials, before anything is read
-            get(c, spec, {**params, spec.limit_param: 1}, cap)
+            probe = get(c, spec, {**params, spec.limit_param: 1}, cap)
+        if spec.cursor_field and params.get(spec.since_param) is not None and not probe.problem:
+            # Nothing after the cursor: nothing new (a page that is not one is read,
+            # and quarantined, by the run).
+            try:
+                nothing_new = not parse_page(spec, probe.body, settings.max_json_depth)[0]
+            except MalformedPage:
+                nothing_new = False
+            if nothing_new:
+                return []
         return [{"name": spec.url, "params": params, "pages": "all"}]
     with _client(spec) as c:  # one record is enough to learn the total
         first = get(c, spec, {**params, **_page(spec, 0), spec.limit_param: 1}, cap)

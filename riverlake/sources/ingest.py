@@ -122,7 +122,8 @@ def reach_sources(specs, settings: Settings) -> dict[str, int]:
     """Reach every source before anything is written: plan each batch source (files
     listed, the API probed, the SQL table counted) and connect to each stream. An
     unreachable source or refused credentials raise SourceError naming it; the result
-    is the number of units each batch source would read now."""
+    is the number of units each batch source would read now (0: nothing new, or only
+    a batch its table already holds)."""
     import asyncio
 
     out = {}
@@ -135,9 +136,24 @@ def reach_sources(specs, settings: Settings) -> dict[str, int]:
 
             asyncio.run(probe())
             continue
-        state = lake.read_state(spec.table, spec.name, settings)
-        out[spec.name] = len(connector_for(spec.kind).plan(spec, state, settings))
+        out[spec.name] = len(_pending(spec, settings)[3])
     return out
+
+
+def _pending(spec, settings: Settings) -> tuple[Any, Any, Any, list, str | None]:
+    """What a run of ``spec`` would read now: (connector, table, state, units, batch).
+    No units when nothing is new, or when what is new is a batch the table already
+    holds (a run that committed it and died after). Read only."""
+    conn = connector_for(spec.kind)
+    table = lake.table(spec.table, settings)
+    state = None if table is None else table.state(spec.name)
+    units = conn.plan(spec, state, settings)
+    if not units:
+        return conn, table, state, [], None
+    batch = batch_id(spec.name, state, units)
+    if table is not None and table.batch_version(f"{spec.name}:{batch}") is not None:
+        return conn, table, state, [], batch
+    return conn, table, state, units, batch
 
 
 def ingest(
@@ -152,19 +168,15 @@ def ingest(
     it: the caller commits it together with the table built from the landed files.
     """
     settings = settings or get_settings()
-    conn = connector_for(spec.kind)
     uri = lake.table_uri(spec.table, settings)
-    table = lake.table(spec.table, settings)
-    state = None if table is None else table.state(spec.name)
-    units = conn.plan(spec, state, settings)
-    if not units:
+    conn, table, state, units, batch = _pending(spec, settings)
+    if not units and batch is None:
         log.info("source %s: nothing new", spec.name)
         return IngestResult(spec.name, spec.table, None, skipped=True, state=state)
-    batch = batch_id(spec.name, state, units)
-    app_id = f"{spec.name}:{batch}"
-    if table is not None and table.batch_version(app_id) is not None:
+    if not units:  # the batch is already in the table
         return IngestResult(spec.name, spec.table, batch, skipped=True, state=state,
                             version=table.version)  # fmt: skip
+    app_id = f"{spec.name}:{batch}"
     outs: list[UnitOut] = mapper(partial(_run_unit, conn, spec, settings), units)
     new_state = conn.next_state(spec, state, units, outs)
     if spec.key and getattr(spec, "sink", "table") == "table":

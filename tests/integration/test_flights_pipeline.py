@@ -82,7 +82,8 @@ def test_rerun_is_a_noop(first_run):
     assert again["batch"] == first_run["batch"] and again["curated_skipped"] is True
     assert lake.table_version("flights", get_settings()) == before
     # gold learned from its tables' logs that it holds the batch: nothing read or written
-    assert f"gold tables already hold batch {again['batch']}: nothing to rebuild" in res.stderr
+    assert (f"(batches ['{again['batch']}']) and every gold table holds its batch: "
+            "no data work, no cluster") in res.stderr  # fmt: skip
     assert set(again["gold_rows"].values()) == {0}
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
 
@@ -102,6 +103,26 @@ def test_a_narrower_window_with_nothing_new_reads_and_writes_nothing(first_run):
     assert {t: lake.table_version(t, get_settings()) for t in versions} == versions
     assert "already hold exactly their landed files" in res.stderr
     assert len(lake.read_pandas("flights")) == first_run["rows_in"]
+    # No data work, so no cluster: the run's one task is the check of the sources, in
+    # the flow's process (the cluster starts with the first task submitted to it).
+    (run,) = prefect_post("flow_runs/filter", {
+        "flow_runs": {"name": {"any_": ["flights 2013-01-31"]}},
+        "sort": "START_TIME_DESC", "limit": 1})  # fmt: skip
+    assert run["state_type"] == "COMPLETED"
+    tasks = prefect_post("task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert [t["name"].rsplit("-", 1)[0] for t in tasks] == ["check-sources"], tasks
+    assert again["dashboard"] is None
+    assert set(again["sources"]) == {"weather", "planes", "airports", "airlines"}
+    assert all(v == {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0}
+               for v in again["sources"].values())  # fmt: skip
+
+
+def prefect_post(path: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(f"{get_settings().prefect_api_url}/{path}",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
 
 
 def test_a_person_sees_a_table_per_table_and_the_runs_url(first_run):

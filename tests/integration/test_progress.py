@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 DAY = "2013-01-01"
 #: The flights pipeline's task runs: named <task>-<suffix>, or after what they work on.
-TASKS = (r"check-sources-\w+", "land-flight_drops", r"transform-\d{4}-\d{2}",
+TASKS = (r"check-sources-\w+", r"check-cluster-\w+", "land-flight_drops", r"transform-\d{4}-\d{2}",
          r"commit-curated-\w+", r"build-gold-\w+")  # fmt: skip
 #: The session stack's services that `up` starts (the worker is started by `deploy`).
 SERVICES = ("seaweedfs", "prefect", "nats", "weather-api", "event-replayer", "metrics")

@@ -244,6 +244,25 @@ def test_http_cursor_pagination_then_incremental_updates(tmp_path, api):
     assert state["cursor"] == max(t["updated_at"] for t in touched)
 
 
+def test_http_cursor_with_nothing_after_it_plans_nothing(tmp_path, api):
+    """The probe from the cursor comes back empty: no unit, so a run with nothing new
+    reads nothing (it read the API again before, only to find no record)."""
+    import httpx
+
+    s = local(tmp_path)
+    spec = weather_spec(s, f"{api.url}/weather")
+    assert ingest.reach_sources([spec], s) == {"weather": 1}
+    ingest.ingest(spec, s)
+    assert ingest.reach_sources([spec], s) == {"weather": 0}
+    version = lake.table_version("weather", s)
+    again = ingest.ingest(spec, s)
+    assert again.skipped and again.batch is None  # nothing new, not an old batch again
+    assert lake.table_version("weather", s) == version
+    httpx.post(f"{api.url}/weather/12/touch")
+    assert ingest.reach_sources([spec], s) == {"weather": 1}
+    assert ingest.ingest(spec, s).rows_loaded == 1
+
+
 def test_http_offset_pages_are_read_in_parallel_units(tmp_path, api):
     s = local(tmp_path)
     spec = weather_spec(s, f"{api.url}/weather/offset", pagination="offset", page_size=3000,
