@@ -5,6 +5,8 @@ A user mistake prints one line, ``riverlake: error: ...``, and exits 1: no trace
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import signal
@@ -780,8 +782,19 @@ def metrics(
         pass
 
 
+def _freeze_heap_at_exit() -> None:
+    """At exit, move every object to the permanent generation and stop the cyclic
+    collector, so the interpreter's final collections do not walk the heap that Prefect,
+    pydantic and Dask built (1.0 s of a 6.4 s run with nothing new, measured). Every exit
+    handler still runs (Prefect's flush its logs and events to the API) and every
+    object is still released; only the search for reference cycles is skipped."""
+    gc.disable()
+    gc.freeze()
+
+
 def main() -> None:
     """Entry point: user mistakes are one line on stderr and exit status 1."""
+    atexit.register(_freeze_heap_at_exit)
     try:
         app()
     except RiverlakeError as exc:  # StackError and LakeError are RiverlakeErrors
