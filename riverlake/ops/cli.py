@@ -258,11 +258,11 @@ def run(
             task_runner=pipeline_task_runner(pipeline, settings, profile=profile)
         )
     export_storage_credentials()
-    results = ensure_result_storage()  # flow results persist on the lake
+    storage, results = ensure_result_storage()  # flow results persist on the lake
     if profile == "local":
         _say(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
     # Run now and fail fast; scheduled deployment runs keep the flow's retries.
-    flow = flow.with_options(retries=0)
+    flow = flow.with_options(retries=0, result_storage=storage)
 
     def once(**kw: object) -> None:
         with screen.step(f"demo upstream: dropping the days of {pipeline}", quiet=True):
@@ -490,7 +490,7 @@ def deploy(
         from riverlake.flows.runner import ensure_result_storage
 
         root = Path(__file__).resolve().parents[2]  # the checkout: prefect.yaml and flows/
-        results = ensure_result_storage()
+        _storage, results = ensure_result_storage()
     env = {**os.environ, **results, "RIVERLAKE_ROOT": str(root),
            "PREFECT_API_URL": str(settings.prefect_api_url)}  # fmt: skip
     if settings.pipelines_dir is not None:  # `prefect deploy` runs in the checkout

@@ -121,23 +121,31 @@ def connector_for(kind: str):
 def reach_sources(specs, settings: Settings) -> dict[str, int]:
     """Reach every source before anything is written: plan each batch source (files
     listed, the API probed, the SQL table counted) and connect to each stream. An
-    unreachable source or refused credentials raise SourceError naming it; the result
-    is the number of units each batch source would read now (0: nothing new, or only
-    a batch its table already holds)."""
+    unreachable source or refused credentials raise SourceError naming it (the first
+    such source in declaration order); the result is the number of units each batch
+    source would read now (0: nothing new, or only a batch its table already holds).
+
+    The sources are reached side by side (threads: each waits on its network round
+    trips), so a pipeline of many sources costs about its slowest one."""
     import asyncio
 
-    out = {}
-    for spec in specs:
+    def reach(spec) -> int | None:
         if spec.kind == "stream":
 
-            async def probe(spec=spec) -> None:
+            async def probe() -> None:
                 nc = await stream.connect(spec)
                 await nc.close()
 
             asyncio.run(probe())
-            continue
-        out[spec.name] = len(_pending(spec, settings)[3])
-    return out
+            return None
+        return len(_pending(spec, settings)[3])
+
+    if not specs:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
+        reached = [(spec, pool.submit(reach, spec)) for spec in specs]
+        counts = [(spec, f.result()) for spec, f in reached]  # the first failure, in order
+    return {spec.name: n for spec, n in counts if n is not None}
 
 
 def _pending(spec, settings: Settings) -> tuple[Any, Any, Any, list, str | None]:

@@ -226,3 +226,31 @@ def test_prefect_shows_the_quality_report_and_the_accounting_as_artifacts(first_
     assert f"| flights | {first_run['rows_in']} | {first_run['rows_loaded']} | 0 | 0 |" in md
     assert "| carrier_origin_daily (gold) |" in md
     assert f"Dask dashboard: {first_run['dashboard']}" in md and first_run["dashboard"]
+
+
+def test_the_runs_summary_is_persisted_on_the_lake_through_the_saved_block(first_run):
+    """The CLI hands its flow the saved result-storage block (loading it by slug made
+    Prefect import every installed collection first); the result is still written on
+    the lake and recorded against that block."""
+    from prefect.serializers import PickleSerializer
+
+    from riverlake.flows.runner import result_storage_block
+
+    (run,) = prefect_post("flow_runs/filter", {
+        "flow_runs": {"name": {"any_": [f"flights {START}..{END}"]}},
+        "sort": "START_TIME_ASC", "limit": 1})  # fmt: skip
+    meta = run["state"]["data"]
+    _, slug = result_storage_block()
+    req = urllib.request.Request(
+        f"{get_settings().prefect_api_url}/block_types/slug/{slug.split('/')[0]}"
+        f"/block_documents/name/{slug.split('/')[1]}")  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert meta["storage_block_id"] == json.loads(r.read())["id"]
+    settings = get_settings()
+    fs = lake.filesystem(settings)
+    path = f"{lake.strip_scheme(lake.lake_root(settings))}/_prefect/results/{meta['storage_key']}"
+    assert meta["serializer"]["type"] == "pickle"
+    summary = PickleSerializer(picklelib=meta["serializer"]["picklelib"]).loads(fs.cat(path))
+    assert {k: summary[k] for k in ("batch", "rows_in", "rows_loaded", "gold_rows")} == {
+        k: first_run[k] for k in ("batch", "rows_in", "rows_loaded", "gold_rows")
+    }
