@@ -13,16 +13,18 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from riverlake.analytics.analysis import FILTER_OPS, is_dask
 from riverlake.analytics.types import TYPES
+
+if TYPE_CHECKING:  # imported by contract(): a run with no data work never builds one
+    import pandera.pandas as pdr
 
 #: Declared type -> Arrow type (the same names as the sources' schemas).
 ARROW = TYPES
@@ -367,6 +369,8 @@ def contract(rules: Mapping[str, Any], types: Mapping[str, str], key: Sequence[s
              name: str) -> pdr.DataFrameSchema:  # fmt: skip
     """A pandera schema from a declared contract: per column its dtype (from the table's
     type), nullability, range, allowed values and pattern; the key unique."""
+    import pandera.pandas as pdr
+
     columns = {}
     for col, rule in rules.items():
         checks = []
