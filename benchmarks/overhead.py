@@ -43,7 +43,7 @@ def run_cli(lake_url: str, day: str = DAY) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"run failed: {res.stderr[-2000:]}")
-    flow = float(re.search(r"done in ([0-9.]+)s", res.stderr).group(1))
+    flow = float(re.search(r"pipeline flights done in ([0-9.]+)s", res.stderr).group(1))
     return wall, flow
 
 
