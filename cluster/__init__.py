@@ -198,7 +198,9 @@ S3_SECRET = "riverlake-s3"
 SQL_SECRET = "riverlake-sql"
 SQL_URL_ENV = "RIVERLAKE_SQL_URL"
 #: The Secret that holds any other source URL carrying a secret (a NATS URL with a
-#: password, an API URL with a token), under the key of its variable.
+#: password, an API URL with a token), under the key of its variable, and the sources'
+#: own secrets (an HTTP source's ``token_env``, e.g. RIVERLAKE_API_TOKEN): flow-run pods
+#: and Dask workers get all its keys (``envFrom``).
 SOURCES_SECRET = "riverlake-sources"
 #: Words that make a query parameter a secret, whatever their case (``passwd``,
 #: ``sslpassword``, ``PWD``, ``private_key_passphrase``, ``access_token``, ...).
@@ -265,6 +267,9 @@ def make_dask_cluster_spec(options: ClusterOptions, name: str | None = None) -> 
     wc = worker["spec"]["containers"][0]
     wc["image"] = options.image
     wc["env"] = env
+    # The sources' own secrets (an API token under its variable's name): every key of
+    # the sources Secret, when it exists, by reference; the run's values never go here.
+    wc["envFrom"] = [{"secretRef": {"name": SOURCES_SECRET, "optional": True}}]
     wc["resources"] = {
         "requests": {"cpu": prof["cpu"], "memory": prof["memory"]},
         "limits": {"cpu": prof["cpu"], "memory": prof["memory"]},

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,8 +269,12 @@ def topo(tmp_path_factory):
                env={"PREFECT_HOME": "/tmp/prefect", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "PREFECT_API_DATABASE_CONNECTION_URL":
                         "sqlite+aiosqlite:////tmp/prefect/prefect.db"})  # fmt: skip
+        # The weather API wants a bearer token, as a real one would: the pods that read it
+        # get it from Secret riverlake-sources (envFrom), never from the manifests.
+        api_token = secrets.token_urlsafe(16)
         pm.run("ct-weather-api", ["python", "-m", "riverlake.demo", "api", "--port", "8000", "--host", "0.0.0.0"],
-               image=image, aliases=("weather-api",), tmpfs=tmpfs)  # fmt: skip
+               image=image, aliases=("weather-api",), tmpfs=tmpfs,
+               env={"RIVERLAKE_API_TOKEN": api_token})  # fmt: skip
         for name in ("seaweedfs", "prefect", "weather-api"):
             t.ips[name] = pm.ip(f"ct-{name}")
         # PostgreSQL: the machine's own server, a database of its own for this tier.
@@ -286,6 +291,13 @@ def topo(tmp_path_factory):
         _wait_http(f"http://{t.ips['prefect']}:4200/api/health", 120, "the Prefect server")
         _wait_http(f"http://{t.ips['seaweedfs']}:8333/", 120, "SeaweedFS")
         _wait_http(f"http://{t.ips['weather-api']}:8000/health", 60, "the weather API")
+        try:  # without the token it refuses
+            urllib.request.urlopen(
+                f"http://{t.ips['weather-api']}:8000/weather?limit=1", timeout=10
+            )
+            raise AssertionError("the weather API answered without its token")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, e
         t.host_env = {
             "RIVERLAKE_LAKE_URL": BUCKET_URL,
             "RIVERLAKE_S3_ENDPOINT": f"http://{t.ips['seaweedfs']}:8333",
@@ -330,6 +342,7 @@ def topo(tmp_path_factory):
         t.secrets = {
             "riverlake-s3": {"RIVERLAKE_S3_ACCESS_KEY": key, "RIVERLAKE_S3_SECRET_KEY": secret},
             "riverlake-sql": {"RIVERLAKE_SQL_URL": sql_url},
+            "riverlake-sources": {"RIVERLAKE_API_TOKEN": api_token},
             "riverlake-apps-auth": {
                 "cookie-secret": secrets.token_urlsafe(32),
                 "oauth-key": CLIENT_ID,
@@ -357,7 +370,8 @@ def topo(tmp_path_factory):
                 cluster_options(settings, profile="kubernetes", worker_profile=size),
                 name="riverlake-ct",
             )
-        t.dask = [t.keep(o, tp.for_podman(o, image=image, namespace=NAMESPACE))
+        t.dask = [t.keep(o, tp.for_podman(o, image=image, namespace=NAMESPACE,
+                                          secrets=t.secrets))
                   for o in tp.operator_objects(spec, NAMESPACE)]  # fmt: skip
         service = next(o for o in t.dask if o["kind"] == "Service")
         t.dask.remove(service)
@@ -384,7 +398,8 @@ def topo(tmp_path_factory):
                 http["hostPort"] = t.apps_port  # published on the machine's loopback
                 http["hostIP"] = "127.0.0.1"
             played = tp.for_podman(o, image=image, namespace=NAMESPACE,
-                                   configmaps={"riverlake-config": t.config})  # fmt: skip
+                                   configmaps={"riverlake-config": t.config},
+                                   secrets=t.secrets)  # fmt: skip
             t.overlay.append(t.keep(o, played))
         # The Prefect worker polls the Kubernetes pool: register it (and the deployments).
         with environ(t.host_env):

@@ -104,7 +104,7 @@ def run_flights(t, start: str, end: str, during=None) -> dict:
         run_id, pod = asyncio.run(_flow_run_pod(t, start, end))
     rendered = pod
     pod = tp.for_podman(pod, image=t.image, namespace=NAMESPACE,
-                        configmaps={"riverlake-config": t.config})  # fmt: skip
+                        configmaps={"riverlake-config": t.config}, secrets=t.secrets)  # fmt: skip
     name = tp.container_name(pod, "prefect-job")
     t0 = time.monotonic()
     t.podman.play([pod], configmaps=(t.configmap_file,))

@@ -19,7 +19,10 @@ operator's reconcile loop, the autoscaler):
   probes' named ports are resolved to numbers, then ports without a hostPort dropped;
 * envFrom: Kubernetes lets a container's ``env`` win over its ``envFrom``; podman 4.3
   does the reverse (a run's RIVERLAKE_CLUSTER lost to the ConfigMap's). Each envFrom
-  ConfigMap becomes ``configMapKeyRef`` entries for the keys ``env`` does not set;
+  ConfigMap becomes ``configMapKeyRef`` entries, and each envFrom Secret
+  ``secretKeyRef`` entries, for the keys ``env`` does not set (an optional Secret the
+  test does not supply: none), a later source winning over an earlier one as in
+  Kubernetes;
 * Services: no kube-proxy; a Service becomes DNS names (``NAME``, ``NAME.NS``,
   ``NAME.NS.svc.cluster.local``) of the pod its selector matches, on the podman network;
 * liveness probes: podman turns an httpGet/tcpSocket liveness probe into a healthcheck
@@ -115,9 +118,11 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 
 def for_podman(obj: dict, *, image: str, namespace: str,
-               configmaps: dict[str, dict[str, str]] | None = None) -> dict:  # fmt: skip
+               configmaps: dict[str, dict[str, str]] | None = None,
+               secrets: dict[str, dict[str, str]] | None = None) -> dict:  # fmt: skip
     """``obj`` with the translations listed in this module's docstring (pure);
-    ``configmaps``: the data of the ConfigMaps its envFrom names."""
+    ``configmaps`` and ``secrets``: the data of the ConfigMaps and Secrets its envFrom
+    names."""
     obj = copy.deepcopy(obj)
     if obj["kind"] not in ("Pod", "Deployment", "Job"):
         return obj
@@ -151,14 +156,20 @@ def for_podman(obj: dict, *, image: str, namespace: str,
             if ref.get("fieldPath") == "metadata.namespace":
                 e.pop("valueFrom")
                 e["value"] = namespace
+        own = {e["name"] for e in c.get("env", [])}
+        sourced: dict[str, dict] = {}  # key -> its reference; a later envFrom wins
         for src in c.pop("envFrom", []):
-            if "configMapRef" not in src or "prefix" in src:
+            kind = next((k for k in ("configMapRef", "secretRef") if k in src), None)
+            if kind is None or "prefix" in src:
                 raise ValueError(f"{prefix}: envFrom {src} is not translated")
-            name = src["configMapRef"]["name"]
-            own = {e["name"] for e in c.get("env", [])}
-            refs = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": name, "key": k}}}
-                    for k in (configmaps or {})[name] if k not in own]  # fmt: skip
-            c["env"] = refs + c.get("env", [])
+            name, optional = src[kind]["name"], src[kind].get("optional", False)
+            data = (configmaps if kind == "configMapRef" else secrets) or {}
+            if name not in data and optional:
+                continue
+            ref = "configMapKeyRef" if kind == "configMapRef" else "secretKeyRef"
+            for k in data[name]:
+                sourced[k] = {"name": k, "valueFrom": {ref: {"name": name, "key": k}}}
+        c["env"] = [r for k, r in sourced.items() if k not in own] + c.get("env", [])
         literal = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
         for key in ("args", "command"):
             if key in c:

@@ -188,3 +188,36 @@ def test_no_secret_is_committed_as_a_kustomize_secret_generator():
     for k in Path(ROOT / "deploy" / "kubernetes").rglob("kustomization.yaml"):
         doc = yaml.safe_load(k.read_text())
         assert not doc.get("secretGenerator"), k
+
+
+def declared_token_envs() -> set[str]:
+    """The variables the declared HTTP sources read their bearer token from."""
+    from riverlake import pipelines
+
+    settings = get_settings()
+    return {s.token_env for name in pipelines.pipelines(settings)
+            for s in pipelines.pipeline_sources(name, settings)
+            if getattr(s, "token_env", None)}  # fmt: skip
+
+
+def sources_secret_from(container: dict) -> bool:
+    return {"secretRef": {"name": cluster.SOURCES_SECRET, "optional": True}} in container.get(
+        "envFrom", [])  # fmt: skip
+
+
+def test_a_source_token_reaches_flow_run_pods_and_workers_from_the_sources_secret(monkeypatch):
+    """An API token (a source's token_env, RIVERLAKE_API_TOKEN for the weather API) lives
+    in Secret riverlake-sources under its variable's name: flow-run pods (which check
+    the sources) and Dask workers (which ingest them) get every key of that Secret, by
+    reference; the token is never copied into the DaskCluster, even when the run has it."""
+    assert "RIVERLAKE_API_TOKEN" in declared_token_envs()
+    tpl = json.loads(JOB_TEMPLATE.read_text())
+    (run,) = tpl["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert sources_secret_from(run)
+    # after the ConfigMap: a key of the Secret wins over the same key of the ConfigMap
+    assert [next(iter(s)) for s in run["envFrom"]] == ["configMapRef", "secretRef"]
+    monkeypatch.setenv("RIVERLAKE_API_TOKEN", "api-token-value")
+    spec = cluster.make_dask_cluster_spec(cluster.cluster_options(get_settings()), name="x")
+    (worker,) = containers(spec["spec"]["worker"]["spec"])
+    assert sources_secret_from(worker)
+    assert "api-token-value" not in json.dumps(spec)
