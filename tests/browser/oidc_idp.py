@@ -20,6 +20,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 USERS = {"ada": {"password": "analytical-engine", "email": "ada@example.com", "name": "Ada"}}
 
 
+def sign_in(page, user: str = "ada", password: str | None = None) -> None:
+    """Fill this provider's sign-in form on a Playwright ``page`` and submit it (the
+    user's own password unless ``password`` says otherwise)."""
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", USERS[user]["password"] if password is None else password)
+    page.click("button[type=submit]")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

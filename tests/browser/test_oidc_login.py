@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from riverlake.ops.stack import free_port
-from tests.browser.oidc_idp import create_idp
+from tests.browser.oidc_idp import create_idp, sign_in
 from tests.browser.test_apps import ARGS, ARTIFACTS, CHROMIUM
 from tests.conftest import ROOT, need
 
@@ -92,14 +92,10 @@ def test_oidc_login_guards_the_apps_and_lets_the_right_user_in(idp, apps_with_oi
             # Not signed in: the provider's sign-in page, not the app.
             page.get_by_text("Test IdP sign-in").wait_for(timeout=30000)
             assert "/authorize?" in page.url and "client_id=riverlake-apps" in page.url
-            page.fill("input[name=username]", "ada")
-            page.fill("input[name=password]", "wrong")
-            page.click("button[type=submit]")
+            sign_in(page, "ada", "wrong")
             page.get_by_text("wrong user or password").wait_for(timeout=10000)
             assert provider.state.logins == []
-            page.fill("input[name=username]", "ada")
-            page.fill("input[name=password]", "analytical-engine")
-            page.click("button[type=submit]")
+            sign_in(page, "ada")
             page.get_by_text("Table freshness").wait_for(timeout=60000)  # the app itself
             assert page.url.startswith(apps_with_oidc)
             assert provider.state.logins == ["ada"]

@@ -288,6 +288,7 @@ def test_the_apps_render_in_chromium_through_the_published_port_with_sign_in(top
 
     from playwright.sync_api import sync_playwright
 
+    from tests.browser.oidc_idp import sign_in
     from tests.browser.test_apps import ARGS, ARTIFACTS, CHROMIUM
 
     need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
@@ -300,9 +301,7 @@ def test_the_apps_render_in_chromium_through_the_published_port_with_sign_in(top
             page.goto(f"{base}/pipeline_health")
             page.get_by_text("Test IdP sign-in").wait_for(timeout=60000)
             assert page.url.startswith(topo.idp_url)  # not signed in: the provider's page
-            page.fill("input[name=username]", "ada")
-            page.fill("input[name=password]", "analytical-engine")
-            page.click("button[type=submit]")
+            sign_in(page, "ada")
             page.get_by_text("Table freshness").wait_for(timeout=90000)
             assert page.url.startswith(base)
             assert topo.idp_app.state.logins == ["ada"]
