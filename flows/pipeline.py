@@ -443,10 +443,8 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
     and month, the touched months; by year, the touched years; unpartitioned, all of it.
     Tables that already hold the batch (their logs say so) are not recomputed."""
     p = _declaration(name)
-    c = p.curated
     settings = get_settings()
-    curated = lake.table(c.table, settings)
-    if not p.gold or curated is None or curated.rows() == 0:  # only quarantine so far
+    if not p.gold or not _curated_has_rows(p, settings):  # only quarantine so far
         return {}
     todo = gold_pending(p, batch, settings)
     if not todo:
@@ -727,14 +725,15 @@ def _gold_batches(w: Window) -> list[tuple[list[tuple[int, int]], str]]:
     return [(w.months, w.batch)]
 
 
-def gold_pending(p: Pipeline, batch: str, settings) -> list:
-    """The gold tables whose log does not hold ``batch`` yet (none while the curated
-    table has no rows: only quarantine so far)."""
-    if not p.gold:
-        return []
+def _curated_has_rows(p: Pipeline, settings) -> bool:
+    """False while the curated table does not exist or holds only quarantine so far:
+    there is no gold to build then."""
     curated = lake.table(p.curated.table, settings)
-    if curated is None or curated.rows() == 0:
-        return []
+    return curated is not None and curated.rows() > 0
+
+
+def gold_pending(p: Pipeline, batch: str, settings) -> list:
+    """The gold tables whose log does not hold ``batch`` yet."""
     return [g for g in p.gold if not lake.committed(g.table, f"{g.table}:{batch}", settings)]
 
 
@@ -762,14 +761,13 @@ def _nothing_to_do(p: Pipeline, landing, start, end, settings) -> dict[str, Any]
     if not w.current and not lake.committed(p.curated.table, f"{p.curated.table}:{w.batch}",
                                             settings):  # fmt: skip
         return None
-    if any(gold_pending(p, batch, settings) for _, batch in _gold_batches(w)):
+    has_gold = bool(p.gold) and _curated_has_rows(p, settings)  # as build_gold decides
+    if has_gold and any(gold_pending(p, batch, settings) for _, batch in _gold_batches(w)):
         return None
     logger.info("%s: nothing new; months %s already hold exactly their landed files "
                 "(batches %s) and every gold table holds its batch: no data work, no cluster",
                 p.name, sorted(w.fingerprints), sorted(w.current or [w.batch]))  # fmt: skip
-    curated = lake.table(p.curated.table, settings)
-    has_rows = curated is not None and curated.rows() > 0
-    return {**out, "gold_rows": {g.table: 0 for g in p.gold} if has_rows else {}}
+    return {**out, "gold_rows": {g.table: 0 for g in p.gold} if has_gold else {}}
 
 
 def run_pipeline(name: str, start: date | str | None = None,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -138,7 +138,7 @@ def reach_sources(specs, settings: Settings) -> dict[str, int]:
 
             asyncio.run(probe())
             return None
-        return len(_pending(spec, settings)[3])
+        return len(_pending(spec, settings).units)
 
     if not specs:
         return {}
@@ -148,20 +148,30 @@ def reach_sources(specs, settings: Settings) -> dict[str, int]:
     return {spec.name: n for spec, n in counts if n is not None}
 
 
-def _pending(spec, settings: Settings) -> tuple[Any, Any, Any, list, str | None]:
-    """What a run of ``spec`` would read now: (connector, table, state, units, batch).
-    No units when nothing is new, or when what is new is a batch the table already
-    holds (a run that committed it and died after). Read only."""
+class Pending(NamedTuple):
+    """What a run of a source would read now (see :func:`_pending`)."""
+
+    conn: Any  # the source kind's connector module
+    table: Any  # its table (None before the first commit)
+    state: Any  # the state its table holds for the source
+    units: list  # the units to read: none when nothing is new or the batch is in
+    batch: str | None  # the batch those units make (None: nothing new)
+
+
+def _pending(spec, settings: Settings) -> Pending:
+    """What a run of ``spec`` would read now. No units when nothing is new (no batch
+    either), or when what is new is a batch the table already holds (a run that
+    committed it and died after). Read only."""
     conn = connector_for(spec.kind)
     table = lake.table(spec.table, settings)
     state = None if table is None else table.state(spec.name)
     units = conn.plan(spec, state, settings)
     if not units:
-        return conn, table, state, [], None
+        return Pending(conn, table, state, [], None)
     batch = batch_id(spec.name, state, units)
     if table is not None and table.batch_version(f"{spec.name}:{batch}") is not None:
-        return conn, table, state, [], batch
-    return conn, table, state, units, batch
+        return Pending(conn, table, state, [], batch)
+    return Pending(conn, table, state, units, batch)
 
 
 def ingest(
