@@ -214,6 +214,59 @@ def current_months(built: dict[str, Any], fingerprints: dict[str, str]) -> dict[
     return out
 
 
+@dataclass(frozen=True)
+class MonthPlan:
+    """How a touched month is curated: from every landed file (``new`` None: rebuilt
+    whole, for the reason ``why``), or from its ``new`` files only, whose rows are merged
+    on the key into the rows the month holds (``[]``: nothing new, the month is kept)."""
+
+    files: list[str]  # every landed file of the month (a whole rebuild reads them all)
+    new: list[str] | None
+    why: str
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def plan_month(built: dict[str, Any] | None, files: dict[str, int], quarantined: str | None,
+               row_wise: bool) -> MonthPlan:  # fmt: skip
+    """Merge only what cannot differ from a whole rebuild (pure): every step row-wise, the
+    month built with a list of its files, its quarantine written from those same files
+    (a run that died between the two commits leaves them out of step), no built file
+    changed or gone, and every new file after every built one in landing order (the last
+    landed record of a key wins). The joins are checked against the data, in the task."""
+    every = sorted(files, key=landing_order)
+
+    def whole(why: str) -> MonthPlan:
+        return MonthPlan(every, None, why)
+
+    if not row_wise:
+        return whole("a step is not row-wise")
+    if not built:
+        return whole("never built")
+    landed = built.get("landed")
+    if landed is None:
+        return whole("built with no list of its files (before they were kept)")
+    if quarantined != built.get("files"):
+        return whole("its quarantine holds other files than its curated rows (a run died "
+                     "between their commits)")  # fmt: skip
+    now = {_name(path): size for path, size in files.items()}
+    gone = sorted(set(landed) - set(now))
+    if gone:
+        return whole(f"built file {gone[0]} is gone")
+    changed = sorted(n for n in landed if now[n] != landed[n])
+    if changed:
+        return whole(f"built file {changed[0]} changed")
+    new = [path for path in every if _name(path) not in landed]
+    if not new:
+        return MonthPlan(every, [], "nothing new")
+    last = max(landed, key=landing_order)
+    if landing_order(new[0]) < landing_order(last):
+        return whole(f"new file {_name(new[0])} sorts before built file {last}")
+    return MonthPlan(every, new, f"{len(new)} new file(s)")
+
+
 def landed_batch_id(files: dict[str, int]) -> str:
     """A batch is named by the landed files it reads: same files, same batch."""
     h = hashlib.sha256()
@@ -238,43 +291,127 @@ def _quarantine_rows(bad: pd.DataFrame, source: str, year: int, month: int) -> p
     )
 
 
-def _join_tables(p: Pipeline) -> dict[str, pd.DataFrame]:
-    """The tables the steps join with (small: read whole, once per task)."""
+def _join_tables(p: Pipeline, versions: dict[str, int] | None = None):
+    """The tables the steps join with (small: read whole, once per task), at their
+    current versions or at ``versions``; returns the frames and the versions read."""
     settings = get_settings()
-    out = {}
+    out, read = {}, {}
     for step in p.curated.steps:
         if isinstance(step, Join) and step.join not in out:
-            table = lake.table(step.join, settings)
+            v = None if versions is None else versions[step.join]
+            table = lake.table(step.join, settings, version=v)
             if table is None:
                 raise RuntimeError(f"pipeline {p.name}: table {step.join!r} to join with is "
                                    "missing (its source never loaded)")  # fmt: skip
-            out[step.join] = declared.to_frame(table.to_arrow())
-    return out
+            out[step.join], read[step.join] = declared.to_frame(table.to_arrow()), table.version
+    return out, read
 
 
-def curate(p: Pipeline, typed: pa.Table, types: dict[str, str]) -> tuple[pd.DataFrame, int]:
+def curate(p: Pipeline, typed: pa.Table, types: dict[str, str],
+           tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int]:  # fmt: skip
     """Typed landed rows (in landing order) -> deduplicated, transformed curated rows."""
     c = p.curated
     functions = _functions(tuple(s.function for s in c.steps if isinstance(s, Function)))
-    return declared.curate(c, typed, types, _join_tables(p), functions)
+    return declared.curate(c, typed, types, tables, functions)
+
+
+def joins_changed(p: Pipeline, held: pd.DataFrame, then: dict[str, int],
+                  now: dict[str, int], tables: dict[str, pd.DataFrame]) -> str | None:  # fmt: skip
+    """Why rows a month holds would join differently now (None: they would not). A joined
+    table that moved since the month was built is read at that version too, and the
+    month's own join keys are looked up in both: any row whose brought columns differ
+    (a new, changed or removed match) makes the month rebuild whole."""
+    for step in p.curated.steps:
+        if not isinstance(step, Join) or then.get(step.join) == now[step.join]:
+            continue
+        if step.join not in then:
+            return f"no record of the version of {step.join!r} it was joined with"
+        missing = [k for k in step.keys if k not in held.columns]
+        if missing:
+            return f"join key {missing[0]!r} is not kept in the curated table"
+        try:
+            before, _ = _join_tables(p.model_copy(update={"curated": p.curated.model_copy(
+                update={"steps": [step]})}), {step.join: then[step.join]})  # fmt: skip
+        except Exception as e:  # the old version is no longer readable (log cleaned up)
+            return f"{step.join!r} version {then[step.join]} is unreadable ({type(e).__name__})"
+        keys = held[list(step.keys)].drop_duplicates().reset_index(drop=True)
+        a = declared.join(keys, before[step.join], step.keys, step.renames())
+        b = declared.join(keys, tables[step.join], step.keys, step.renames())
+        if not a.equals(b):
+            return (f"{step.join!r} changed (version {then[step.join]} -> {now[step.join]}) "
+                    "for rows the month holds")  # fmt: skip
+    return None
+
+
+def _key_tuples(frame: pd.DataFrame, key: list[str]) -> set[tuple]:
+    """The keys of ``frame``'s rows with no null part, as text (how quarantine records
+    hold them)."""
+    text = frame[key].astype("string")
+    text = text[text.notna().all(axis=1)]
+    return set(text.itertuples(index=False, name=None))
+
+
+def _superseded_records(quarantine: pd.DataFrame, key: list[str], keys: set[tuple]) -> pd.Series:
+    """Quarantine records of rows a later record of their key replaces (what a whole
+    rebuild would have deduplicated away before its contract): contract and month
+    failures only; a row that failed typing has no key and stays."""
+
+    def replaced(source: str, record: str) -> bool:
+        if source not in ("contract", "landing"):
+            return False
+        r = json.loads(record)
+        return tuple(r.get(k) for k in key) in keys
+
+    return pd.Series(
+        [
+            replaced(s, r)
+            for s, r in zip(quarantine["source_file"], quarantine["record"], strict=True)
+        ],
+        index=quarantine.index,
+        dtype=bool,
+    )
+
+
+def _month_of(table: str, year: int, month: int, version: int | None, settings) -> pa.Table:
+    """What month (``year``, ``month``) of ``table`` held at ``version`` (Arrow)."""
+    t = None if version is None else lake.table(table, settings, version=version)
+    if t is None:
+        return pa.table({})
+    return t.to_arrow(partition={"year": year, "month": month})
 
 
 @task(name="transform-month", persist_result=False, retries=2, retry_delay_seconds=BACKOFF,
       task_run_name="transform-{year}-{month:02d}")  # fmt: skip
-def transform_month(name: str, year: int, month: int, files: list[str]) -> dict[str, Any]:
+def transform_month(name: str, year: int, month: int, files: list[str],
+                    new: list[str] | None = None, base: dict[str, Any] | None = None,
+                    ) -> dict[str, Any]:  # fmt: skip
     """Read a month of landed CSVs; type, dedupe, run the steps; check the contract; write.
 
     Runs on a Dask worker. Good rows are written as the curated table's Parquet files
     (invisible until the commit task); rows that fail a check come back as quarantine
-    records, with the check's name.
+    records, with the check's name. With ``new`` (see :func:`plan_month`) only those
+    files are read, and their rows are merged on the key into the rows the month held at
+    ``base["curated"]`` (a later record of a key replaces the held one, also when it
+    fails the contract), its quarantine records kept likewise; the month is rebuilt
+    whole instead when a joined table changed for rows it holds.
     """
     p = _declaration(name)
     c = p.curated
     settings = get_settings()
+    log = get_run_logger()
+    tables, versions = _join_tables(p)
+    held = None
+    if new is not None and new:
+        held = declared.to_frame(_month_of(c.table, year, month, base["curated"], settings))
+        why = joins_changed(p, held, base["joins"], versions, tables)
+        if why:
+            log.info("%d-%02d: rebuilt whole: %s", year, month, why)
+            new = held = None
+    read = files if new is None else new
     raw_types = dict(p.landing_source()["schema"])
     zones = {c.event_time.column: c.event_time.time_zone} if c.event_time else {}
     fs = lake.filesystem(settings)
-    blobs = fs.cat(files) if files else {}
+    blobs = fs.cat(read) if read else {}
     typed, quarantined, rows_in = [], [], 0
     for path in sorted(blobs, key=landing_order):
         try:
@@ -297,36 +434,62 @@ def transform_month(name: str, year: int, month: int, files: list[str]) -> dict[
             typed.append(table)
         if len(bad):
             quarantined.append(_quarantine_rows(bad, path, year, month))
-    empty = {"adds": [], "rows_in": rows_in, "merged": 0, "failures": {}, "checked": 0,
-             "rows_loaded": 0}  # fmt: skip
-    if not typed:
-        return {**empty, "quarantine": None}
     types = curated_types(p)
-    rows, merged = curate(p, pa.concat_tables(typed), types)
-    schema = declared.contract(c.contract, types, c.key, c.table)
-    checked = split(rows, schema)
-    if len(checked.bad):
-        quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
-    good = checked.good
-    # A row belongs to the month it was landed in; one that does not (it cannot, landing
-    # and curation read the same time) would replace another month's partition: refused.
-    elsewhere = (good["year"] != year) | (good["month"] != month)
-    if elsewhere.any():
-        stray = good[elsewhere].assign(failed_check=f"landing:month ({year}-{month:02d})")
-        quarantined.append(_quarantine_rows(stray, "landing", year, month))
-        good = good[~elsewhere]
-    adds = lake.write_fragments(
+    schema = declared.contract(c.contract, types, c.key, c.table) if typed else None
+    if typed:
+        rows, merged = curate(p, pa.concat_tables(typed), types, tables)
+        checked = split(rows, schema)
+        if len(checked.bad):
+            quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
+        good, failures = checked.good, checked.failures
+        # A row belongs to the month it was landed in; one that does not (it cannot,
+        # landing and curation read the same time) would replace another month's
+        # partition: refused.
+        elsewhere = (good["year"] != year) | (good["month"] != month)
+        if elsewhere.any():
+            stray = good[elsewhere].assign(failed_check=f"landing:month ({year}-{month:02d})")
+            quarantined.append(_quarantine_rows(stray, "landing", year, month))
+            good = good[~elsewhere]
+    else:
+        rows, merged, failures = pd.DataFrame(columns=list(types)), 0, {}
+        good = rows
+    fresh = pd.concat(quarantined, ignore_index=True) if quarantined else None
+    quarantine, replaced, loaded = fresh, 0, len(good)
+    if new is not None:  # merge into what the month holds
+        if new:
+            keys = _key_tuples(rows, list(c.key))
+            kept = held[~pd.Series([k in keys for k in held[list(c.key)].astype("string")
+                                    .itertuples(index=False, name=None)], index=held.index,
+                                   dtype=bool)]  # fmt: skip
+            replaced = len(held) - len(kept)
+            good = pd.concat([declared.conform(kept, types), good], ignore_index=True)
+            old = _month_of(quarantine_table(c.table), year, month, base["quarantine"],
+                            settings).to_pandas()  # fmt: skip
+            if len(old):
+                old = old[~_superseded_records(old, list(c.key), keys)][QUARANTINE_SCHEMA.names]
+                quarantine = pd.concat([x for x in (old, fresh) if x is not None],
+                                       ignore_index=True)  # fmt: skip
+        else:
+            good = None  # nothing new: the month is left as it is
+    adds = [] if good is None else lake.write_fragments(
         declared.to_table(good, types), lake.table_uri(c.table, settings), c.partition_by,
         settings,
     )  # fmt: skip
     return {
+        "mode": "whole" if new is None else "merge" if new else "kept",
         "adds": adds,
         "rows_in": rows_in,
         "merged": merged,
-        "rows_loaded": len(good),
-        "quarantine": pd.concat(quarantined, ignore_index=True) if quarantined else None,
-        "failures": checked.failures,
+        "rows_loaded": loaded,
+        "rows_replaced": replaced,
+        "quarantine": quarantine,
+        "rows_quarantined": 0 if fresh is None else len(fresh),
+        "quarantine_checks": {}
+        if fresh is None
+        else fresh["failed_check"].value_counts().to_dict(),
+        "failures": failures,
         "checked": len(rows),
+        "joins": versions,
     }
 
 
@@ -338,16 +501,25 @@ def commit_curated(
     batch: str,
     landing_state: dict[str, Any] | None = None,
     month_files: dict[str, str] | None = None,
+    landed: dict[str, dict[str, int]] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quarantine and quality report first, then the curated table (all idempotent).
 
     ``month_files`` ("YYYY-MM" -> the fingerprint of the landed files the month was built
-    from) rides in the curated commit with the batch, so a later run with nothing new can
-    learn from the log that a month is current whatever window it was committed with.
+    from) rides in the curated commit with the batch, with ``landed`` (the files' names
+    and sizes) and the versions of the joined tables, so a later run with nothing new can
+    learn from the log that a month is current whatever window it was committed with,
+    and a later run with new files can curate only those (:func:`plan_month`). The
+    quarantine commit records the same fingerprints: a run that dies between the two
+    leaves them out of step, and the next run rebuilds those months whole.
 
     Each commit is atomic; the curated commit carries the batch id and the landing
     manifest and comes last, so a run that dies in between is re-run whole, and the
     earlier commits then replace (quarantine) or skip (quality report) what they wrote.
+    Months merged into what they held commit only on the versions they read (``base``):
+    another writer in between raises :class:`lake.CommitConflict`, nothing committed to
+    that table.
     """
     p = _declaration(name)
     c = p.curated
@@ -356,24 +528,36 @@ def commit_curated(
     rows_in = sum(r["rows_in"] for r in results)
     loaded = sum(r["rows_loaded"] for r in results)
     merged = sum(r["merged"] for r in results)
-    q = [r["quarantine"] for r in results if r["quarantine"] is not None]
-    quarantine = pd.concat(q, ignore_index=True) if q else None
-    n_quarantined = 0 if quarantine is None else len(quarantine)
+    n_quarantined = sum(r["rows_quarantined"] for r in results)
     if rows_in != loaded + n_quarantined + merged:
         raise RuntimeError(
             f"pipeline {name}: row accounting broken: {rows_in} in != {loaded} loaded + "
             f"{n_quarantined} quarantined + {merged} merged"
         )
-    # Quarantine partitions of the touched months are replaced, like the curated ones.
-    uri = lake.table_uri(quarantine_table(c.table), settings)
+    changed = [ym for ym, r in zip(months, results, strict=True) if r["mode"] != "kept"]
+    merging = any(r["mode"] == "merge" for r in results)
+    base = base or {}
+    fps = {ym: fp for ym, fp in (month_files or {}).items()
+           if tuple(map(int, ym.split("-"))) in changed}  # fmt: skip
+    source = p.landing_source()["name"]
+    key = months_state_key(source)
+    # Quarantine partitions of the changed months are replaced, like the curated ones.
+    qname = quarantine_table(c.table)
+    uri = lake.table_uri(qname, settings)
+    q = [r["quarantine"] for r in results if r["quarantine"] is not None]
     adds = []
-    if quarantine is not None:
-        table = pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False)
+    if q:
+        table = pa.Table.from_pandas(pd.concat(q, ignore_index=True), schema=QUARANTINE_SCHEMA,
+                                     preserve_index=False)  # fmt: skip
         adds = lake.write_fragments(table, uri, QUARANTINE_PARTITION_BY, settings)
+    qstate = dict(lake.read_state(qname, key, settings) or {}) if fps else {}
     lake.commit(
         uri, adds, QUARANTINE_SCHEMA, partition_by=QUARANTINE_PARTITION_BY,
-        mode="overwrite_partitions", batch=lake.Batch(f"quarantine:{batch}"),
-        replace_partitions=[{"year": y, "month": m} for y, m in months], settings=settings,
+        mode="overwrite_partitions",
+        batch=lake.Batch(f"quarantine:{batch}" + (":merge" if merging else ""),
+                         state={key: {**qstate, **fps}} if fps else None),
+        replace_partitions=[{"year": y, "month": m} for y, m in changed],
+        expect_version=base.get("quarantine") if merging else None, settings=settings,
     )  # fmt: skip
     schema = declared.contract(c.contract, types, c.key, c.table)
     report = []
@@ -383,31 +567,39 @@ def commit_curated(
     report = pd.concat(report, ignore_index=True)[QUALITY_SCHEMA.names]
     lake.write_table(lake.QUALITY_REPORT, report, schema=QUALITY_SCHEMA,
                      app_id=f"quality:{batch}", settings=settings)  # fmt: skip
-    source = p.landing_source()["name"]
     state = {source: landing_state} if landing_state is not None else {}
-    if month_files:
-        built = dict(lake.read_state(c.table, months_state_key(source), settings) or {})
-        built.update({ym: {"files": fp, "batch": batch} for ym, fp in month_files.items()})
-        state[months_state_key(source)] = built
-    # Every touched month is replaced, also one whose rows all went to quarantine.
-    months_replaced = [{"year": y, "month": m} for y, m in months]
+    if fps:
+        built = dict(lake.read_state(c.table, key, settings) or {})
+        for (y, m), r in zip(months, results, strict=True):
+            ym = f"{y}-{m:02d}"
+            if ym in fps:
+                built[ym] = {"files": fps[ym], "batch": batch, "landed": (landed or {})[ym],
+                             "joins": r["joins"]}  # fmt: skip
+        state[key] = built
+    # Every changed month is replaced, also one whose rows all went to quarantine.
+    months_replaced = [{"year": y, "month": m} for y, m in changed]
     curated = lake.commit(
         lake.table_uri(c.table, settings), [a for r in results for a in r["adds"]],
         declared.arrow_schema(types), partition_by=c.partition_by, mode="overwrite_partitions",
         replace_partitions=months_replaced,  # by year and month: every day under it too
         batch=lake.Batch(f"{c.table}:{batch}", state=state or None),
-        settings=settings,
+        expect_version=base.get("curated") if merging else None, settings=settings,
     )  # fmt: skip
+    checks: dict[str, int] = {}
+    for r in results:
+        for check, n in r["quarantine_checks"].items():
+            checks[check] = checks.get(check, 0) + n
     return {
         "rows_in": rows_in,
         "rows_loaded": loaded,
         "rows_quarantined": n_quarantined,
         "rows_merged": merged,
+        "rows_replaced": sum(r["rows_replaced"] for r in results),
+        "months_merged": [f"{y}-{m:02d}" for (y, m), r in zip(months, results, strict=True)
+                          if r["mode"] == "merge"],
         "curated_version": curated.version,
         "curated_skipped": curated.skipped,
-        "quarantine_checks": {}
-        if quarantine is None
-        else quarantine["failed_check"].value_counts().to_dict(),
+        "quarantine_checks": checks,
         "quality": report.groupby("check", sort=False)[["rows_checked", "rows_passed",
                                                         "rows_failed"]].sum().reset_index()
         .to_dict("records"),
@@ -691,8 +883,9 @@ class Window:
     files: dict[tuple[int, int], dict[str, int]]  # landed files of each month: path -> size
     batch: str  # named by those files and the landing manifest
     fingerprints: dict[str, str]  # "YYYY-MM" -> the fingerprint of its landed files
-    built: dict[str, Any]  # "YYYY-MM" -> what built it (files, batch), from the log
+    built: dict[str, Any]  # "YYYY-MM" -> what built it (files, batch, ...), from the log
     current: dict[str, list[str]]  # batch -> months it built from exactly these files
+    version: int | None = None  # the curated table's version ``built`` was read at
 
 
 def _window(p: Pipeline, landing: dict[str, Any], drops: dict[str, Any],
@@ -707,11 +900,33 @@ def _window(p: Pipeline, landing: dict[str, Any], drops: dict[str, Any],
     # The batch: the landed files it reads and the landing manifest it commits.
     landed["manifest:" + landed_batch_id(drops["state"]["files"])] = 0
     fingerprints = {f"{y}-{m:02d}": landed_batch_id(files[(y, m)]) for y, m in months}
-    built, current = {}, {}
-    if drops["units"] == 0 and months and all(files.values()):
-        built = lake.read_state(table, months_state_key(landing["name"]), get_settings()) or {}
-        current = current_months(built, fingerprints)
-    return Window(months, files, landed_batch_id(landed), fingerprints, built, current)
+    built, current, version = {}, {}, None
+    if months and any(files.values()):
+        t = lake.table(table, get_settings())
+        if t is not None:
+            built, version = t.state(months_state_key(landing["name"])) or {}, t.version
+        if drops["units"] == 0 and all(files.values()):
+            current = current_months(built, fingerprints)
+    return Window(months, files, landed_batch_id(landed), fingerprints, built, current, version)
+
+
+def _plans(p: Pipeline, w: Window, landing: dict[str, Any], settings,
+           whole: bool = False) -> tuple[list[MonthPlan], dict[str, Any]]:  # fmt: skip
+    """How each month of ``w`` is curated (:func:`plan_month`), and the versions of the
+    curated and quarantine tables a merge reads (``whole``: every month rebuilt)."""
+    key = months_state_key(landing["name"])
+    quarantined, qversion = {}, None
+    if not whole and p.curated.row_wise and any("landed" in b for b in w.built.values()):
+        q = lake.table(quarantine_table(p.curated.table), settings)
+        if q is not None:
+            quarantined, qversion = q.state(key) or {}, q.version
+    plans = []
+    for y, m in w.months:
+        ym = f"{y}-{m:02d}"
+        plan = plan_month(w.built.get(ym), w.files[(y, m)], quarantined.get(ym),
+                          p.curated.row_wise and not whole)  # fmt: skip
+        plans.append(plan)
+    return plans, {"curated": w.version, "quarantine": qversion}
 
 
 def _gold_batches(w: Window) -> list[tuple[list[tuple[int, int]], str]]:
@@ -770,6 +985,27 @@ def _nothing_to_do(p: Pipeline, landing, start, end, settings) -> dict[str, Any]
     return {**out, "gold_rows": {g.table: 0 for g in p.gold} if has_gold else {}}
 
 
+def _curate(p: Pipeline, w: Window, landing, drops, settings, whole: bool = False) -> dict:
+    """Transform the window's months on the workers (each whole, or only its new files
+    merged into what it holds) and commit them."""
+    logger = get_run_logger()
+    plans, base = _plans(p, w, landing, settings, whole)
+    futures = []
+    for (y, m), plan in zip(w.months, plans, strict=True):
+        if plan.new is None:
+            logger.info("%d-%02d: curated whole (%s)", y, m, plan.why)
+            futures.append(transform_month.submit(p.name, y, m, plan.files))
+        else:
+            logger.info("%d-%02d: %s merged into its rows", y, m, plan.why)
+            futures.append(transform_month.submit(p.name, y, m, plan.files, plan.new,
+                                                  {**base, "joins": w.built[f"{y}-{m:02d}"]
+                                                   .get("joins", {})}))  # fmt: skip
+    landed = {f"{y}-{m:02d}": {_name(path): size for path, size in w.files[(y, m)].items()}
+              for y, m in w.months}  # fmt: skip
+    return commit_curated(p.name, [f.result() for f in futures], w.months, w.batch,
+                          drops["state"], w.fingerprints, landed, base)  # fmt: skip
+
+
 def run_pipeline(name: str, start: date | str | None = None,
                  end: date | str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run declared pipeline ``name``: its sources, its curated table, its gold tables."""
@@ -826,10 +1062,12 @@ def run_pipeline(name: str, start: date | str | None = None,
             part = build_gold.submit(name, yms, done).result()
             gold = {t: gold.get(t, 0) + rows for t, rows in part.items()}
     else:
-        futures = [transform_month.submit(name, y, m, sorted(w.files[(y, m)]))
-                   for y, m in months]  # fmt: skip
-        counts = commit_curated(name, [f.result() for f in futures], months, batch,
-                                drops["state"], w.fingerprints)  # fmt: skip
+        try:
+            counts = _curate(p, w, landing, drops, settings)
+        except lake.CommitConflict as e:  # a merge read a version another writer passed
+            logger.warning("%s; months %s are rebuilt whole", e, months)
+            w = _window(p, landing, drops, start, end)
+            counts = _curate(p, w, landing, drops, settings, whole=True)
         gold = build_gold.submit(name, months, batch).result()
     summary.update(
         batch=batch,

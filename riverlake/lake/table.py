@@ -117,9 +117,12 @@ class Table:
                 break
         return None
 
-    def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
-        """The whole table as Arrow (small tables: dimensions, quarantine, reports)."""
-        return self._dt.to_pyarrow_table(columns=columns)
+    def to_arrow(self, columns: list[str] | None = None,
+                 partition: dict[str, Any] | None = None) -> pa.Table:  # fmt: skip
+        """The whole table, or one ``partition`` of it ({"year": 2013, "month": 1}), as
+        Arrow (small tables: dimensions, quarantine, reports; a curated month)."""
+        parts = [(c, "=", partition_value(v)) for c, v in (partition or {}).items()]
+        return self._dt.to_pyarrow_table(partitions=parts or None, columns=columns)
 
     @property
     def delta(self):

@@ -340,6 +340,7 @@ def commit(
     replace_partitions: Sequence[dict[str, Any]] = (),
     allow_new_columns: bool = False,
     table: Table | None = None,
+    expect_version: int | None = None,
     settings: Settings | None = None,
 ) -> CommitResult:
     """Make the written files visible in one atomic commit.
@@ -356,6 +357,9 @@ def commit(
     the last writer replaces the first one's files instead of adding to them.
     ``batch``: the batch id, state and metadata the commit carries (see :class:`Batch`).
     ``table``: the already open table at ``uri`` (saves re-reading its log).
+    ``expect_version``: the version the written files were computed from (a partition
+    merged with the rows it held): the commit happens only on exactly that version and is
+    never retried over another writer's commit; otherwise :class:`CommitConflict`.
     """
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction
@@ -371,6 +375,11 @@ def commit(
     ]
     dt = table.delta if table is not None else open_table(uri, settings)
     if dt is None:
+        if expect_version is not None:
+            raise CommitConflict(
+                f"table {name!r} is gone: batch {batch.app_id} was computed "
+                f"from its version {expect_version}; nothing committed"
+            )
         batch.check_follows(None, name)
         _check_files(name, uri, adds, settings)
         if _create(uri, actions, schema, partition_by, batch, rows, settings):
@@ -384,6 +393,12 @@ def commit(
         skipped.version = dt.version()
         log.info("table %s already holds batch %s: commit skipped", name, batch.app_id)
         return skipped
+    if expect_version is not None and dt.version() != expect_version:
+        raise CommitConflict(
+            f"table {name!r} is at version {dt.version()}, not "
+            f"{expect_version} that batch {batch.app_id} was computed from (another writer "
+            "committed); nothing committed"
+        )
     new = schema_changes(name, table_schema(dt), schema, allow_new_columns)
     _check_files(name, uri, adds, settings)
     if new:
@@ -392,7 +407,7 @@ def commit(
     overwrite = mode == "overwrite_partitions"
     # No rebase of an overwrite by deltalake: it would turn two overwrites of a partition
     # that did not exist yet into two appends (neither removes anything to conflict on).
-    rebase = not overwrite and batch.follows is None
+    rebase = not overwrite and batch.follows is None and expect_version is None
     props = batch.properties(rows, rebase=rebase)
     for attempt in range(COMMIT_RETRIES + 1):
         batch.check_follows(dt, name)  # a batch that must follow a version: still there?
@@ -407,6 +422,12 @@ def commit(
             )
             break
         except CommitFailedError as e:
+            if expect_version is not None:  # computed from that version: never rebased
+                raise CommitConflict(
+                    f"table {name!r} moved past version {expect_version} that batch "
+                    f"{batch.app_id} was computed from (another writer committed); nothing "
+                    "committed"
+                ) from e
             # Another writer committed since our snapshot: re-read and recompute the
             # removes, unless that writer committed this very batch.
             if attempt == COMMIT_RETRIES:

@@ -110,9 +110,18 @@ class Join(_Model):
 
 class Function(_Model):
     """A user's pure function, a pandas frame in and a frame out, run per partition on the
-    Dask workers (``package.module:function``)."""
+    Dask workers (``package.module:function``).
+
+    ``row_wise: true`` promises that each output row depends on its input row alone (no
+    look across the month: no rolling window, rank or group) and that the key is left as
+    it is: then a month that gets new landed files curates only their rows and merges
+    them into the rows it holds. Without the promise a touched month is rebuilt whole.
+    """
 
     function: str
+    row_wise: bool = Field(
+        False, description="Each row's output depends on that row alone (see the class)."
+    )
 
     @field_validator("function")
     @classmethod
@@ -178,6 +187,12 @@ class Curated(_Model):
     )
     steps: list[Step] = Field(default_factory=list)
     contract: dict[str, Rule] = Field(default_factory=dict)
+
+    @property
+    def row_wise(self) -> bool:
+        """Every step maps a row on its own (joins do; functions promise it): new landed
+        rows can be curated apart from the month's and merged into it on the key."""
+        return all(getattr(s, "row_wise", True) for s in self.steps)
 
     @model_validator(mode="after")
     def _shape(self):

@@ -98,10 +98,12 @@ def test_bad_rows_are_quarantined_with_their_check_and_a_late_update_wins(walk):
     # the landing refused the impossible date (no month to land in); the rest was read
     assert second["landing"]["rows_in"] == 6 and second["landing"]["rows_quarantined"] == 1
     assert second["months"] == ["2015-12", "2016-01"]
-    # 2015-12 is rebuilt from its 31 landed days plus the correction (merged), 2016-01 from 4
-    assert second["rows_in"] == 31 + 1 + 4
-    assert second["rows_merged"] == 1 and second["rows_quarantined"] == 3
-    assert second["rows_in"] == second["rows_loaded"] + second["rows_quarantined"] + 1
+    # 2015-12 reads only its new file (the correction), merged into the 31 days it holds
+    # (the held 2015-12-31 replaced); 2016-01 is new, built whole from its 4 rows
+    assert second["months_merged"] == ["2015-12"]
+    assert second["rows_in"] == 1 + 4
+    assert (second["rows_loaded"], second["rows_quarantined"], second["rows_merged"]) == (2, 3, 0)
+    assert second["rows_replaced"] == 1
     assert second["quarantine_checks"] == {
         "temp_max:type": 1, "weather:isin(['drizzle', 'fog', 'rain', 'snow', 'sun'])": 1,
         "precipitation:in_range(0, 56)": 1}  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from riverlake.flows.pipeline import current_months
+from riverlake.flows.pipeline import current_months, plan_month
 
 pytestmark = pytest.mark.unit
 
@@ -26,3 +26,59 @@ def test_one_month_with_other_files_or_never_built_makes_nothing_current():
     assert current_months(BUILT, {"2013-01": "a1", "2013-02": "b2"}) == {}  # a late file
     assert current_months(BUILT, {"2013-01": "a1", "2013-04": "d1"}) == {}  # never built
     assert current_months({}, {"2013-01": "a1"}) == {}
+
+
+# ------------------------------------------------ which months curate only their new files
+
+M = "s3://lake/landing/flights/year=2013/month=01"
+
+
+def files(*names_sizes: tuple[str, int]) -> dict[str, int]:
+    return {f"{M}/{n}": s for n, s in names_sizes}
+
+
+BUILT_JAN = {"files": "fp", "batch": "B1", "landed": {"2013-01-01.csv": 10, "2013-01-02.csv": 12},
+             "joins": {"weather": 3}}  # fmt: skip
+
+
+def plan(built=BUILT_JAN, landed=None, quarantined="fp", row_wise=True):
+    landed = landed or files(("2013-01-01.csv", 10), ("2013-01-02.csv", 12),
+                             ("2013-01-03.csv", 9))  # fmt: skip
+    return plan_month(built, landed, quarantined, row_wise)
+
+
+def test_a_month_with_only_new_files_after_the_built_ones_curates_just_those():
+    p = plan()
+    assert p.new == [f"{M}/2013-01-03.csv"] and len(p.files) == 3
+    # numbers sort by value: update-10 comes after update-9
+    built = {**BUILT_JAN, "landed": {"d.update-9.csv": 5}}
+    p = plan(built, files(("d.update-9.csv", 5), ("d.update-10.csv", 4)))
+    assert p.new == [f"{M}/d.update-10.csv"]
+
+
+def test_a_month_with_nothing_new_is_left_as_it_is():
+    p = plan(landed=files(("2013-01-01.csv", 10), ("2013-01-02.csv", 12)))
+    assert p.new == [] and "nothing new" in p.why
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "why"),
+    [
+        ("never built", {"built": None}, "never built"),
+        ("built before file lists", {"built": {"files": "fp", "batch": "B0"}}, "no list"),
+        ("steps not row-wise", {"row_wise": False}, "not row-wise"),
+        ("quarantine out of step", {"quarantined": "other"}, "quarantine"),
+        ("quarantine never written", {"quarantined": None}, "quarantine"),
+        ("a built file changed", {"landed": files(("2013-01-01.csv", 11), ("2013-01-02.csv", 12),
+                                                  ("2013-01-03.csv", 9))}, "changed"),
+        ("a built file is gone", {"landed": files(("2013-01-02.csv", 12),
+                                                  ("2013-01-03.csv", 9))}, "gone"),
+        ("a new file sorts before a built one", {"landed": files(
+            ("2013-01-01.csv", 10), ("2013-01-02.csv", 12), ("2013-01-01b.csv", 3))}, "sorts"),
+    ],
+)  # fmt: skip
+def test_a_month_is_rebuilt_whole_when_merging_could_differ(case, kwargs, why):
+    p = plan(**kwargs)
+    assert p.new is None, case
+    assert why in p.why, (case, p.why)
+    assert len(p.files) == len(kwargs.get("landed") or plan().files)

@@ -88,6 +88,48 @@ def test_concurrent_overwrites_of_a_partition_leave_one_writers_rows(settings, e
     assert (first.files_removed, last.files_removed) == (1 if existed else 0, 1)
 
 
+def test_a_merge_computed_from_a_version_commits_only_on_that_version(settings):
+    """A partition merged with the rows it held (incremental curation) is valid only on
+    the version it read: two merges computed from the same version race; one commits,
+    the other is refused whole (no rebase over the first, which would drop its rows)."""
+    lake.write_table("t", month_frame(2, 0, n=3), partition_by=["month"], settings=settings)
+    uri = lake.table_uri("t", settings)
+    barrier = threading.Barrier(2, timeout=30)
+    outcomes: dict[int, object] = {}
+
+    def merger(who: int) -> None:
+        base = lake.table("t", settings)
+        held = base.delta.to_pyarrow_table()  # what the partition holds at the base version
+        merged = pa.concat_tables([held, month_frame(2, who, n=2)])
+        adds = lake.write_fragments(merged, uri, ["month"], settings)
+        barrier.wait()  # both computed from version 0 before either commits
+        try:
+            outcomes[who] = lake.commit(
+                uri, adds, merged.schema, partition_by=["month"], mode="overwrite_partitions",
+                batch=lake.Batch(f"merge:{who}"), expect_version=base.version, settings=settings,
+            )  # fmt: skip
+        except lake.CommitConflict as e:
+            outcomes[who] = e
+
+    threads = [threading.Thread(target=merger, args=(w,)) for w in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [w for w, o in outcomes.items() if isinstance(o, lake.CommitResult)]
+    lost = [w for w, o in outcomes.items() if isinstance(o, lake.CommitConflict)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert "nothing committed" in str(outcomes[lost[0]])
+    got = lake.read_pandas("t", settings=settings)
+    assert sorted(got["who"]) == [0, 0, 0, won[0], won[0]]  # the winner's merge, exactly
+    assert lake.table("t", settings).version == 1
+    # a later commit computed from the stale version is refused before it tries
+    with pytest.raises(lake.CommitConflict, match="is at version 1, not 0"):
+        lake.commit(uri, [], month_frame(2, 9).schema, partition_by=["month"],
+                    mode="overwrite_partitions", batch=lake.Batch("late"), expect_version=0,
+                    settings=settings)  # fmt: skip
+
+
 # ------------------------------------------------------------------ 8: vacuum and missing files
 
 
