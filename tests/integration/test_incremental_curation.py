@@ -139,3 +139,63 @@ def test_quarantine_and_gold_equal_a_whole_rebuild(lakes):
         b = lake.read_pandas(g.table, settings=get_settings(lake_url=WHOLE))
         keys = [c for c in a.columns if a[c].dtype.kind not in "f"]
         assert_frames_equal(_sorted(a, keys), _sorted(b[a.columns], keys), g.table)
+
+
+# ------------------------------------------- a merging run that dies between its commits
+
+FAULT = "s3://riverlake-test/curation-fault"
+
+
+def test_a_merge_that_died_between_its_commits_is_rebuilt_whole_on_rerun(stack_env):
+    """The quarantine commit of a merging run lands, its curated commit never does (the
+    quality report between them fails: a table of that name with another schema). The
+    next run must not merge again into the quarantine that already holds the dead run's
+    records: its quarantine is out of step with the curated month, so it is rebuilt
+    whole, and every record is there once."""
+    from tests.conftest import riverlake_cli
+
+    clear(FAULT)
+    settings = get_settings(lake_url=FAULT)
+    first = run(FAULT, "--start", "2013-01-30", "--end", "2013-01-30")
+    held = first["rows_loaded"]
+    late = late_files()["flights-2013-01-31.update-1.csv"]  # 3 updates, 1 refused, 1 untyped
+    put(FAULT, {"flights-2013-01-31.update-1.csv": late})
+    # the fault: quality_report replaced by a table whose rows_checked is text
+    fs = lake.filesystem(settings)
+    fs.rm(lake.strip_scheme(lake.table_uri(lake.QUALITY_REPORT, settings)), recursive=True)
+    lake.write_table(lake.QUALITY_REPORT, pd.DataFrame({"batch": ["x"], "rows_checked": ["n"]}),
+                     settings=settings)  # fmt: skip
+    curated_before = lake.table("flights", settings).version
+    died = riverlake_cli("run", "flights", "--json", "--start", "2013-01-31", "--end",
+                         "2013-01-31", env={"RIVERLAKE_LAKE_URL": FAULT}, timeout=600)  # fmt: skip
+    assert died.returncode == 1, died.stderr[-2000:]
+    assert "2013-01: 2 new file(s) merged into its rows" in died.stderr  # day 31, the late
+    assert "quality_report" in died.stderr.strip().splitlines()[-1]
+    # where the fault landed: the quarantine holds the dead run's two records, the curated
+    # table never got its commit
+    assert lake.table("flights", settings).version == curated_before
+    q = lake.read_pandas("flights_quarantine", settings=settings)
+    assert sorted(q["failed_check"]) == ["dep_delay:in_range(-120, 1800)", "dep_delay:type"]
+    # mended; the correction lands meanwhile (so the next run is another batch, whose
+    # quarantine commit is not skipped as the dead run's); the run again: rebuilt whole
+    # (the quarantine is out of step), every record once
+    fs.rm(lake.strip_scheme(lake.table_uri(lake.QUALITY_REPORT, settings)), recursive=True)
+    put(FAULT, {"flights-2013-01-31.update-2.csv": late_files()["flights-2013-01-31.update-2.csv"]})
+    again = riverlake_cli("run", "flights", "--json", "--start", "2013-01-31", "--end",
+                          "2013-01-31", env={"RIVERLAKE_LAKE_URL": FAULT}, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    q = lake.read_pandas("flights_quarantine", settings=settings)
+    assert q["failed_check"].tolist() == ["dep_delay:type"]  # the refused one was corrected
+    summary = json.loads([ln for ln in again.stdout.splitlines() if ln.startswith("{")][-1])
+    assert summary["months_merged"] == []
+    assert "curated whole (its quarantine holds other files than its curated rows" in again.stderr
+    src = demo_data.load("flights")
+    n30, n31 = (int(((src["month"] == 1) & (src["day"] == d)).sum()) for d in (30, 31))
+    assert held == n30
+    # the month read whole: both days and the late files; 5 older records replaced
+    assert (summary["rows_in"], summary["rows_loaded"], summary["rows_quarantined"],
+            summary["rows_merged"]) == (n30 + n31 + 6, n30 + n31, 1, 5)  # fmt: skip
+    curated = lake.read_pandas("flights", settings=settings)
+    assert len(curated) == n30 + n31 and not curated.duplicated(KEY).any()
+    updated = curated[(curated["day"] == 30) & (curated["arr_delay"] == 500)]
+    assert len(updated) == 3
