@@ -13,10 +13,12 @@ what to build; this flow does it with the same guarantees for every pipeline:
    commit as its rows.
 3. Land the new or changed files of the landing source under
    ``landing/<table>/year=/month=/`` (their manifest is committed later, with the data).
-4. Rebuild every (year, month) those files touched, from all the landed files of the
-   month, one task per month on the workers: type (quarantining what does not parse),
-   deduplicate on the natural key (last landed wins), run the declared steps (joins,
-   the user's functions), check the contract (quarantining what fails, with the check).
+4. Curate every (year, month) those files touched, one task per month on the workers:
+   only its new files, merged on the natural key into the rows it holds, when that
+   cannot differ from a whole rebuild (:func:`plan_month`, :func:`joins_changed`), else
+   all its landed files: type (quarantining what does not parse), deduplicate on the
+   natural key (last landed wins), run the declared steps (joins, the user's
+   functions), check the contract (quarantining what fails, with the check).
 5. Commit quarantine, quality report and curated partitions (the curated commit last,
    carrying the batch id and the landing manifest): ``rows_in = loaded + quarantined +
    merged`` is enforced before anything is committed.
