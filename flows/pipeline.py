@@ -46,7 +46,6 @@ import pandas as pd
 import pyarrow as pa
 from prefect import Flow, flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
-from prefect_dask import get_dask_client
 
 from riverlake import lake, pipelines
 from riverlake.analytics import declared
@@ -91,6 +90,14 @@ QUALITY_SCHEMA = pa.schema(
         ("rows_failed", pa.int64()),
     ]
 )
+
+
+def get_dask_client():
+    """prefect-dask's client of the run's cluster (imported here: a run with no data work
+    never imports Dask's distributed)."""
+    from prefect_dask import get_dask_client as client
+
+    return client()
 
 
 def cluster_map(fn, items):
@@ -950,8 +957,10 @@ def _curated_has_rows(p: Pipeline, settings) -> bool:
 
 
 def gold_pending(p: Pipeline, batch: str, settings) -> list:
-    """The gold tables whose log does not hold ``batch`` yet."""
-    return [g for g in p.gold if not lake.committed(g.table, f"{g.table}:{batch}", settings)]
+    """The gold tables whose log does not hold ``batch`` yet (their logs read at once)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(p.gold)))) as pool:
+        held = pool.map(lambda g: lake.committed(g.table, f"{g.table}:{batch}", settings), p.gold)
+        return [g for g, done in zip(p.gold, list(held), strict=True) if not done]
 
 
 SKIPPED = {"rows_in": 0, "rows_loaded": 0, "rows_quarantined": 0, "rows_merged": 0,

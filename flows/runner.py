@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-from prefect_dask import DaskTaskRunner
+from prefect.task_runners import TaskRunner
 
 from riverlake import pipelines
 from riverlake.cluster import ClusterOptions, cluster_options, is_address, make_cluster
@@ -17,21 +19,77 @@ from riverlake.settings import LIBRARY_LOGGER, Settings, get_settings
 logging.getLogger(LIBRARY_LOGGER).setLevel(get_settings().log_level)
 
 
-def dask_task_runner(options: ClusterOptions) -> DaskTaskRunner:
+def dask_task_runner(options: ClusterOptions):
     """A DaskTaskRunner that starts the options' cluster for the run (or joins an address)."""
+    from prefect_dask import DaskTaskRunner
+
     if is_address(options.profile):
         return DaskTaskRunner(address=options.profile)
     return DaskTaskRunner(cluster_class=make_cluster, cluster_kwargs={"options": options})
 
 
+_STARTING = threading.Lock()
+
+
+class ClusterTaskRunner(TaskRunner):
+    """prefect-dask's ``DaskTaskRunner`` for ``options``, made and started when the run
+    submits its first task: a run that has no data work (it learns so in its own process)
+    neither starts a cluster nor imports Dask's distributed (0.35 s). Submitting, mapping
+    and the futures are the DaskTaskRunner's; ``prefect_dask.get_dask_client`` in the
+    flow's own code finds its client here."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        super().__init__()
+        self.options = options
+        self._dask: Any = None  # (no lock held here: a flow pickles its task runner)
+
+    def duplicate(self) -> ClusterTaskRunner:
+        return type(self)(self.options)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClusterTaskRunner) and other.options == self.options
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def dask(self):
+        """The started DaskTaskRunner (made on first use, within this runner's run)."""
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        with _STARTING:
+            if self._dask is None:
+                self._dask = dask_task_runner(self.options).__enter__()
+        return self._dask
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        return self.dask.submit(task, parameters, wait_for, dependencies)
+
+    # What prefect_dask.get_dask_client reads from the flow run's task runner.
+    @property
+    def client_kwargs(self) -> dict[str, Any]:
+        return self.dask.client_kwargs
+
+    @property
+    def _client(self):
+        return self.dask.client
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._dask is not None:
+                self._dask.__exit__(*exc)
+        finally:
+            self._dask = None
+            super().__exit__(*exc)
+
+
 def pipeline_task_runner(
     pipeline: str, settings: Settings | None = None, profile: str | None = None
-) -> DaskTaskRunner:
+) -> ClusterTaskRunner:
     """The task runner of a pipeline's runs: the settings' cluster (or ``profile``), sized by
     the worker profile the pipeline declares. Settings are read here, once, at the edge."""
     settings = settings or get_settings()
     size = pipelines.pipeline(pipeline, settings).profile
-    return dask_task_runner(cluster_options(settings, profile=profile, worker_profile=size))
+    return ClusterTaskRunner(cluster_options(settings, profile=profile, worker_profile=size))
 
 
 def verify_cluster() -> None:
@@ -81,7 +139,15 @@ def ensure_result_storage():
     first (prefect-kubernetes: 0.9 s). Deployment runs take the settings.
     """
     block, slug = result_storage_block()
-    block.save(slug.split("/", 1)[1], overwrite=True)
+    name = slug.split("/", 1)[1]
+    try:  # saved already as it is (one request; saving costs four to six)
+        saved = type(block).load(name)
+    except ValueError:  # no such block yet
+        saved = None
+    if saved is not None and (saved.basepath, saved.settings) == (block.basepath, block.settings):
+        block = saved
+    else:  # new, or its store moved (another S3 endpoint)
+        block.save(name, overwrite=True)
     # Flows that persist their result (persist_result=True) write it there; task results
     # stay in memory (persisting every task's frames would cost more than it saves).
     return block, {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": slug}

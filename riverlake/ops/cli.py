@@ -243,9 +243,9 @@ def run(
         step.update(f"reaching the sources of {pipeline}")
         reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
         from prefect.settings import temporary_settings
-        from prefect_dask import DaskTaskRunner
 
         from riverlake.flows.runner import (
+            ClusterTaskRunner,
             ensure_result_storage,
             export_storage_credentials,
             pipeline_task_runner,
@@ -253,7 +253,7 @@ def run(
 
         step.update(f"checked Prefect, the lake and the sources of {pipeline}")
 
-    if isinstance(flow.task_runner, DaskTaskRunner):  # the cluster chosen here, sized by
+    if isinstance(flow.task_runner, ClusterTaskRunner):  # the cluster chosen here, sized by
         flow = flow.with_options(  # the pipeline's declaration
             task_runner=pipeline_task_runner(pipeline, settings, profile=profile)
         )
