@@ -12,7 +12,8 @@ again), timing the real command a user types, in a subprocess:
 
 - no-op: `riverlake run flights --start 2013-06-05 --end 2013-06-05` (already loaded);
 - one new day: the next held-back day (the demo upstream drops it, the run lands it,
-  rebuilds its month and the gold tables' touched partitions);
+  merges its rows into the month the lake holds, and updates the gold tables' touched
+  partitions);
 - empty lake: the same new day on a new lake (dimensions ingested too).
 
 Writes benchmarks/results/incremental.json: medians and spread (min, max) of each, per
@@ -110,6 +111,7 @@ def main() -> None:
     noop = {n: [] for n in YEARS}
     noop_rows = {n: [] for n in YEARS}
     new_day = {n: [] for n in YEARS}
+    new_rows = {n: [] for n in YEARS}  # rows the one-new-day run read (its day, merged)
     empty = []
     for i, day in enumerate(NEW_DAYS):
         for n in YEARS:
@@ -121,7 +123,9 @@ def main() -> None:
             with screen.step(f"repeat {i + 1}/{REPEATS}: {n} year(s), one new day {day}"):
                 wall, s = run_cli(lakes[n], "--start", day, "--end", day)
             assert s["landing"]["units"] == 1 and s["rows_loaded"] > 0, s
+            assert s["months_merged"] == ["2013-12"], s  # only the new day read, merged
             new_day[n].append(wall)
+            new_rows[n].append(s["rows_in"])
         drops = DATA / f"{tag}-empty-{i}"
         drops.mkdir(parents=True, exist_ok=True)
         env = {"RIVERLAKE_LAKE_URL": f"s3://{bucket}/bench-incremental/{tag}-empty-{i}",
@@ -138,6 +142,7 @@ def main() -> None:
         "noop_command_wall_s": {f"{n}y": record.spread(v) for n, v in noop.items()},
         "noop_rows_reread": {f"{n}y": v for n, v in noop_rows.items()},
         "new_day_command_wall_s": {f"{n}y": record.spread(v) for n, v in new_day.items()},
+        "new_day_rows_read": {f"{n}y": v for n, v in new_rows.items()},
         "empty_lake_command_wall_s": record.spread(empty),
         "new_day_to_empty_ratio": {
             f"{n}y": statistics.median(v) / empty_median for n, v in new_day.items()

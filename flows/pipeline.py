@@ -402,7 +402,8 @@ def transform_month(name: str, year: int, month: int, files: list[str],
     files are read, and their rows are merged on the key into the rows the month held at
     ``base["curated"]`` (a later record of a key replaces the held one, also when it
     fails the contract), its quarantine records kept likewise; the month is rebuilt
-    whole instead when a joined table changed for rows it holds.
+    whole instead when a joined table changed for rows it holds or the curated table's
+    columns changed.
     """
     p = _declaration(name)
     c = p.curated
@@ -411,8 +412,12 @@ def transform_month(name: str, year: int, month: int, files: list[str],
     tables, versions = _join_tables(p)
     held = None
     if new is not None and new:
-        held = declared.to_frame(_month_of(c.table, year, month, base["curated"], settings))
-        why = joins_changed(p, held, base["joins"], versions, tables)
+        arrow = _month_of(c.table, year, month, base["curated"], settings)
+        held = declared.to_frame(arrow)
+        if arrow.schema != declared.arrow_schema(curated_types(p)):
+            why = "the curated table's columns changed since it was built"
+        else:
+            why = joins_changed(p, held, base["joins"], versions, tables)
         if why:
             log.info("%d-%02d: rebuilt whole: %s", year, month, why)
             new = held = None
@@ -465,27 +470,24 @@ def transform_month(name: str, year: int, month: int, files: list[str],
     fresh = pd.concat(quarantined, ignore_index=True) if quarantined else None
     quarantine, replaced, loaded = fresh, 0, len(good)
     if new is not None:  # merge into what the month holds
-        if new:
-            keys = _key_tuples(rows, list(c.key))
-            kept = held[~pd.Series([k in keys for k in held[list(c.key)].astype("string")
-                                    .itertuples(index=False, name=None)], index=held.index,
-                                   dtype=bool)]  # fmt: skip
-            replaced = len(held) - len(kept)
-            good = pd.concat([declared.conform(kept, types), good], ignore_index=True)
-            old = _month_of(quarantine_table(c.table), year, month, base["quarantine"],
-                            settings).to_pandas()  # fmt: skip
-            if len(old):
-                old = old[~_superseded_records(old, list(c.key), keys)][QUARANTINE_SCHEMA.names]
-                quarantine = pd.concat([x for x in (old, fresh) if x is not None],
-                                       ignore_index=True)  # fmt: skip
-        else:
-            good = None  # nothing new: the month is left as it is
-    adds = [] if good is None else lake.write_fragments(
+        keys = _key_tuples(rows, list(c.key))
+        kept = held[~pd.Series([k in keys for k in held[list(c.key)].astype("string")
+                                .itertuples(index=False, name=None)], index=held.index,
+                               dtype=bool)]  # fmt: skip
+        replaced = len(held) - len(kept)
+        good = pd.concat([declared.conform(kept, types), good], ignore_index=True)
+        old = _month_of(quarantine_table(c.table), year, month, base["quarantine"],
+                        settings).to_pandas()  # fmt: skip
+        if len(old):
+            old = old[~_superseded_records(old, list(c.key), keys)][QUARANTINE_SCHEMA.names]
+            quarantine = pd.concat([x for x in (old, fresh) if x is not None],
+                                   ignore_index=True)  # fmt: skip
+    adds = lake.write_fragments(
         declared.to_table(good, types), lake.table_uri(c.table, settings), c.partition_by,
         settings,
     )  # fmt: skip
     return {
-        "mode": "whole" if new is None else "merge" if new else "kept",
+        "mode": "whole" if new is None else "merge",
         "adds": adds,
         "rows_in": rows_in,
         "merged": merged,
@@ -606,6 +608,8 @@ def commit_curated(
         "rows_replaced": sum(r["rows_replaced"] for r in results),
         "months_merged": [f"{y}-{m:02d}" for (y, m), r in zip(months, results, strict=True)
                           if r["mode"] == "merge"],
+        "months_kept": [f"{y}-{m:02d}" for (y, m), r in zip(months, results, strict=True)
+                        if r["mode"] == "kept"],
         "curated_version": curated.version,
         "curated_skipped": curated.skipped,
         "quarantine_checks": checks,
@@ -932,9 +936,12 @@ def _plans(p: Pipeline, w: Window, landing: dict[str, Any], settings,
     plans = []
     for y, m in w.months:
         ym = f"{y}-{m:02d}"
-        plan = plan_month(w.built.get(ym), w.files[(y, m)], quarantined.get(ym),
-                          p.curated.row_wise and not whole)  # fmt: skip
-        plans.append(plan)
+        if whole:
+            files = sorted(w.files[(y, m)], key=landing_order)
+            plans.append(MonthPlan(files, None, "another writer committed while it merged"))
+        else:
+            plans.append(plan_month(w.built.get(ym), w.files[(y, m)], quarantined.get(ym),
+                                    p.curated.row_wise))  # fmt: skip
     return plans, {"curated": w.version, "quarantine": qversion}
 
 
@@ -1003,7 +1010,10 @@ def _curate(p: Pipeline, w: Window, landing, drops, settings, whole: bool = Fals
     plans, base = _plans(p, w, landing, settings, whole)
     futures = []
     for (y, m), plan in zip(w.months, plans, strict=True):
-        if plan.new is None:
+        if plan.new == []:  # nothing new: the month is kept as it is, no task
+            logger.info("%d-%02d: nothing new, kept", y, m)
+            futures.append(None)
+        elif plan.new is None:
             logger.info("%d-%02d: curated whole (%s)", y, m, plan.why)
             futures.append(transform_month.submit(p.name, y, m, plan.files))
         else:
@@ -1013,8 +1023,15 @@ def _curate(p: Pipeline, w: Window, landing, drops, settings, whole: bool = Fals
                                                    .get("joins", {})}))  # fmt: skip
     landed = {f"{y}-{m:02d}": {_name(path): size for path, size in w.files[(y, m)].items()}
               for y, m in w.months}  # fmt: skip
-    return commit_curated(p.name, [f.result() for f in futures], w.months, w.batch,
-                          drops["state"], w.fingerprints, landed, base)  # fmt: skip
+    results = [KEPT if f is None else f.result() for f in futures]
+    return commit_curated(p.name, results, w.months, w.batch, drops["state"], w.fingerprints,
+                          landed, base)  # fmt: skip
+
+
+#: What a month with nothing new gives the commit: nothing read, nothing replaced.
+KEPT = {"mode": "kept", "adds": [], "rows_in": 0, "merged": 0, "rows_loaded": 0,
+        "rows_replaced": 0, "quarantine": None, "rows_quarantined": 0, "quarantine_checks": {},
+        "failures": {}, "checked": 0, "joins": {}}  # fmt: skip
 
 
 def run_pipeline(name: str, start: date | str | None = None,

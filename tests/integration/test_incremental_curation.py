@@ -66,17 +66,24 @@ def lakes(stack_env) -> dict:
     for name, frame in late.items():  # each late file is its own run
         put(INCR, {name: frame})
         runs.append(run(INCR, "--start", "2013-01-31", "--end", "2013-01-31"))
-    # WHOLE: the same two days delivered, the same late files already landed
+    # a window over January (nothing new: kept, not even read) and a new day of February
+    runs.append(run(INCR, "--start", "2013-01-31", "--end", "2013-02-01"))
+    # WHOLE: the same three days delivered, the same late files already landed
     put(WHOLE, late)
-    whole = run(WHOLE, "--start", "2013-01-30", "--end", "2013-01-31")
+    whole = run(WHOLE, "--start", "2013-01-30", "--end", "2013-02-01")
     return {"runs": runs, "whole": whole, "late": late}
 
 
 def test_later_runs_read_only_their_new_files_and_merge(lakes):
     runs, whole = lakes["runs"], lakes["whole"]
     assert runs[0].get("months_merged") == []  # never built: whole
-    assert [r["months_merged"] for r in runs[1:]] == [["2013-01"]] * 3
-    assert whole["months_merged"] == []
+    assert [r["months_merged"] for r in runs[1:4]] == [["2013-01"]] * 3
+    assert whole["months_merged"] == [] and whole["months_kept"] == []
+    last = runs[4]  # January kept as it is; February new, built whole
+    assert (last["months"], last["months_merged"], last["months_kept"]) == (
+        ["2013-01", "2013-02"], [], ["2013-01"])  # fmt: skip
+    src = demo_data.load("flights")
+    assert last["rows_in"] == int(((src["month"] == 2) & (src["day"] == 1)).sum())
     days = {d: runs[i]["rows_in"] for i, d in enumerate(("2013-01-30", "2013-01-31"))}
     assert days["2013-01-31"] > 800  # the second run read its day, not the month so far
     # the late files: rows in, loaded, quarantined, merged (within the file), replaced
@@ -199,3 +206,78 @@ def test_a_merge_that_died_between_its_commits_is_rebuilt_whole_on_rerun(stack_e
     assert len(curated) == n30 + n31 and not curated.duplicated(KEY).any()
     updated = curated[(curated["day"] == 30) & (curated["arr_delay"] == 500)]
     assert len(updated) == 3
+
+
+# ------------------------------------------- another writer commits while a month merges
+
+CONFLICT = "s3://riverlake-test/curation-conflict"
+
+#: A run of flights in its own process whose curated commit meets another writer's
+#: commit: just before the run's commit task, a real commit (another batch, no rows) lands
+#: on the curated table, so the version the merge read is gone.
+RACING_RUN = r"""
+import json
+from datetime import date
+
+from riverlake import lake
+from riverlake.flows import pipeline as fp
+from riverlake.flows.runner import ensure_result_storage, export_storage_credentials
+from riverlake.ops import stack
+from riverlake.settings import get_settings
+
+settings = get_settings()
+day = date(2013, 1, 31)
+stack.deliver_demo_data(settings, "flights", day, day)
+real, calls = fp.commit_curated, []
+
+
+def racing(*args, **kwargs):
+    calls.append(len(calls))
+    if len(calls) == 1:
+        t = lake.table("flights", settings)
+        lake.commit(t.uri, [], t.schema, batch=lake.Batch("another-writer"), settings=settings)
+    return real(*args, **kwargs)
+
+
+fp.commit_curated = racing
+export_storage_credentials()
+storage, _ = ensure_result_storage()
+flow = fp.declared_flow("flights").with_options(retries=0, result_storage=storage)
+summary = flow(start=day, end=day)
+print(json.dumps({"summary": summary, "commit_calls": len(calls)}, default=str))
+"""
+
+
+def test_a_merge_that_meets_another_writers_commit_rebuilds_its_month_whole(stack_env):
+    import os
+    import subprocess
+    import sys
+
+    clear(CONFLICT)
+    settings = get_settings(lake_url=CONFLICT)
+    first = run(CONFLICT, "--start", "2013-01-30", "--end", "2013-01-30")
+    late = late_files()["flights-2013-01-31.update-1.csv"]  # 3 updates, 1 refused, 1 untyped
+    put(CONFLICT, {"flights-2013-01-31.update-1.csv": late})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"RIVERLAKE_LAKE_URL": CONFLICT, "PREFECT_API_URL": str(settings.prefect_api_url)}
+    res = subprocess.run([sys.executable, "-c", RACING_RUN], capture_output=True, text=True,
+                         env=env, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    summary = out["summary"]
+    # the conflict happened: the merge's commit was refused, the months were rebuilt whole
+    assert out["commit_calls"] == 2
+    assert "moved past version" in res.stderr or "is at version" in res.stderr
+    assert "another writer committed while it merged" in res.stderr
+    assert summary["months_merged"] == [] and summary["curated_skipped"] is False
+    batches = [c["batch"] for c in lake.table("flights", settings).commits()]
+    assert batches.index(f"flights:{summary['batch']}") < batches.index("another-writer")
+    # exactly once: both days, the updates, the refused flight gone; two quarantine records
+    src = demo_data.load("flights")
+    n30, n31 = (int(((src["month"] == 1) & (src["day"] == d)).sum()) for d in (30, 31))
+    assert first["rows_loaded"] == n30
+    curated = lake.read_pandas("flights", settings=settings)
+    assert len(curated) == n30 + n31 - 1 and not curated.duplicated(KEY).any()
+    assert int(((curated["day"] == 30) & (curated["arr_delay"] == 500)).sum()) == 3
+    q = lake.read_pandas("flights_quarantine", settings=settings)
+    assert sorted(q["failed_check"]) == ["dep_delay:in_range(-120, 1800)", "dep_delay:type"]
