@@ -88,13 +88,6 @@ def _prefect_env(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _prefect_settings(values: dict[str, str]) -> dict:
-    """PREFECT_* names -> Prefect setting objects, for temporary_settings."""
-    import prefect.settings as ps
-
-    return {getattr(ps, k): v for k, v in values.items()}
-
-
 def _require_prefect(settings: Settings) -> None:
     """Point this process at the settings' Prefect API (before Prefect is first imported:
     it reads its settings once), then refuse to go on if it does not answer."""
@@ -242,8 +235,6 @@ def run(
         flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
         step.update(f"reaching the sources of {pipeline}")
         reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
-        from prefect.settings import temporary_settings
-
         from riverlake.flows.runner import (
             ClusterTaskRunner,
             ensure_result_storage,
@@ -258,7 +249,7 @@ def run(
             task_runner=pipeline_task_runner(pipeline, settings, profile=profile)
         )
     export_storage_credentials()
-    storage, results = ensure_result_storage()  # flow results persist on the lake
+    storage, _ = ensure_result_storage()  # flow results persist on the lake (the block)
     if profile == "local":
         _say(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
     # Run now and fail fast; scheduled deployment runs keep the flow's retries.
@@ -277,8 +268,7 @@ def run(
         took = 0.0
         try:
             with screen.live_view(watcher.renderable), watcher:
-                with temporary_settings(updates=_prefect_settings(results)):
-                    state = watched(**kw, return_state=True)
+                state = watched(**kw, return_state=True)
                 took = time.monotonic() - t0  # the flow's time, not the display's last poll
             result = state.result()  # a failed run raises its exception here
         except RiverlakeError:
