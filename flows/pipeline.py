@@ -190,20 +190,28 @@ def land_files(name: str, source: str) -> dict[str, Any]:
     return {"months": months, "state": res.state or {"files": {}}, **res.summary()}
 
 
-def month_files(table: str, year: int, month: int) -> dict[str, int]:
-    """Landed files of one month: path -> size."""
+def month_files(table: str, year: int, month: int) -> dict[str, str]:
+    """Landed files of one month: path -> what the file is (:func:`file_identity`)."""
     settings = get_settings()
     fs = lake.filesystem(settings)
     root = lake.strip_scheme(lake.landing_uri(table, settings))
     pattern = f"{root}/year={year}/month={month:02d}/*.csv"
-    return {p: int(info["size"]) for p, info in fs.glob(pattern, detail=True).items()}
+    return {p: file_identity(info) for p, info in fs.glob(pattern, detail=True).items()}
 
 
-def landing_order(path: str) -> list:
+def file_identity(info: dict[str, Any]) -> str:
+    """A landed file's size and content tag (S3's ETag; a local file's modification
+    time): a file corrected to the same size is another file."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or ""
+    return f"{int(info['size'])}:{str(tag).strip(chr(34))}"
+
+
+def landing_order(path: str) -> list[Any]:
     """Landed files are read in name order, numbers by value: ``x.update-10.csv`` after
     ``x.update-2.csv`` (the last record of a key wins)."""
-    return [int(part) if part.isdigit() else part
-            for part in re.split(r"(\d+)", path.rsplit("/", 1)[-1])]  # fmt: skip
+    name = path.rsplit("/", 1)[-1]
+    parts = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [parts, name]  # equal numbers (f1, f01): the name decides, always the same way
 
 
 def months_state_key(source: str) -> str:
@@ -238,10 +246,11 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def plan_month(built: dict[str, Any] | None, files: dict[str, int], quarantined: str | None,
-               row_wise: bool) -> MonthPlan:  # fmt: skip
+def plan_month(built: dict[str, Any] | None, files: dict[str, Any], quarantined: str | None,
+               row_wise: bool, declaration: str | None = None) -> MonthPlan:  # fmt: skip
     """Merge only what cannot differ from a whole rebuild (pure): every step row-wise, the
-    month built with a list of its files, its quarantine written from those same files
+    month built with a list of its files and from the same ``declaration`` (the curated
+    table's and its functions' fingerprint), its quarantine written from those same files
     (a run that died between the two commits leaves them out of step), no built file
     changed or gone, and every new file after every built one in landing order (the last
     landed record of a key wins). The joins are checked against the data, in the task."""
@@ -257,6 +266,8 @@ def plan_month(built: dict[str, Any] | None, files: dict[str, int], quarantined:
     landed = built.get("landed")
     if landed is None:
         return whole("built with no list of its files (before they were kept)")
+    if built.get("declared") != declaration:
+        return whole("its declaration (key, steps, contract, functions) changed since")
     if quarantined != built.get("files"):
         return whole("its quarantine holds other files than its curated rows (a run died "
                      "between their commits)")  # fmt: skip
@@ -276,7 +287,25 @@ def plan_month(built: dict[str, Any] | None, files: dict[str, int], quarantined:
     return MonthPlan(every, new, f"{len(new)} new file(s)")
 
 
-def landed_batch_id(files: dict[str, int]) -> str:
+def curated_fingerprint(p: Pipeline) -> str:
+    """What a curated month is built by: the curated declaration (key, event time, steps,
+    columns, contract), the landing source's schema, the code of the step functions."""
+    import inspect
+
+    h = hashlib.sha256(p.curated.model_dump_json().encode())
+    h.update(json.dumps(p.landing_source()["schema"], sort_keys=True).encode())
+    for step in p.curated.steps:
+        if isinstance(step, Function):
+            fn = import_path(step.function)
+            try:
+                h.update(inspect.getsource(fn).encode())
+            except (OSError, TypeError):  # no source at hand: its compiled code
+                code = getattr(fn, "__code__", None)
+                h.update(code.co_code if code is not None else repr(fn).encode())
+    return h.hexdigest()[:16]
+
+
+def landed_batch_id(files: dict[str, Any]) -> str:
     """A batch is named by the landed files it reads: same files, same batch."""
     h = hashlib.sha256()
     for path, size in sorted(files.items()):
@@ -405,22 +434,39 @@ def transform_month(name: str, year: int, month: int, files: list[str],
     whole instead when a joined table changed for rows it holds or the curated table's
     columns changed.
     """
-    p = _declaration(name)
+    return curate_month(_declaration(name), year, month, files, new, base)
+
+
+def curate_month(p: Pipeline, year: int, month: int, files: list[str],
+                 new: list[str] | None = None, base: dict[str, Any] | None = None,
+                 ) -> dict[str, Any]:  # fmt: skip
+    """The body of :func:`transform_month` (a merge that turns out unsafe calls it again,
+    whole)."""
     c = p.curated
     settings = get_settings()
-    log = get_run_logger()
     tables, versions = _join_tables(p)
-    held = None
-    if new is not None and new:
+
+    def whole(why: str) -> dict[str, Any]:
+        get_run_logger().info("%d-%02d: rebuilt whole: %s", year, month, why)
+        return curate_month(p, year, month, files)
+
+    held = held_quarantine = None
+    if new is not None:
         arrow = _month_of(c.table, year, month, base["curated"], settings)
         held = declared.to_frame(arrow)
+        held_quarantine = _month_of(quarantine_table(c.table), year, month,
+                                    base["quarantine"], settings).to_pandas()  # fmt: skip
+        moved = any(base["joins"].get(t) != v for t, v in versions.items())
         if arrow.schema != declared.arrow_schema(curated_types(p)):
-            why = "the curated table's columns changed since it was built"
-        else:
-            why = joins_changed(p, held, base["joins"], versions, tables)
+            return whole("the curated table's columns changed since it was built")
+        if moved and len(held_quarantine) and held_quarantine["source_file"].isin(
+                ["contract", "landing"]).any():  # fmt: skip
+            # a quarantined row could now join, and pass, differently: only a whole
+            # rebuild re-joins it
+            return whole("a joined table changed and rows of the month are quarantined")
+        why = joins_changed(p, held, base["joins"], versions, tables)
         if why:
-            log.info("%d-%02d: rebuilt whole: %s", year, month, why)
-            new = held = None
+            return whole(why)
     read = files if new is None else new
     raw_types = dict(p.landing_source()["schema"])
     zones = {c.event_time.column: c.event_time.time_zone} if c.event_time else {}
@@ -470,14 +516,17 @@ def transform_month(name: str, year: int, month: int, files: list[str],
     fresh = pd.concat(quarantined, ignore_index=True) if quarantined else None
     quarantine, replaced, loaded = fresh, 0, len(good)
     if new is not None:  # merge into what the month holds
+        if len(c.key) > 1 and len(rows) and rows[list(c.key)].isna().any(axis=1).any():
+            # the contract's uniqueness of a key with a null part looks across all of the
+            # month's rows (held ones too): only a whole rebuild checks it
+            return whole("a new row's key has a null part")
         keys = _key_tuples(rows, list(c.key))
         kept = held[~pd.Series([k in keys for k in held[list(c.key)].astype("string")
                                 .itertuples(index=False, name=None)], index=held.index,
                                dtype=bool)]  # fmt: skip
         replaced = len(held) - len(kept)
         good = pd.concat([declared.conform(kept, types), good], ignore_index=True)
-        old = _month_of(quarantine_table(c.table), year, month, base["quarantine"],
-                        settings).to_pandas()  # fmt: skip
+        old = held_quarantine
         if len(old):
             old = old[~_superseded_records(old, list(c.key), keys)][QUARANTINE_SCHEMA.names]
             quarantine = pd.concat([x for x in (old, fresh) if x is not None],
@@ -561,14 +610,19 @@ def commit_curated(
         table = pa.Table.from_pandas(pd.concat(q, ignore_index=True), schema=QUARANTINE_SCHEMA,
                                      preserve_index=False)  # fmt: skip
         adds = lake.write_fragments(table, uri, QUARANTINE_PARTITION_BY, settings)
-    qstate = dict(lake.read_state(qname, key, settings) or {}) if fps else {}
+    # The months' state is read and written back on one version of each table (another
+    # writer in between: CommitConflict), so no commit carries a state read before
+    # another's; a merge also needs the version it merged with.
+    q = lake.table(qname, settings)
+    qstate = dict((q.state(key) if q is not None else None) or {})
+    _check_base(qname, q, base.get("quarantine") if merging else None)
     lake.commit(
         uri, adds, QUARANTINE_SCHEMA, partition_by=QUARANTINE_PARTITION_BY,
         mode="overwrite_partitions",
         batch=lake.Batch(f"quarantine:{batch}" + (":merge" if merging else ""),
                          state={key: {**qstate, **fps}} if fps else None),
-        replace_partitions=[{"year": y, "month": m} for y, m in changed],
-        expect_version=base.get("quarantine") if merging else None, settings=settings,
+        replace_partitions=[{"year": y, "month": m} for y, m in changed], table=q,
+        expect_version=None if q is None else q.version, settings=settings,
     )  # fmt: skip
     schema = declared.contract(c.contract, types, c.key, c.table)
     report = []
@@ -579,13 +633,16 @@ def commit_curated(
     lake.write_table(lake.QUALITY_REPORT, report, schema=QUALITY_SCHEMA,
                      app_id=f"quality:{batch}", settings=settings)  # fmt: skip
     state = {source: landing_state} if landing_state is not None else {}
+    t = lake.table(c.table, settings)
+    _check_base(c.table, t, base.get("curated") if merging else None)
     if fps:
-        built = dict(lake.read_state(c.table, key, settings) or {})
+        built = dict((t.state(key) if t is not None else None) or {})
+        fingerprint = curated_fingerprint(p)
         for (y, m), r in zip(months, results, strict=True):
             ym = f"{y}-{m:02d}"
             if ym in fps:
                 built[ym] = {"files": fps[ym], "batch": batch, "landed": (landed or {})[ym],
-                             "joins": r["joins"]}  # fmt: skip
+                             "joins": r["joins"], "declared": fingerprint}  # fmt: skip
         state[key] = built
     # Every changed month is replaced, also one whose rows all went to quarantine.
     months_replaced = [{"year": y, "month": m} for y, m in changed]
@@ -593,8 +650,8 @@ def commit_curated(
         lake.table_uri(c.table, settings), [a for r in results for a in r["adds"]],
         declared.arrow_schema(types), partition_by=c.partition_by, mode="overwrite_partitions",
         replace_partitions=months_replaced,  # by year and month: every day under it too
-        batch=lake.Batch(f"{c.table}:{batch}", state=state or None),
-        expect_version=base.get("curated") if merging else None, settings=settings,
+        batch=lake.Batch(f"{c.table}:{batch}", state=state or None), table=t,
+        expect_version=None if t is None else t.version, settings=settings,
     )  # fmt: skip
     checks: dict[str, int] = {}
     for r in results:
@@ -617,6 +674,15 @@ def commit_curated(
                                                         "rows_failed"]].sum().reset_index()
         .to_dict("records"),
     }  # fmt: skip
+
+
+def _check_base(name: str, table, version: int | None) -> None:
+    """A merge commits only on the version it merged with: raise CommitConflict else."""
+    if version is not None and (table is None or table.version != version):
+        raise lake.CommitConflict(
+            f"table {name!r} moved past version {version} that the merge read (another "
+            "writer committed); nothing committed to it"
+        )
 
 
 def _gold_filters(months: list[tuple[int, int]], partition_by: list[str]) -> list:
@@ -893,7 +959,7 @@ class Window:
     """What the landed files say about a run's months, before anything is read."""
 
     months: list[tuple[int, int]]  # the new drops' months and the run's window
-    files: dict[tuple[int, int], dict[str, int]]  # landed files of each month: path -> size
+    files: dict[tuple[int, int], dict[str, str]]  # landed files of each month: path -> identity
     batch: str  # named by those files and the landing manifest
     fingerprints: dict[str, str]  # "YYYY-MM" -> the fingerprint of its landed files
     built: dict[str, Any]  # "YYYY-MM" -> what built it (files, batch, ...), from the log
@@ -941,7 +1007,7 @@ def _plans(p: Pipeline, w: Window, landing: dict[str, Any], settings,
             plans.append(MonthPlan(files, None, "another writer committed while it merged"))
         else:
             plans.append(plan_month(w.built.get(ym), w.files[(y, m)], quarantined.get(ym),
-                                    p.curated.row_wise))  # fmt: skip
+                                    p.curated.row_wise, curated_fingerprint(p)))  # fmt: skip
     return plans, {"curated": w.version, "quarantine": qversion}
 
 
@@ -1092,10 +1158,13 @@ def run_pipeline(name: str, start: date | str | None = None,
     else:
         try:
             counts = _curate(p, w, landing, drops, settings)
-        except lake.CommitConflict as e:  # a merge read a version another writer passed
-            logger.warning("%s; months %s are rebuilt whole", e, months)
+        except lake.CommitConflict as e:  # another writer committed since we read
+            logger.warning("%s; months %s are planned again, whole", e, months)
             w = _window(p, landing, drops, start, end)
-            counts = _curate(p, w, landing, drops, settings, whole=True)
+            if lake.committed(table, f"{table}:{batch}", settings):  # it was this batch
+                counts = SKIPPED
+            else:
+                counts = _curate(p, w, landing, drops, settings, whole=True)
         gold = build_gold.submit(name, months, batch).result()
     summary.update(
         batch=batch,

@@ -42,6 +42,13 @@ def late_files() -> dict[str, pd.DataFrame]:
     return {"flights-2013-01-31.update-1.csv": first, "flights-2013-01-31.update-2.csv": second}
 
 
+def corrected(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same row with its departure delay 10 -> 20: a file of the same size."""
+    out = frame.assign(dep_delay="20")
+    assert len(out.to_csv(index=False)) == len(frame.to_csv(index=False))
+    return out
+
+
 def put(lake_url: str, files: dict[str, pd.DataFrame]) -> None:
     settings = get_settings(lake_url=lake_url)
     fs = lake.filesystem(settings)
@@ -68,8 +75,12 @@ def lakes(stack_env) -> dict:
         runs.append(run(INCR, "--start", "2013-01-31", "--end", "2013-01-31"))
     # a window over January (nothing new: kept, not even read) and a new day of February
     runs.append(run(INCR, "--start", "2013-01-31", "--end", "2013-02-01"))
+    # the correction is corrected again, to a file of the same size under the same name
+    fixed = {"flights-2013-01-31.update-2.csv": corrected(late["flights-2013-01-31.update-2.csv"])}
+    put(INCR, fixed)
+    runs.append(run(INCR, "--start", "2013-01-31", "--end", "2013-01-31"))
     # WHOLE: the same three days delivered, the same late files already landed
-    put(WHOLE, late)
+    put(WHOLE, {**late, **fixed})
     whole = run(WHOLE, "--start", "2013-01-30", "--end", "2013-02-01")
     return {"runs": runs, "whole": whole, "late": late}
 
@@ -84,6 +95,10 @@ def test_later_runs_read_only_their_new_files_and_merge(lakes):
         ["2013-01", "2013-02"], [], ["2013-01"])  # fmt: skip
     src = demo_data.load("flights")
     assert last["rows_in"] == int(((src["month"] == 2) & (src["day"] == 1)).sum())
+    # a built file changed (same size, other content): January rebuilt whole, not kept
+    again = runs[5]
+    assert again["months_merged"] == [] and again["months_kept"] == []
+    assert again["rows_in"] > 1000  # every landed file of January read again
     days = {d: runs[i]["rows_in"] for i, d in enumerate(("2013-01-30", "2013-01-31"))}
     assert days["2013-01-31"] > 800  # the second run read its day, not the month so far
     # the late files: rows in, loaded, quarantined, merged (within the file), replaced
@@ -124,7 +139,7 @@ def test_the_merged_month_equals_a_whole_rebuild(lakes):
     got = day.loc[[(c, int(f), int(t)) for c, f, t in
                    late[["carrier", "flight", "sched_dep_time"]].itertuples(index=False)]]  # fmt: skip
     assert got["arr_delay"].iloc[:3].tolist() == [500.0] * 3
-    assert got["dep_delay"].iloc[3] == 10.0
+    assert got["dep_delay"].iloc[3] == 20.0  # corrected twice, the last one won
     assert got["dep_delay"].iloc[4] != "abc" and np.isfinite(got["dep_delay"].iloc[4])
 
 
@@ -281,3 +296,57 @@ def test_a_merge_that_meets_another_writers_commit_rebuilds_its_month_whole(stac
     assert int(((curated["day"] == 30) & (curated["arr_delay"] == 500)).sum()) == 3
     q = lake.read_pandas("flights_quarantine", settings=settings)
     assert sorted(q["failed_check"]) == ["dep_delay:in_range(-120, 1800)", "dep_delay:type"]
+
+
+# ----------------------------- a composite key with a null part: the month's uniqueness
+
+NULLKEY = "s3://riverlake-test/curation-null-key"
+PAIRS = """pairs:
+  description: a composite key whose parts may be null
+  sources:
+  - name: pairs_files
+    kind: files
+    url: {data}/*.csv
+    format: csv
+    sink: landing
+    table: pairs
+    schema: {{id: int64, k: string, day: date, v: int64}}
+  curated:
+    table: pairs
+    key: [id, k]
+    event_time: {{column: day, time_zone: UTC}}
+    partition_by: [year, month]
+"""
+
+
+def test_a_new_row_whose_composite_key_has_a_null_part_rebuilds_its_month(stack_env, tmp_path):
+    """The contract's uniqueness of (id, k) looks across the whole month: a new (null, a)
+    next to a held (null, a) fails both, as a whole rebuild finds; merging only the new
+    rows would keep all three."""
+    from tests.conftest import riverlake_cli
+
+    clear(NULLKEY)
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "pipelines" / "pairs.yaml").write_text(PAIRS.format(data=tmp_path / "data"))
+    (tmp_path / "data" / "pairs-1.csv").write_text(
+        "id,k,day,v\n1,a,2024-01-01,5\n,a,2024-01-02,6\n"
+    )
+    env = {"RIVERLAKE_LAKE_URL": NULLKEY}
+
+    def go() -> dict:
+        res = riverlake_cli("run", "pairs", "--json", cwd=tmp_path, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+
+    first = go()
+    assert (first["rows_loaded"], first["rows_quarantined"]) == (2, 0)
+    (tmp_path / "data" / "pairs-2.csv").write_text("id,k,day,v\n,a,2024-01-03,7\n")
+    second = go()
+    assert second["months_merged"] == []  # rebuilt whole: a new key with a null part
+    settings = get_settings(lake_url=NULLKEY)
+    curated = lake.read_pandas("pairs", settings=settings)
+    q = lake.read_pandas("pairs_quarantine", settings=settings)
+    assert curated["v"].tolist() == [5]  # the two (null, a) rows fail uniqueness together
+    assert sorted(json.loads(r)["v"] for r in q["record"]) == ["6", "7"]
+    assert set(q["failed_check"]) == {"id+k:unique"}
