@@ -294,7 +294,14 @@ def test_cli_run_overlapping_a_scheduled_deployment_run(stack_env, monkeypatch):
             while (dep_run := c.read_flow_run(scheduled.id)).state_type.value not in final:
                 assert time.monotonic() < deadline
                 time.sleep(1)
-            logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[scheduled.id])))
+            # the run's process may send its last log lines after its final state: wait
+            # for its summary line (the flow logs it once, before it returns)
+            while True:
+                logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[scheduled.id])))
+                if any(log.message.startswith("flights run: ") for log in logs):
+                    break
+                assert time.monotonic() < deadline + 60, "the run's summary was never logged"
+                time.sleep(1)
     finally:
         if not worker_was_up:
             stop_service("worker")
