@@ -209,7 +209,7 @@ def file_identity(info: dict[str, Any]) -> str:
 def landing_order(path: str) -> list[Any]:
     """Landed files are read in name order, numbers by value: ``x.update-10.csv`` after
     ``x.update-2.csv`` (the last record of a key wins)."""
-    name = path.rsplit("/", 1)[-1]
+    name = _name(path)
     parts = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
     return [parts, name]  # equal numbers (f1, f01): the name decides, always the same way
 
@@ -329,15 +329,14 @@ def _quarantine_rows(bad: pd.DataFrame, source: str, year: int, month: int) -> p
     )
 
 
-def _join_tables(p: Pipeline, versions: dict[str, int] | None = None):
-    """The tables the steps join with (small: read whole, once per task), at their
-    current versions or at ``versions``; returns the frames and the versions read."""
+def _join_tables(p: Pipeline):
+    """The tables the steps join with (small: read whole, once per task), and the
+    versions read."""
     settings = get_settings()
     out, read = {}, {}
     for step in p.curated.steps:
         if isinstance(step, Join) and step.join not in out:
-            v = None if versions is None else versions[step.join]
-            table = lake.table(step.join, settings, version=v)
+            table = lake.table(step.join, settings)
             if table is None:
                 raise RuntimeError(f"pipeline {p.name}: table {step.join!r} to join with is "
                                    "missing (its source never loaded)")  # fmt: skip
@@ -368,12 +367,12 @@ def joins_changed(p: Pipeline, held: pd.DataFrame, then: dict[str, int],
         if missing:
             return f"join key {missing[0]!r} is not kept in the curated table"
         try:
-            before, _ = _join_tables(p.model_copy(update={"curated": p.curated.model_copy(
-                update={"steps": [step]})}), {step.join: then[step.join]})  # fmt: skip
+            table = lake.table(step.join, get_settings(), version=then[step.join])
+            before = declared.to_frame(table.to_arrow())
         except Exception as e:  # the old version is no longer readable (log cleaned up)
             return f"{step.join!r} version {then[step.join]} is unreadable ({type(e).__name__})"
         keys = held[list(step.keys)].drop_duplicates().reset_index(drop=True)
-        a = declared.join(keys, before[step.join], step.keys, step.renames())
+        a = declared.join(keys, before, step.keys, step.renames())
         b = declared.join(keys, tables[step.join], step.keys, step.renames())
         if not a.equals(b):
             return (f"{step.join!r} changed (version {then[step.join]} -> {now[step.join]}) "
@@ -568,8 +567,9 @@ def commit_curated(
 
     ``month_files`` ("YYYY-MM" -> the fingerprint of the landed files the month was built
     from) rides in the curated commit with the batch, with ``landed`` (the files' names
-    and sizes) and the versions of the joined tables, so a later run with nothing new can
-    learn from the log that a month is current whatever window it was committed with,
+    and identities: size and content tag) and the versions of the joined tables, so a
+    later run with nothing new can learn from the log that a month is current whatever
+    window it was committed with,
     and a later run with new files can curate only those (:func:`plan_month`). The
     quarantine commit records the same fingerprints: a run that dies between the two
     leaves them out of step, and the next run rebuilds those months whole.
@@ -999,7 +999,7 @@ def _plans(p: Pipeline, w: Window, landing: dict[str, Any], settings,
         q = lake.table(quarantine_table(p.curated.table), settings)
         if q is not None:
             quarantined, qversion = q.state(key) or {}, q.version
-    plans = []
+    plans, fingerprint = [], curated_fingerprint(p)
     for y, m in w.months:
         ym = f"{y}-{m:02d}"
         if whole:
@@ -1007,7 +1007,7 @@ def _plans(p: Pipeline, w: Window, landing: dict[str, Any], settings,
             plans.append(MonthPlan(files, None, "another writer committed while it merged"))
         else:
             plans.append(plan_month(w.built.get(ym), w.files[(y, m)], quarantined.get(ym),
-                                    p.curated.row_wise, curated_fingerprint(p)))  # fmt: skip
+                                    p.curated.row_wise, fingerprint))  # fmt: skip
     return plans, {"curated": w.version, "quarantine": qversion}
 
 

@@ -423,8 +423,9 @@ def commit(
             break
         except CommitFailedError as e:
             if expect_version is not None:  # computed from that version: never rebased
-                if batch.done(open_table(uri, settings)):  # the other writer: this batch
-                    skipped.version = open_table(uri, settings).version()
+                now = open_table(uri, settings)
+                if batch.done(now):  # the other writer committed this very batch
+                    skipped.version = now.version()
                     return skipped
                 raise CommitConflict(
                     f"table {name!r} moved past version {expect_version} that batch "
