@@ -37,6 +37,7 @@ from riverlake.lake.store import (
     fs_options,
     lake_root,
     landing_uri,
+    s3_client_options,
     storage_options,
     strip_scheme,
     table_uri,
@@ -62,6 +63,7 @@ __all__ = [
     "Table", "WriteMode", "check_store", "commit", "committed", "filesystem", "fs_options",
     "is_quarantine", "lake_root", "landing_uri", "last_per_key", "list_tables", "merge_table",
     "null_key_rows", "optimize", "prune_quarantine", "read_fragment", "read_pandas", "read_state",
-    "read_table", "schema_changes", "storage_options", "strip_scheme", "table", "table_files",
+    "read_table", "s3_client_options", "schema_changes", "storage_options", "strip_scheme",
+    "table", "table_files",
     "table_uri", "table_version", "vacuum", "write_fragments", "write_table",
 ]  # fmt: skip

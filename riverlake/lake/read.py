@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from riverlake.analytics.analysis import FILTER_OPS, Filter
+from riverlake.analytics.filters import FILTER_OPS, Filter
 from riverlake.errors import LakeError
 from riverlake.lake.store import filesystem, open_table, strip_scheme, table_uri
 from riverlake.lake.table import current_files

@@ -226,6 +226,16 @@ def run(
     # Checks first, quietly on failure: a user mistake stays one line.
     with screen.step(f"connecting to Prefect at {settings.prefect_api_url}") as step:
         _require_prefect(settings)
+        from riverlake.flows.runner import (
+            ClusterTaskRunner,
+            ensure_result_storage,
+            export_storage_credentials,
+            foreground_run,
+            pipeline_task_runner,
+            plain_parameters,
+        )
+
+        export_storage_credentials()  # first: the lake and result storage share one client
         step.update(f"checking the lake {settings.lake_url}")
         lake.check_store(settings)
         step.update(f"loading pipeline {pipeline}")
@@ -235,12 +245,6 @@ def run(
         flow = get_pipeline(pipeline)  # an unknown pipeline is refused first
         step.update(f"reaching the sources of {pipeline}")
         reach_sources(pipelines.pipeline_sources(pipeline, settings), settings)  # before any run
-        from riverlake.flows.runner import (
-            ClusterTaskRunner,
-            ensure_result_storage,
-            export_storage_credentials,
-            pipeline_task_runner,
-        )
 
         step.update(f"checked Prefect, the lake and the sources of {pipeline}")
 
@@ -248,7 +252,6 @@ def run(
         flow = flow.with_options(  # the pipeline's declaration
             task_runner=pipeline_task_runner(pipeline, settings, profile=profile)
         )
-    export_storage_credentials()
     storage, _ = ensure_result_storage()  # flow results persist on the lake (the block)
     if profile == "local":
         _say(f"Dask dashboard (during the run): http://127.0.0.1:{settings.dashboard_port}/status")
@@ -263,11 +266,13 @@ def run(
         # The run's task runs as Prefect reports them, polled from its API meanwhile.
         watcher = progress.RunWatcher(settings, say=None if screen.live else screen.say,
                                       ascii_only=screen.ascii_only)  # fmt: skip
-        watched = flow.with_options(on_running=[*flow.on_running_hooks, watcher.on_running])
+        watched = plain_parameters(
+            flow.with_options(on_running=[*flow.on_running_hooks, watcher.on_running])
+        )
         t0 = time.monotonic()
         took = 0.0
         try:
-            with screen.live_view(watcher.renderable), watcher:
+            with screen.live_view(watcher.renderable), watcher, foreground_run():
                 state = watched(**kw, return_state=True)
                 took = time.monotonic() - t0  # the flow's time, not the display's last poll
             result = state.result()  # a failed run raises its exception here
