@@ -89,14 +89,23 @@ DAILY_KPI_SCHEMA = pa.schema(
 
 
 def flight_dates(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array:
-    """date32 from integer year, month and day columns (Arrow kernels, no Python loop)."""
-
-    def text(a: pa.Array, width: int) -> pa.Array:
-        return pc.utf8_lpad(pc.cast(a, pa.string()), width, "0")
-
-    iso = pc.binary_join_element_wise(text(year, 4), text(month, 2), text(day, 2), "-")
-    # an impossible date (month 13) becomes null; the contract then quarantines its row
-    return pc.cast(pc.strptime(iso, format="%Y-%m-%d", unit="s", error_is_null=True), pa.date32())
+    """date32 from integer year, month and day columns, computed on whole columns (numpy's
+    calendar months: no text, no Python loop). An impossible date (month 13, February 30,
+    a year outside 1-9999) or a missing part is null; the contract then quarantines its row.
+    """
+    parts = [pa.chunked_array([c]) if isinstance(c, pa.Array) else c for c in (year, month, day)]
+    known = np.ones(len(parts[0]), dtype=bool)
+    y, m, d = (
+        np.asarray(pc.fill_null(c.cast(pa.int64()), 1).to_numpy(), dtype=np.int64) for c in parts
+    )
+    for c in parts:
+        known &= np.asarray(pc.is_valid(c).to_numpy(zero_copy_only=False), dtype=bool)
+    known &= (y >= 1) & (y <= 9999) & (m >= 1) & (m <= 12) & (d >= 1)
+    months = np.where(known, (y - 1970) * 12 + (m - 1), 0).astype("datetime64[M]")
+    first = months.astype("datetime64[D]")
+    known &= d <= ((months + 1).astype("datetime64[D]") - first).astype(np.int64)
+    days = (first + np.where(known, d - 1, 0)).astype(np.int32)
+    return pa.array(days, type=pa.int32(), mask=~known).cast(pa.date32())
 
 
 def prepare_flights(raw: pa.Table | pd.DataFrame) -> pa.Table:

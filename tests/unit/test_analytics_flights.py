@@ -9,6 +9,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riverlake import pipelines
 from riverlake.analytics import declared
@@ -17,6 +19,7 @@ from riverlake.analytics.flights import (
     SOURCE_COLUMNS,
     by_carrier,
     delay_by_day,
+    flight_dates,
     prepare_flights,
     summarize,
     to_pandas,
@@ -143,3 +146,32 @@ def test_monthly_partials_combine_to_the_pandas_answer():
     assert np.allclose(
         merged["mean_arr_delay"], merged["mean_arr_delay_w"].astype(float), equal_nan=True
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-10, 10_050)),
+            st.one_of(st.none(), st.integers(-1, 14)),
+            st.one_of(st.none(), st.integers(-1, 33)),
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_flight_dates_are_the_calendar_s_dates_and_null_where_there_is_none(rows):
+    """Python's own calendar is the oracle: a (year, month, day) is a date exactly when
+    ``datetime.date`` accepts it; February 30, month 13, year 0 or a missing part: null."""
+    import datetime
+
+    import pyarrow as pa
+
+    def oracle(y, m, d):
+        try:
+            return datetime.date(y, m, d)
+        except (TypeError, ValueError):
+            return None
+
+    cols = [pa.array([r[i] for r in rows], type=pa.int32()) for i in range(3)]
+    assert flight_dates(*cols).to_pylist() == [oracle(*r) for r in rows]
