@@ -48,28 +48,53 @@ def _stat_value(v: Any) -> Any:
     return v
 
 
-def _file_stats(table: pa.Table) -> str:
-    """Delta per-file statistics (numRecords, min, max, nullCount) for data skipping."""
+def _has_min_max(t: pa.DataType) -> bool:
+    """Column types whose minimum and maximum a file's statistics record."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_date(t)
+            or pa.types.is_timestamp(t))  # fmt: skip
+
+
+def _file_stats(table: pa.Table, written: pq.FileMetaData) -> str:
+    """Delta per-file statistics (numRecords, min, max, nullCount) for data skipping,
+    read from the statistics the Parquet writer computed as it wrote the file (no second
+    pass over the rows). A column whose file statistics have no minimum and maximum
+    (every value null or NaN, or text too long for the writer to record) gets none:
+    readers then never skip the file for it."""
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
-    nulls: dict[str, int] = {}
-    for name, col in zip(table.column_names, table.columns, strict=True):
-        nulls[name] = col.null_count
-        t = col.type
-        if (
-            pa.types.is_integer(t)
-            or pa.types.is_floating(t)
-            or pa.types.is_string(t)
-            or pa.types.is_large_string(t)
-            or pa.types.is_date(t)
-            or pa.types.is_timestamp(t)
-        ) and col.null_count < len(col):
-            mm = pc.min_max(col).as_py()
-            mins[name], maxs[name] = _stat_value(mm["min"]), _stat_value(mm["max"])
-    return json.dumps(
-        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
-        default=str,
-    )
+    nulls: dict[str, int] = {name: 0 for name in table.column_names}
+    index = {written.schema.column(i).path: i for i in range(written.num_columns)}
+    uncounted: set[str] = set()  # columns a row group recorded no null count for
+    unbounded: set[str] = set()  # columns a row group holding values recorded no bounds for
+    for rg in range(written.num_row_groups):
+        group = written.row_group(rg)
+        for name, col in zip(table.column_names, table.columns, strict=True):
+            i = index.get(name)  # (a nested column has no single Parquet column)
+            st = None if i is None else group.column(i).statistics
+            if st is None or not st.has_null_count:
+                uncounted.add(name), unbounded.add(name)
+                continue
+            nulls[name] += st.null_count
+            if not _has_min_max(col.type):
+                continue
+            if not st.has_min_max:  # no bounds: every value null or NaN (NaN has none:
+                # readers skip on the others), or text too long to bound: then none at all
+                if st.num_values > 0 and not pa.types.is_floating(col.type):
+                    unbounded.add(name)
+                continue
+            lo, hi = st.min, st.max
+            mins[name] = lo if name not in mins else min(mins[name], lo)
+            maxs[name] = hi if name not in maxs else max(maxs[name], hi)
+    for name in uncounted:
+        nulls[name] = table[name].null_count
+    for name in unbounded:
+        mins.pop(name, None), maxs.pop(name, None)
+    stats = {"numRecords": table.num_rows,
+             "minValues": {k: _stat_value(v) for k, v in mins.items()},
+             "maxValues": {k: _stat_value(v) for k, v in maxs.items()},
+             "nullCount": nulls}  # fmt: skip
+    return json.dumps(stats, default=str)
 
 
 #: The folder value of a null partition value (Hive's and Delta's name for it).
@@ -111,7 +136,9 @@ def write_fragments(
     if partition_by:
         keys = table.select(list(partition_by)).group_by(list(partition_by)).aggregate([])
         groups = []
-        for key in keys.to_pylist():
+        if keys.num_rows == 1:  # one partition (a daily file): no row to filter out
+            groups.append((keys.to_pylist()[0], table.drop_columns(list(partition_by))))
+        for key in keys.to_pylist() if keys.num_rows > 1 else []:
             mask = None
             for col, val in key.items():
                 m = pc.is_null(table[col]) if val is None else pc.equal(table[col], val)
@@ -125,8 +152,9 @@ def write_fragments(
         path = f"{base}/{rel}"
         if not fs.exists(posixpath.dirname(path)):
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        written: list[pq.FileMetaData] = []
         with fs.open(path, "wb") as f:
-            pq.write_table(part, f, compression="zstd")
+            pq.write_table(part, f, compression="zstd", metadata_collector=written)
         adds.append(
             {
                 "path": rel,
@@ -134,7 +162,7 @@ def write_fragments(
                 "partition_values": {k: partition_value(v) for k, v in key.items()},
                 "modification_time": int(time.time() * 1000),
                 "data_change": True,
-                "stats": _file_stats(part),
+                "stats": _file_stats(part, written[0]),
                 "rows": part.num_rows,
             }
         )
