@@ -48,7 +48,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## make bench: benchmarks (print figures, write benchmarks/results/*.json)
+## make bench: every benchmark (writes benchmarks/results/*.json), then the README's table from them
 bench: install
 	$(BIN)/python benchmarks/etl.py
 	$(BIN)/python benchmarks/transform.py
@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/incremental.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/readme.py
 
 up: install
 	$(BIN)/riverlake up
