@@ -83,11 +83,12 @@ async def _publish(url: str, rate: float, count: int | None, seconds: float | No
             duplicate_window=600.0,
         )
         await js.add_stream(config)
-    sent, round_, start = 0, 0, time.monotonic()
+    sent, round_ = 0, 0
     chunk = max(1, int(rate // 50)) if rate else 500
+    events = flight_events(round_)
+    start = time.monotonic()  # the pace counts from the first event, not from the build
     try:
         while True:
-            events = flight_events(round_)
             for i in range(0, len(events), chunk):
                 for ev in events[i : i + chunk]:
                     ev["published_at"] = time.time()
@@ -105,6 +106,9 @@ async def _publish(url: str, rate: float, count: int | None, seconds: float | No
             if not loop:
                 return sent
             round_ += 1
+            built = time.monotonic()
+            events = flight_events(round_)
+            start += time.monotonic() - built  # building a round is not time behind
     finally:
         await nc.flush()
         await nc.close()

@@ -517,3 +517,34 @@ def test_a_lease_bucket_whose_leases_would_not_expire_is_refused(tmp_path, own_n
         SourceError, match=rf"bucket {stream.LEASE_BUCKET} has a TTL of .* s, not the"
     ):
         stream.consume(spec, s, idle_s=0.3)
+
+
+# ------------------------------------------------------------ the demo publisher's pace
+
+
+def test_the_replayer_keeps_its_rate_from_the_first_event(tmp_path):
+    """The pace counts from the first event, not from building the events (a few
+    seconds of pandas): the replayer once sent that many seconds' worth at once, and
+    the stream benchmark measured its own publisher's burst as latency."""
+    import nats
+
+    from riverlake.demo.replayer import replay
+
+    name = _name()
+    subject, stream_name = f"{name}.events", name.upper()
+    sent = replay(local(tmp_path, nats_url=NATS), rate=2000, count=2000, subject=subject,
+                  stream=stream_name)  # fmt: skip
+    assert sent == 2000
+
+    async def published_at(seqs):
+        nc = await nats.connect(NATS)
+        try:
+            js = nc.jetstream()
+            return [json.loads((await js.get_msg(stream_name, s)).data)["published_at"]
+                    for s in seqs]  # fmt: skip
+        finally:
+            await nc.close()
+
+    first, mid, last = asyncio.run(published_at([1, 1000, 2000]))
+    assert mid - first >= 0.4, (first, mid)  # 1,000 events at 2,000/s: 0.5 s, not a burst
+    assert last - first >= 0.9, (first, last)
