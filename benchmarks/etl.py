@@ -21,6 +21,11 @@ Engines, each in a new process, each with the same thread budget (the machine's 
   driver commits every file in one Delta commit and combines the partials. The
   cluster's start is inside the timing.
 * ``riverlake_processes``: the same on process workers (one per core).
+* ``riverlake_distributed_1`` and ``_2``: the same on a cluster of separate processes
+  reached by address, as in production (``dask scheduler``, then 1 or 2 ``dask worker``
+  processes of one thread); their start is timed apart. Reported: the scaling
+  efficiency of 2 workers against 1 (target 85%) and the distributed path against the
+  local one.
 * ``duckdb``: one connection with ``threads`` = cores: the typed rows into a temporary
   table, ``COPY ... PARTITION_BY (year, month)`` from it, and the aggregate over it.
 * ``duckdb_stream``: DuckDB's fastest form: a streaming ``COPY (SELECT ... FROM
@@ -63,8 +68,10 @@ from benchmarks import record  # noqa: E402
 DATA = ROOT / "benchmarks" / "data"
 RESULTS = record.RESULTS
 
-ENGINES = ("duckdb", "riverlake", "duckdb_stream", "riverlake_processes")
+ENGINES = ("duckdb", "riverlake", "duckdb_stream", "riverlake_processes",
+           "riverlake_distributed_1", "riverlake_distributed_2")  # fmt: skip
 TARGET_RATIO = 1.0
+TARGET_SCALING = 0.85  # 2 workers against 1, on 2 cores
 TARGET_WORKER_BYTES = 2 * 2**30
 AGG_KEYS = ["carrier", "origin", "year", "month"]
 AGG_VALUES = ["flights", "cancelled", "mean_dep_delay", "mean_arr_delay"]
@@ -154,11 +161,39 @@ def ingest_file(path: str, uri: str, settings) -> tuple[list[dict], object]:
     return adds, monthly_partials(typed)
 
 
+def _etl_on(client, files: list[str], uri: str, settings) -> tuple[object, list, object]:
+    """The Riverlake side's work on ``client``'s cluster: a future per file, one commit,
+    the partials combined. (commit, adds, aggregate)"""
+    from riverlake import lake
+    from riverlake.analytics.flights import FLIGHTS_SCHEMA, combine_monthly
+
+    futures = client.map(ingest_file, files, uri=uri, settings=settings, pure=False)
+    results = client.gather(futures)
+    adds = [a for chunk, _ in results for a in chunk]
+    commit = lake.commit(
+        uri, adds, FLIGHTS_SCHEMA, partition_by=["year", "month"],
+        batch=lake.Batch("bench:1"), settings=settings,
+    )  # fmt: skip
+    return commit, adds, combine_monthly([p for _, p in results])
+
+
+def _riverlake_result(wall: float, commit, adds: list, agg, uri: str, peaks: list) -> dict:
+    return {
+        "wall_s": wall,
+        "rows": commit.rows,
+        "files_written": len(adds),
+        "aggregate": agg.select(AGG_KEYS + AGG_VALUES).to_pylist(),
+        "peak_rss_driver_bytes": _peak_self(),
+        "peak_rss_worker_bytes": max(peaks) if peaks else _peak_self(),
+        "written": str(Path(uri)),
+    }
+
+
 def run_riverlake(csv_dir: Path, out: Path, cores: int, processes: bool) -> dict:
+    """On a LocalCluster (the local profile), its start inside the timing."""
     from distributed import Client, LocalCluster
 
     from riverlake import lake
-    from riverlake.analytics.flights import FLIGHTS_SCHEMA, combine_monthly
     from riverlake.settings import get_settings
 
     settings = get_settings(lake_url=str(out))
@@ -172,25 +207,62 @@ def run_riverlake(csv_dir: Path, out: Path, cores: int, processes: bool) -> dict
         ) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
-        futures = client.map(ingest_file, files, uri=uri, settings=settings, pure=False)
-        results = client.gather(futures)
-        adds = [a for chunk, _ in results for a in chunk]
-        commit = lake.commit(
-            uri, adds, FLIGHTS_SCHEMA, partition_by=["year", "month"],
-            batch=lake.Batch("bench:1"), settings=settings,
-        )  # fmt: skip
-        agg = combine_monthly([p for _, p in results])
+        commit, adds, agg = _etl_on(client, files, uri, settings)
         wall = time.perf_counter() - t0
-        worker_peaks = list(client.run(_peak_self).values()) if processes else []
-    return {
-        "wall_s": wall,
-        "rows": commit.rows,
-        "files_written": len(adds),
-        "aggregate": agg.select(AGG_KEYS + AGG_VALUES).to_pylist(),
-        "peak_rss_driver_bytes": _peak_self(),
-        "peak_rss_worker_bytes": max(worker_peaks) if worker_peaks else _peak_self(),
-        "written": str(Path(uri)),
-    }
+        peaks = list(client.run(_peak_self).values()) if processes else []
+    return _riverlake_result(wall, commit, adds, agg, uri, peaks)
+
+
+def _import_the_work() -> None:
+    import riverlake.analytics.flights
+    import riverlake.lake  # noqa: F401
+
+
+def run_distributed(csv_dir: Path, out: Path, workers: int) -> dict:
+    """On a cluster of separate processes reached by address, as in production: a
+    scheduler (``dask scheduler``) and ``workers`` worker processes of one thread each
+    (``dask worker``). Their start, the workers' imports of the work's modules included,
+    is timed apart (``start_s``): in production the cluster's pods start before the
+    flow's work, and take far longer than here."""
+    import socket
+
+    from distributed import Client
+
+    from riverlake import lake
+    from riverlake.settings import get_settings
+
+    settings = get_settings(lake_url=str(out))
+    uri = lake.table_uri("flights", settings)
+    files = sorted(str(p) for p in csv_dir.glob("*.csv"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers",
+                                    "1", "--memory-limit", "4GiB", "--no-dashboard"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for _ in range(workers)]  # fmt: skip
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+            client.run(_import_the_work)  # as `dask worker --preload` would, at start
+            start = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            commit, adds, agg = _etl_on(client, files, uri, settings)
+            wall = time.perf_counter() - t0
+            peaks = list(client.run(_peak_self).values())
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    res = _riverlake_result(wall, commit, adds, agg, uri, peaks)
+    return {**res, "start_s": start}
 
 
 DUCK_SELECT = """
@@ -289,6 +361,8 @@ def child(args: argparse.Namespace) -> None:
     engine = args.engine
     if engine.startswith("duckdb"):
         res = run_duckdb(csv_dir, out, args.cores, stream=engine == "duckdb_stream")
+    elif engine.startswith("riverlake_distributed_"):
+        res = run_distributed(csv_dir, out, int(engine.rsplit("_", 1)[1]))
     else:
         res = run_riverlake(csv_dir, out, args.cores, processes=engine == "riverlake_processes")
     print("RESULT " + json.dumps(res, default=str))
@@ -390,6 +464,19 @@ def main() -> None:
             meets_ratio_target=river / result[best]["wall_s"]["median"] <= TARGET_RATIO,
             meets_memory_target=worker_peak <= TARGET_WORKER_BYTES,
         )  # fmt: skip
+    d1, d2 = "riverlake_distributed_1", "riverlake_distributed_2"
+    if d1 in runs and d2 in runs:  # the same work on 1 and on 2 worker processes
+        t1, t2 = result[d1]["wall_s"]["median"], result[d2]["wall_s"]["median"]
+        result["distributed"] = {
+            "scaling_efficiency_2_workers": t1 / (2 * t2),
+            "target_scaling_efficiency": TARGET_SCALING,
+            "meets_scaling_target": t1 / (2 * t2) >= TARGET_SCALING,
+            "start_s": {e: record.spread([r["start_s"] for r in runs[e]]) for e in (d1, d2)},
+            "against_local_threads": t2 / result["riverlake"]["wall_s"]["median"]
+            if "riverlake" in result else None,
+            "against_local_processes": t2 / result["riverlake_processes"]["wall_s"]["median"]
+            if "riverlake_processes" in result else None,
+        }  # fmt: skip
     record.write(args.name, result)
 
 

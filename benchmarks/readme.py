@@ -47,18 +47,29 @@ def _met(flag: Any) -> str:
 def etl(r: dict) -> tuple[str, str, str]:
     rows = r["data"]["rows"]
     parts = []
-    for e in ("riverlake", "riverlake_processes", "duckdb", "duckdb_stream"):
+    for e in ("riverlake", "riverlake_processes", "riverlake_distributed_1",
+              "riverlake_distributed_2", "duckdb", "duckdb_stream"):  # fmt: skip
         if e in r:
             parts.append(f"{e} {_spread(r[e]['wall_s'])}")
     ratio = r.get("ratio_riverlake_to_duckdb")
+    dist = r.get("distributed")
+    scaling = "" if dist is None else (
+        f"; distributed: 2 workers against 1 **{dist['scaling_efficiency_2_workers']:.0%}** "
+        f"efficient, 2 workers {dist['against_local_threads']:.2f} times the local thread "
+        f"workers' time and {dist['against_local_processes']:.2f} times the local process "
+        f"workers' (their start apart: "
+        f"{_spread(dist['start_s']['riverlake_distributed_2'])})")  # fmt: skip
     figures = (f"{rows:,} rows, {r['rounds']} rounds, {r['threads']} threads each: "
                + "; ".join(parts)
                + f"; Riverlake / fastest DuckDB ({r.get('fastest_duckdb')}) **{ratio:.2f}**; "
-               f"largest Riverlake worker {_mb(r.get('peak_rss_largest_worker_bytes'))}; "
-               "aggregates equal value by value, written rows equal")  # fmt: skip
+               f"largest Riverlake worker {_mb(r.get('peak_rss_largest_worker_bytes'))}"
+               + scaling + "; aggregates equal value by value, written rows equal")  # fmt: skip
     target = (f"ratio {r['target_ratio']:.1f} or less, worker peak "
               f"{_mb(r['target_worker_peak_bytes'])} or less")  # fmt: skip
     met = r.get("meets_ratio_target") and r.get("meets_memory_target")
+    if dist is not None:
+        target += f", 2 workers {dist['target_scaling_efficiency']:.0%} efficient"
+        met = met and dist["meets_scaling_target"]
     return figures, target, _met(met)
 
 
