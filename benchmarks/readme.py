@@ -73,6 +73,25 @@ def etl(r: dict) -> tuple[str, str, str]:
     return figures, target, _met(met)
 
 
+def etl_scale(r: dict, at: dict | None = None) -> tuple[str, str, str]:
+    """The ETL at a larger scale, against the 6M-row run (``at``): time growth against
+    linear, and memory."""
+    rows = r["data"]["rows"]
+    parts = [f"{e} {_spread(r[e]['wall_s'])}" for e in ("riverlake", "duckdb_stream") if e in r]
+    figures = (f"{rows:,} rows, {r['rounds']} rounds: " + "; ".join(parts)
+               + f"; Riverlake / DuckDB **{r['ratio_riverlake_to_duckdb']:.2f}**; largest "
+               f"worker {_mb(r['peak_rss_largest_worker_bytes'])}")  # fmt: skip
+    met = r.get("meets_ratio_target") and r.get("meets_memory_target")
+    if at is not None and "riverlake" in at:
+        scale = rows / at["data"]["rows"]
+        growth = r["riverlake"]["wall_s"]["median"] / at["riverlake"]["wall_s"]["median"]
+        figures += (f"; against {at['data']['rows']:,} rows: {scale:.0f} times the rows took "
+                    f"{growth:.1f} times as long ({growth / scale:.0%} of linear), the largest "
+                    f"worker {_mb(at['peak_rss_largest_worker_bytes'])} then")  # fmt: skip
+        met = met and growth / scale <= 1.10
+    return figures, "ratio 1.0, within 10% of linear, memory flat", _met(met)
+
+
 def transform(r: dict) -> tuple[str, str, str]:
     figures = (f"{r['rows']:,} rows, one run: transform {_s(r['transform_s'])} "
                f"({r['transform_rows_per_s'] / 1000:,.0f}k rows/s), every gold table "
@@ -139,6 +158,7 @@ def image(r: dict) -> tuple[str, str, str]:
 #: Each result's row, in the table's order: the script and how its figures read.
 ROWS: dict[str, tuple[str, Callable[[dict], tuple[str, str, str]]]] = {
     "etl": ("benchmarks/etl.py", etl),
+    "etl-60m": ("benchmarks/etl.py --rows 60000000 --files 1000", etl_scale),
     "transform": ("benchmarks/transform.py", transform),
     "apps": ("benchmarks/apps.py", apps),
     "extract": ("benchmarks/extract.py", extract),
@@ -162,7 +182,8 @@ def render(results: dict[str, dict]) -> str:
     for name, (script, fmt) in ROWS.items():
         if name not in results:
             continue
-        figures, target, met = fmt(results[name])
+        figures, target, met = (fmt(results[name], results.get("etl")) if fmt is etl_scale
+                                else fmt(results[name]))  # fmt: skip
         lines.append(f"| `{script}` | {figures} | {target} | {met} | {_measured(results[name])} |")
     return "\n".join([*lines, "", END])
 
