@@ -163,6 +163,8 @@ def export_storage_credentials() -> None:
     if settings.s3_access_key and settings.s3_secret_key:
         os.environ["AWS_ACCESS_KEY_ID"] = settings.s3_access_key.get_secret_value()
         os.environ["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key.get_secret_value()
+        for stale in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):  # another key's token
+            os.environ.pop(stale, None)
 
 
 @contextmanager

@@ -28,9 +28,11 @@ def fs_options(settings: Settings) -> dict[str, Any]:
     if opts and settings.s3_access_key and settings.s3_secret_key:
         key = settings.s3_access_key.get_secret_value()
         secret = settings.s3_secret_key.get_secret_value()
-        if (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")) != (
-            key, secret,
-        ):  # fmt: skip
+        from_env = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        # a session token in the environment belongs to other keys: botocore would sign
+        # the lake's keys with it, so the keys are passed (and the token not used)
+        token = os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN")
+        if from_env != (key, secret) or token:
             opts.update(key=key, secret=secret)
     return opts
 

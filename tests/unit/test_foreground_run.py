@@ -94,3 +94,18 @@ def test_the_lake_and_the_result_storage_share_one_s3_filesystem(s3_settings, mo
     block, _ = result_storage_block()
     assert "secret" not in str(block.settings)
     assert block.filesystem is lake.filesystem(s3_settings)
+
+
+def test_a_session_token_in_the_environment_keeps_the_lake_s_keys(s3_settings, monkeypatch):
+    """A token belongs to other keys: botocore would sign the lake's keys with it."""
+    from riverlake.flows.runner import export_storage_credentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "riverlake-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "riverlake-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "someone-else-s")
+    assert lake.fs_options(s3_settings)["key"] == "riverlake-key"
+    export_storage_credentials()  # the lake's keys exported: another key's token goes
+    import os
+
+    assert "AWS_SESSION_TOKEN" not in os.environ
+    assert "key" not in lake.fs_options(s3_settings)
