@@ -50,7 +50,8 @@ def _stat_value(v: Any) -> Any:
 
 def _has_min_max(t: pa.DataType) -> bool:
     """Column types whose minimum and maximum a file's statistics record."""
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+    return (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
+            or pa.types.is_string(t)
             or pa.types.is_large_string(t) or pa.types.is_date(t)
             or pa.types.is_timestamp(t))  # fmt: skip
 
@@ -64,7 +65,8 @@ def _file_stats(table: pa.Table, written: pq.FileMetaData) -> str:
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
     nulls: dict[str, int] = {name: 0 for name in table.column_names}
-    index = {written.schema.column(i).path: i for i in range(written.num_columns)}
+    # top-level columns only: a column named "s.x" and field x of a struct s share a path
+    index = {c.path: i for i, c in enumerate(written.schema) if c.name == c.path}
     uncounted: set[str] = set()  # columns a row group recorded no null count for
     unbounded: set[str] = set()  # columns a row group holding values recorded no bounds for
     for rg in range(written.num_row_groups):

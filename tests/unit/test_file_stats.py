@@ -115,3 +115,12 @@ def settings_local(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "lake"))
     return get_settings()
+
+
+def test_a_column_named_like_a_struct_field_gets_its_own_bounds():
+    # "s.x" and field x of struct s share the Parquet path "s.x": the column's bounds
+    # must be its own (100-200), not the field's (1-2), or readers would skip its file
+    t = pa.table({"s.x": [100, 200], "s": pa.array([{"x": 1}, {"x": 2}])})
+    stats = written_stats(t)
+    assert (stats["minValues"]["s.x"], stats["maxValues"]["s.x"]) == (100, 200)
+    assert "s" not in stats["minValues"] and stats["nullCount"] == {"s.x": 0, "s": 0}
