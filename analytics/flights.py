@@ -93,11 +93,10 @@ def flight_dates(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array:
     calendar months: no text, no Python loop). An impossible date (month 13, February 30,
     a year outside 1-9999) or a missing part is null; the contract then quarantines its row.
     """
-    parts = [pa.chunked_array([c]) if isinstance(c, pa.Array) else c for c in (year, month, day)]
+    parts = [_whole(pa.chunked_array([c]) if isinstance(c, pa.Array) else c)
+             for c in (year, month, day)]  # fmt: skip
     known = np.ones(len(parts[0]), dtype=bool)
-    y, m, d = (
-        np.asarray(pc.fill_null(c.cast(pa.int64()), 1).to_numpy(), dtype=np.int64) for c in parts
-    )
+    y, m, d = (np.asarray(pc.fill_null(c, 1).to_numpy(), dtype=np.int64) for c in parts)
     for c in parts:
         known &= np.asarray(pc.is_valid(c).to_numpy(zero_copy_only=False), dtype=bool)
     known &= (y >= 1) & (y <= 9999) & (m >= 1) & (m <= 12) & (d >= 1)
@@ -106,6 +105,20 @@ def flight_dates(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array:
     known &= d <= ((months + 1).astype("datetime64[D]") - first).astype(np.int64)
     days = (first + np.where(known, d - 1, 0)).astype(np.int32)
     return pa.array(days, type=pa.int32(), mask=~known).cast(pa.date32())
+
+
+def _whole(c: pa.ChunkedArray) -> pa.ChunkedArray:
+    """int64 of a column of whole numbers; null where a value is none (2020.5, "abc"), so
+    its row is quarantined by the contract rather than failing its batch."""
+    if pa.types.is_integer(c.type):  # (a uint64 past int64 wraps negative: out of range)
+        return c.cast(pa.int64(), safe=False)
+    if pa.types.is_floating(c.type):
+        whole = pc.and_(pc.is_finite(c), pc.equal(c, pc.floor(c)))
+        whole = pc.and_(whole, pc.less(pc.abs(c), 1e15))
+        return pc.if_else(whole, c, None).cast(pa.int64())
+    text = pc.utf8_trim_whitespace(c.cast(pa.string()))
+    digits = pc.match_substring_regex(text, r"^[+-]?[0-9]{1,15}$")
+    return pc.if_else(digits, text, None).cast(pa.int64())
 
 
 def prepare_flights(raw: pa.Table | pd.DataFrame) -> pa.Table:

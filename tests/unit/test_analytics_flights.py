@@ -175,3 +175,21 @@ def test_flight_dates_are_the_calendar_s_dates_and_null_where_there_is_none(rows
 
     cols = [pa.array([r[i] for r in rows], type=pa.int32()) for i in range(3)]
     assert flight_dates(*cols).to_pylist() == [oracle(*r) for r in rows]
+
+
+def test_flight_dates_of_parts_that_are_not_whole_numbers_are_missing_not_an_error():
+    """A part that is no whole number (2020.5, NaN, "abc") makes its row's date missing,
+    so the contract quarantines that row; it does not fail the batch."""
+    import datetime
+
+    import pyarrow as pa
+
+    d = datetime.date
+    assert flight_dates(pa.array([2013.0, 2020.5, None, float("nan")]), pa.array([2] * 4),
+                        pa.array([5] * 4)).to_pylist() == [d(2013, 2, 5), None, None, None]  # fmt: skip
+    assert flight_dates(pa.array(["2013", " 2014", "abc", ""]), pa.array(["2", "02", "1", "1"]),
+                        pa.array([5] * 4)).to_pylist() == [d(2013, 2, 5), d(2014, 2, 5), None,
+                                                           None]  # fmt: skip
+    huge = pa.array([2**64 - 1, 2013], pa.uint64())
+    assert flight_dates(huge, pa.array([1, 1], pa.int8()), pa.array([1, 1], pa.int16())
+                        ).to_pylist() == [None, d(2013, 1, 1)]  # fmt: skip
