@@ -634,9 +634,8 @@ class RunWatcher:
                         and self.flow.final
                         and all(t.final for t in self.tasks)
                     )
-                if done and not last:  # final: nothing more to read, say it as the last
-                    with self._poll_lock:
-                        self._show(last=True)
+                if done and not last:  # read once more: a task's last log lines (its
+                    self.poll(last=True)  # rows) may arrive after its final state
                     break
                 if last:
                     break
