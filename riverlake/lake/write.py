@@ -136,16 +136,17 @@ def write_fragments(
         return []
     groups: Iterable[tuple[dict[str, Any], pa.Table]]
     if partition_by:
-        keys = table.select(list(partition_by)).group_by(list(partition_by)).aggregate([])
+        # every row in exactly one group: its rows taken by index, not by comparing keys
+        # (-0.0 and 0.0 are two keys that compare equal, NaN compares equal to nothing)
+        by = list(partition_by)
+        rows = table.select(by).append_column("__row", pa.array(range(table.num_rows)))
+        keys = rows.group_by(by, use_threads=False).aggregate([("__row", "list")])
+        data = table.drop_columns(by)
         groups = []
-        if keys.num_rows == 1:  # one partition (a daily file): no row to filter out
-            groups.append((keys.to_pylist()[0], table.drop_columns(list(partition_by))))
-        for key in keys.to_pylist() if keys.num_rows > 1 else []:
-            mask = None
-            for col, val in key.items():
-                m = pc.is_null(table[col]) if val is None else pc.equal(table[col], val)
-                mask = m if mask is None else pc.and_(mask, m)
-            groups.append((key, table.filter(mask).drop_columns(list(partition_by))))
+        for key, taken in zip(keys.select(by).to_pylist(), keys["__row_list"], strict=True):
+            # (one partition, as a daily file is: no row to take)
+            part = data if keys.num_rows == 1 else data.take(taken.values)
+            groups.append((key, part))
     else:
         groups = [({}, table)]
     adds = []

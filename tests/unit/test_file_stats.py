@@ -124,3 +124,17 @@ def test_a_column_named_like_a_struct_field_gets_its_own_bounds():
     stats = written_stats(t)
     assert (stats["minValues"]["s.x"], stats["maxValues"]["s.x"]) == (100, 200)
     assert "s" not in stats["minValues"] and stats["nullCount"] == {"s.x": 0, "s": 0}
+
+
+def test_every_row_lands_in_exactly_one_partition_file(settings_local):
+    """Rows went to each partition whose key compared equal: -0.0 and 0.0 (equal, two
+    keys) were each written twice, and NaN (equal to nothing) was lost."""
+    nan = float("nan")
+    t = pa.table({"p": pa.array([0.0, -0.0, nan, 1.0, nan, None]), "x": [1, 2, 3, 4, 5, 6]})
+    adds = lake.write_fragments(t, lake.table_uri("f", settings_local), ["p"], settings_local)
+    assert sorted(a["rows"] for a in adds) == [1, 1, 1, 1, 2]
+    assert sum(a["rows"] for a in adds) == t.num_rows
+    written = pa.concat_tables(
+        pq.read_table(f"{lake.table_uri('f', settings_local)}/{a['path']}") for a in adds
+    )
+    assert sorted(written["x"].to_pylist()) == [1, 2, 3, 4, 5, 6]
