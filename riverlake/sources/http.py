@@ -41,7 +41,7 @@ from riverlake.sources.base import (
     Bad,
     SourceError,
     UnitOut,
-    json_depth,
+    deeper_than,
     json_too_deep_reason,
     one_line,
     read_capped,
@@ -244,7 +244,7 @@ def load_json(body: bytes, max_depth: int | None = None) -> Any:
     """A JSON document; MalformedPage when it is not JSON or nests deeper than
     ``max_depth`` (``max_json_depth``'s default when None), checked on the bytes first."""
     limit = Settings.model_fields["max_json_depth"].default if max_depth is None else max_depth
-    if json_depth(body) > limit:
+    if deeper_than(body, limit):
         raise MalformedPage(json_too_deep_reason(limit))
     try:
         return json.loads(body)

@@ -62,7 +62,7 @@ from riverlake.sources.base import (
     Bad,
     SourceError,
     batch_id,
-    json_depth,
+    deeper_than,
     json_too_deep_reason,
     one_line,
     quarantine,
@@ -152,9 +152,7 @@ def _record(spec: StreamSource, data: bytes, max_bytes: int, max_depth: int) -> 
     """One message as a record; ValueError naming what makes it poison."""
     if len(data) > max_bytes:
         raise ValueError(f"message of {len(data)} bytes exceeds max_batch_bytes={max_bytes}")
-    # measured on the bytes (json and pyarrow recurse); a message with no more opening
-    # brackets than the limit cannot nest deeper (counting is far cheaper than scanning)
-    if data.count(b"[") + data.count(b"{") > max_depth and json_depth(data) > max_depth:
+    if deeper_than(data, max_depth):  # measured on the bytes: json and pyarrow recurse
         raise ValueError(json_too_deep_reason(max_depth))
     rec = json.loads(data)
     if not isinstance(rec, dict):
