@@ -568,21 +568,15 @@ class RunWatcher:
             except Exception as e:  # the API busy or away: keep the last view, say why
                 self.error = f"Prefect API: {type(e).__name__}"
                 return
+            now = datetime.now(UTC)
             with self._lock:
                 self.flow, self.tasks = flow, tasks
-            self._show(last)
-
-    def _show(self, last: bool) -> None:
-        """Say what changed since the last poll (plain output only)."""
-        if self._say is None or self.flow is None:
-            return
-        now = datetime.now(UTC)
-        flow, tasks = self.flow, self.tasks
-        task_lines = self._plain.update(tasks, now, last=last)
-        flow_lines = self._plain_flow.update([flow], now, last=last, kind="flow")
-        # the flow's line opens its tasks' lines while it runs, closes them at the end
-        for line in task_lines + flow_lines if flow.final else flow_lines + task_lines:
-            self._say(line)
+            if self._say is not None:
+                task_lines = self._plain.update(tasks, now, last=last)
+                flow_lines = self._plain_flow.update([flow], now, last=last, kind="flow")
+                # the flow's line opens its tasks' lines while it runs, closes them at the end
+                for line in task_lines + flow_lines if flow.final else flow_lines + task_lines:
+                    self._say(line)
 
     def _read(self, c) -> tuple[RunView, list[RunView]]:
         from prefect.client.schemas.filters import (
@@ -634,8 +628,8 @@ class RunWatcher:
                         and self.flow.final
                         and all(t.final for t in self.tasks)
                     )
-                if done and not last:  # read once more: a task's last log lines (its
-                    self.poll(last=True)  # rows) may arrive after its final state
+                if done and not last:
+                    self.poll(last=True)
                     break
                 if last:
                     break
