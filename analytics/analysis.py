@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riverlake.analytics.filters import FILTER_OPS, Filter, _isin  # noqa: F401 (re-exported)
+from riverlake.analytics.filters import FILTER_OPS, Filter
 
 
 def is_dask(df: Any) -> bool:

@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from riverlake.analytics.analysis import FILTER_OPS, is_dask
+from riverlake.analytics.analysis import is_dask
+from riverlake.analytics.filters import FILTER_OPS
 from riverlake.analytics.types import TYPES
 
 if TYPE_CHECKING:  # imported by contract(): a run with no data work never builds one

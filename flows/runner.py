@@ -182,6 +182,11 @@ def foreground_run():
         yield
 
 
+#: Parameter types pydantic encodes as Prefect's FastAPI encoder does (not datetime: pydantic
+#: writes UTC as 'Z').
+PLAIN = frozenset({type(None), bool, int, float, str, date})
+
+
 def plain_parameters(flow: Flow) -> Flow:
     """``flow`` recording plain parameters (dates, text, numbers, None) as Prefect does,
     without FastAPI. Prefect encodes a new run's parameters with FastAPI's
@@ -199,6 +204,3 @@ def plain_parameters(flow: Flow) -> Flow:
 
     flow.serialize_parameters = serialize_parameters  # type: ignore[method-assign]
     return flow
-
-
-PLAIN = frozenset({type(None), bool, int, float, str, date})  # not datetime: UTC is 'Z' there

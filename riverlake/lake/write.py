@@ -51,8 +51,7 @@ def _stat_value(v: Any) -> Any:
 def _has_min_max(t: pa.DataType) -> bool:
     """Column types whose minimum and maximum a file's statistics record."""
     return (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
-            or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_date(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_date(t)
             or pa.types.is_timestamp(t))  # fmt: skip
 
 
@@ -75,7 +74,8 @@ def _file_stats(table: pa.Table, written: pq.FileMetaData) -> str:
             i = index.get(name)  # (a nested column has no single Parquet column)
             st = None if i is None else group.column(i).statistics
             if st is None or not st.has_null_count:
-                uncounted.add(name), unbounded.add(name)
+                uncounted.add(name)
+                unbounded.add(name)
                 continue
             nulls[name] += st.null_count
             if not _has_min_max(col.type):
@@ -91,7 +91,8 @@ def _file_stats(table: pa.Table, written: pq.FileMetaData) -> str:
     for name in uncounted:
         nulls[name] = table[name].null_count
     for name in unbounded:
-        mins.pop(name, None), maxs.pop(name, None)
+        mins.pop(name, None)
+        maxs.pop(name, None)
     stats = {"numRecords": table.num_rows,
              "minValues": {k: _stat_value(v) for k, v in mins.items()},
              "maxValues": {k: _stat_value(v) for k, v in maxs.items()},
