@@ -118,7 +118,7 @@ def changes(choices: dict, rng: random.Random):
     """Filter changes, seeded: a new carrier set, origin set or day range each time."""
     lo, hi = choices["days"]
     day = 86_400_000
-    prev = None
+    current: dict[str, list] = {}  # what each widget holds: a change must change it
     while True:
         kind = rng.choice(["Carriers", "Origins", "Days"])
         if kind == "Carriers":
@@ -128,8 +128,8 @@ def changes(choices: dict, rng: random.Random):
         else:
             start = lo + int((hi - lo) * rng.random() * 0.8) // day * day
             value = [start, min(hi, start + int((hi - lo) * 0.2 * (1 + rng.random())))]
-        if (kind, value) != prev:
-            prev = (kind, value)
+        if current.get(kind) != value:
+            current[kind] = value
             yield kind, value
 
 
