@@ -98,7 +98,7 @@ def etl_scale(r: dict, at: dict | None = None) -> tuple[str, str, str]:
 def transform(r: dict) -> tuple[str, str, str]:
     c, ck = r["counts"], r["checks"]
     stages = r["riverlake"]["stages_s"]
-    figures = (f"{r['data']['rows']:,} rows ({c['rows_replaced']:,} late updates, "
+    figures = (f"{r['data']['rows']:,} rows ({c['rows_replaced']:,} replaced by a later record, "
                f"{c['rows_quarantined']:,} quarantined), the same work, {r['rounds']} rounds: "
                f"Riverlake {_spread(r['riverlake']['wall_s'])} (curate "
                f"{_s(stages['curate']['median'])}, gold {_s(stages['gold']['median'])}), "
