@@ -176,7 +176,7 @@ class FlightsDashboard(pn.viewable.Viewer):
     def _hours(self):
         h = self.hourly if self.hourly is not None and len(self.hourly) else None
         if h is None:
-            return pn.pane.Markdown("No delay-by-hour table yet.")
+            return hv.Div("<p>No delay-by-hour table yet.</p>")  # in a HoloViews pane
         # Categorical hours ("05".."23"): one bar per hour, whatever hours exist.
         h = h.assign(hour=h["hour"].astype("int64").map("{:02d}".format))
         return h.hvplot.bar(x="hour", y="mean_dep_delay", title="Mean departure delay by hour",

@@ -660,7 +660,8 @@ def panel_command(settings: Settings, port: int, num_procs: int = 1) -> tuple[li
     origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
     origins += [o.strip() for o in settings.app_origins.split(",") if o.strip()]
     cmd = [sys.executable, "-m", "panel", "serve", *files, "--port", str(port),
-           "--address", settings.app_address, "--index", apps.APPS[0]]  # fmt: skip
+           "--address", settings.app_address, "--index", apps.APPS[0],
+           "--setup", str(app_dir / "warm.py")]  # fmt: skip
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]
     if num_procs > 1:

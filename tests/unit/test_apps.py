@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -135,6 +139,36 @@ def test_pipeline_health_renders_on_an_empty_lake(tmp_path, monkeypatch):
     assert h.tables == []
     pn.panel(h).get_root(Document())  # a fresh deployment's first page renders
     assert h._runs_rows().object == "No runs yet."
+
+
+def test_the_flights_dashboard_renders_on_an_empty_lake(tmp_path, monkeypatch):
+    """A fresh deployment's first page: no gold table yet. (Its hourly chart returned a
+    Markdown pane into a HoloViews pane, which refused it.)"""
+    import panel as pn
+    from bokeh.document import Document
+
+    from riverlake.apps.flights_dashboard import FlightsDashboard
+
+    monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "empty"))
+    d = FlightsDashboard()
+    pn.panel(d).get_root(Document())
+    assert "No delay-by-hour table yet" in d._hours().data
+    assert d.summary()["flights"] == 0
+
+
+def test_the_serve_warm_up_runs_on_an_empty_lake_and_on_a_lake_with_gold(tmp_path, lake_with_gold):
+    """`riverlake serve --setup apps/warm.py`: a warm-up that raised would stop the server
+    from starting; on a lake with gold tables it fills the apps' cache."""
+    import runpy
+
+    from riverlake.apps import common
+
+    runpy.run_path(str(Path(common.__file__).parent / "warm.py"))
+    assert common.load_table("carrier_origin_daily") is common.load_table("carrier_origin_daily")
+    empty = {**os.environ, "RIVERLAKE_LAKE_URL": str(tmp_path / "empty")}
+    res = subprocess.run([sys.executable, str(Path(common.__file__).parent / "warm.py")],
+                         env=empty, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0 and "warm-up failed" not in res.stderr, res.stderr[-2000:]
 
 
 def test_numbers_are_formatted_by_what_they_mean():

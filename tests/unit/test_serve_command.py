@@ -19,7 +19,10 @@ def test_no_auth_on_the_local_stack(tmp_path):
     assert env == {}
     assert "--basic-auth" not in cmd and "--oauth-provider" not in cmd
     assert cmd[cmd.index("--index") + 1] == "flights_dashboard"
-    assert sum(a.endswith(".py") for a in cmd) == 5  # every app in one process (Dashboards too)
+    apps = cmd[cmd.index("serve") + 1 : cmd.index("--port")]
+    assert len(apps) == 5 and all(a.endswith(".py") for a in apps)  # every app, one process
+    setup = Path(cmd[cmd.index("--setup") + 1])  # the warm-up, before the first request
+    assert setup.name == "warm.py" and setup.exists() and str(setup) not in apps
 
 
 def test_basic_auth_keeps_secrets_out_of_the_command_line(tmp_path):
