@@ -110,12 +110,13 @@ def transform(r: dict) -> tuple[str, str, str]:
 
 def apps(r: dict) -> tuple[str, str, str]:
     cold, fr, load, t = r["cold_first_render_s"], r["filter_repaint_s"], r["load"], r["targets"]
-    lr = load["repaint_s"]
+    lr = load["update_s"]
     figures = (f"in Chromium: cold first render (new server) {_spread(cold)}, warm "
                f"{_s(r['warm_first_render_s']['median'])}; filter change to repaint p50 "
                f"{fr['p50'] * 1000:.0f} ms, p95 **{fr['p95'] * 1000:.0f} ms** over {fr['n']}; "
-               f"{load['sessions']} pages for {load['seconds']} s on {load['server_processes']} "
-               f"server processes: {load['errors']} errors, {load['changes']} changes, p95 "
+               f"{load['sessions']} websocket sessions for {load['seconds']} s on "
+               f"{load['server_processes']} server processes: {load['errors']} errors, "
+               f"{load['changes']} changes, update p95 "
                f"**{'n/a' if lr is None else _s(lr['p95'])}**")  # fmt: skip
     target = (f"cold render {t['cold_first_render_s']:.0f} s, repaint p95 "
               f"{t['filter_repaint_p95_s'] * 1000:.0f} ms, load p95 "
