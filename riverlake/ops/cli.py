@@ -6,6 +6,7 @@ A user mistake prints one line, ``riverlake: error: ...``, and exits 1: no trace
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import os
@@ -732,7 +733,9 @@ def serve(
             json.dumps({"address": cluster_obj.scheduler_address})
         )
     env = {**os.environ, **extra_env, "PREFECT_API_URL": str(settings.prefect_api_url)}
-    proc = subprocess.Popen(cmd, env=env)
+    # Its own process group: `--num-procs N` forks N workers, which outlive their parent
+    # unless the whole group is stopped.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     _say(f"Prefect UI:     {runs.ui_url(settings)}")
     if cluster_obj is not None:
         _say(f"Dask dashboard: {cluster_obj.dashboard_link}")
@@ -747,12 +750,32 @@ def serve(
     try:
         proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=15)
+        _stop_group(proc)
     finally:
+        _stop_group(proc)  # workers left by a server that exited on its own
         if cluster_obj is not None:
             (settings.home / "scheduler.json").unlink(missing_ok=True)
             cluster_obj.close()
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM to every process of ``proc``'s group (it leads its own), then SIGKILL to
+    what is left after ``timeout`` seconds."""
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reaps the leader once it exits (a zombie still counts as a member)
+        try:
+            os.killpg(pgid, 0)  # raises once no process of the group remains
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 @app.command()
