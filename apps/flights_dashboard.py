@@ -96,6 +96,9 @@ class FlightsDashboard(pn.viewable.Viewer):
                 self.param.date_range.bounds = new
                 if whole:
                     update["date_range"] = new
+            elif self.param.date_range.bounds is None:  # no day yet: the slider needs bounds
+                today = pd.Timestamp.now().normalize().to_pydatetime()
+                self.param.date_range.bounds = (today - pd.Timedelta(days=1), today)
             self.param.update(**update)  # one event: views recompute once
         for name, attr in YEARLY.items():
             if name in changed:

@@ -151,7 +151,9 @@ def test_the_flights_dashboard_renders_on_an_empty_lake(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "empty"))
     d = FlightsDashboard()
-    pn.panel(d).get_root(Document())
+    doc = Document()
+    doc.add_root(pn.panel(d).get_root(doc))
+    doc.validate()  # what the server does before sending the page (an unset slider bound: 500)
     assert "No delay-by-hour table yet" in d._hours().data
     assert d.summary()["flights"] == 0
 
