@@ -78,8 +78,11 @@ def batch_id(source: str, state: Any, units: Sequence[Any]) -> str:
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    """The error's first non-blank line, stripped, at most 300 characters (the line
+    breaks are Python's: \x1c-\x1e and \u2028 too, which a value can carry)."""
+    lines = (line.strip() for line in str(e).splitlines())
+    first = next((line for line in lines if line), "")
+    return first[:300].strip() or type(e).__name__
 
 
 def read_capped(src, cap: int, step: int) -> tuple[bytearray, bool]:
