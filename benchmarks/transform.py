@@ -120,7 +120,8 @@ def land(rows: int, files: int, seed: int) -> Path:
             t = t.set_column(i, column, pc.if_else(pa.array(hit), value, t[column]))
         year, month = pc.cast(t["year"], pa.int32()), pc.cast(t["month"], pa.int32())
         for y, m in sorted(set(zip(year.to_pylist(), month.to_pylist(), strict=True))):
-            part = t.filter(pc.and_(pc.equal(year, y), pc.equal(month, m)))
+            own = t.filter(pc.and_(pc.equal(year, y), pc.equal(month, m)))
+            part = own
             earlier = held.get((y, m), [])
             if earlier:  # late updates: earlier rows of the month again, delays changed
                 pool = pa.concat_tables(earlier)
@@ -132,9 +133,7 @@ def land(rows: int, files: int, seed: int) -> Path:
                 later = pc.fill_null(pc.cast(later, pa.string()), "")
                 upd = upd.set_column(upd.schema.get_field_index("arr_delay"), "arr_delay", later)
                 part = pa.concat_tables([part, upd])
-            held.setdefault((y, m), []).append(
-                t.filter(pc.and_(pc.equal(year, y), pc.equal(month, m)))
-            )
+            held.setdefault((y, m), []).append(own)
             folder = out / f"year={y}" / f"month={m}"
             folder.mkdir(parents=True, exist_ok=True)
             pacsv.write_csv(part, folder / f"flights-{n:04d}.csv",
