@@ -51,8 +51,12 @@ def test_a_stopped_server_leaves_no_process_behind(tmp_path, procs):
             except OSError:
                 assert cli.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(0.2)
-        servers = _serving(port)
-        assert len(servers) == (1 if procs == 1 else 1 + procs), servers  # the fault's setup
+        # The port opens when the parent binds it, before it forks its workers: wait for them.
+        want = 1 if procs == 1 else 1 + procs
+        deadline = time.monotonic() + 30
+        while len(servers := _serving(port)) < want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(servers) == want, servers  # the fault's setup
         cli.send_signal(signal.SIGTERM)
         cli.wait(timeout=60)
         deadline = time.monotonic() + 30
