@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dask.dataframe as dd
 import pandas as pd
 import pytest
@@ -95,3 +98,19 @@ def test_commit_into_a_table_another_writer_just_created(settings, monkeypatch):
     monkeypatch.undo()
     assert r.version == 1 and not r.skipped
     assert len(lake.read_pandas("t", settings=settings)) == 20
+
+
+def test_a_pandas_write_does_not_import_dask_dataframe(tmp_path):
+    """write_table took 0.6 s importing dask.dataframe to learn that a pandas frame is not
+    a dask one; a dask frame is still written partition by partition (test above)."""
+    code = (
+        "import sys\n"
+        "import pandas as pd\n"
+        "from riverlake import lake\n"
+        "from riverlake.settings import get_settings\n"
+        f"s = get_settings(lake_url={str(tmp_path / 'lake')!r})\n"
+        "r = lake.write_table('t', pd.DataFrame({'k': [1, 2]}), settings=s)\n"
+        "print(r.rows, 'dask.dataframe' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["2 False"], out.stderr[-2000:]
