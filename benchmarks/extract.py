@@ -3,16 +3,22 @@
 Starts its own NATS JetStream (the stack's nats-server binary) and writes to a local
 lake folder, so it needs no running stack:
 
-    python -m benchmarks.extract [--rate 5000] [--seconds 120]
+    python -m benchmarks.extract [--rate 5000] [--seconds 120] [--rounds 3]
 
 Latency is measured per event: from its publication (a timestamp the publisher puts in
 the event) to the end of the lake commit that made its row visible. The publisher is
 another process (``python -m riverlake.demo replay``), the consumer is Riverlake's
 (micro-batches of at most 5,000 events or 0.5 s). Target: p95 <= 2 s at 5,000 events/s
-for 2 minutes; then the table is read back: every event exactly once (no duplicate
-event id) and the stream's sequence numbers without a gap. Baseline for the connectors:
-the same rows read by the plainest client of each source in the same run (pyarrow.csv
-for files, one httpx GET per page for the API, one SELECT for SQL), reported as a ratio.
+for 2 minutes; each run's table is then read back: every event exactly once (no
+duplicate event id) and the stream's sequence numbers without a gap. ``--rounds`` runs
+(3), each with a new NATS server and lake; the median p95 and its range are reported.
+
+The connectors (files landed by month, an HTTP API with cursor pages, SQL in 4 key
+ranges) against the plainest code doing the same work in the same run: the same input
+read and the same output written (pyarrow reading the drops as text and writing each
+month's part as CSV; httpx GETs or one SELECT, then deltalake writing the table), the
+outputs compared every round (the landed files byte for byte, the tables value by
+value); the rounds take turns at going first and write to new folders.
 
 The results go to stdout; the measurement being made (a spinner on a terminal, a line
 per finished one elsewhere) to stderr.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,24 +148,22 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, res
 
 
-def connectors(tmp: Path) -> dict:
-    import httpx
+def connectors(tmp: Path, rounds: int) -> dict:
+    """Each connector against the plainest code doing the same work: the same input read,
+    the same output written (the landed CSV files; a Delta table of the declared
+    columns), checked equal value by value every round; ``rounds`` rounds, taking turns
+    at going first, each on new output folders."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import sqlalchemy as sa
     import uvicorn
 
-    settings = get_settings(lake_url=str(tmp / "lake2"), home=tmp)
-    out = {}
-    # files: 365 daily gzip CSV drops (336,776 rows)
+    # files: 365 daily gzip CSV drops (336,776 rows), landed by month
     drops = tmp / "drops"
-    s = settings.model_copy(update={"drops_url": str(drops)})
-    demo_drops.deliver_drops(s, *_year())
-    spec = parse_source({"name": "drops", "kind": "files", "url": f"{drops}/*.csv.gz",
-                         "format": "csv", "table": "flights", "schema": None,
-                         "sink": "landing"}, s)  # fmt: skip
-    secs, res = _timed(lambda: ingest.ingest(spec, s, commit_state=False))
-    base, n = _timed(lambda: sum(pacsv.read_csv(p).num_rows for p in sorted(drops.glob("*.gz"))))
-    out["files"] = _rate(res.rows_loaded, secs, n, base)
+    demo_drops.deliver_drops(get_settings(lake_url=str(tmp / "x"), home=tmp,
+                                          drops_url=str(drops)), *_year())  # fmt: skip
+    files = {"name": "drops", "kind": "files", "url": f"{drops}/*.csv.gz", "format": "csv",
+             "table": "flights", "schema": None, "sink": "landing"}  # fmt: skip
     # http: the demo weather API (26,115 records), cursor pages of 2,000
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(demo_api.create_api(), port=port, log_level="warning"))
@@ -166,26 +171,10 @@ def connectors(tmp: Path) -> dict:
     th.start()
     time.sleep(2.0)
     url = f"http://127.0.0.1:{port}/weather"
-    wspec = parse_source({"name": "weather", "kind": "http", "url": url, "table": "weather",
-                          "page_size": 2000, "cursor_field": "updated_at", "key": ["id"],
-                          "schema": {"id": "int64", "origin": "string", "temp": "float64",
-                                     "updated_at": "string"}}, settings)  # fmt: skip
-    secs, res = _timed(lambda: ingest.ingest(wspec, settings))
-
-    def plain_http() -> int:
-        n, cursor = 0, None
-        with httpx.Client() as c:
-            while True:
-                doc = c.get(url, params={"limit": 2000, **({"cursor": cursor} if cursor else {})}
-                            ).json()  # fmt: skip
-                n += len(doc["data"])
-                cursor = doc["next_cursor"]
-                if not cursor:
-                    return n
-
-    base, n = _timed(plain_http)
-    out["http"] = _rate(res.rows_loaded, secs, n, base)
-    server.should_exit = True
+    http = {"name": "weather", "kind": "http", "url": url, "table": "weather", "page_size": 2000,
+            "cursor_field": "updated_at", "key": ["id"],
+            "schema": {"id": "int64", "origin": "string", "temp": "float64",
+                       "updated_at": "string"}}  # fmt: skip
     # sql: SQLite planes x 100 (332,200 rows), 4 key ranges
     db = f"sqlite:///{tmp / 'big.sqlite'}"
     demo_dimensions.seed_dimensions(db)
@@ -195,17 +184,136 @@ def connectors(tmp: Path) -> dict:
             c.execute(sa.text("INSERT INTO planes (tailnum, year, seats, updated_at) "
                               "SELECT tailnum, year, seats, updated_at FROM planes "
                               "WHERE id <= 3322"))  # fmt: skip
-    sspec = parse_source({"name": "planes", "kind": "sql", "url": db, "source_table": "planes",
-                          "columns": ["id", "tailnum", "seats", "updated_at"],
-                          "cursor_column": "updated_at", "split_column": "id", "partitions": 4,
-                          "table": "planes_big",
-                          "schema": {"id": "int64", "tailnum": "string", "seats": "int64",
-                                     "updated_at": "string"}}, settings)  # fmt: skip
-    secs, res = _timed(lambda: ingest.ingest(sspec, settings))
-    with eng.connect() as c:
-        base, n = _timed(lambda: len(c.execute(sa.text(
-            "SELECT id, tailnum, seats, updated_at FROM planes")).fetchall()))  # fmt: skip
-    out["sql"] = _rate(res.rows_loaded, secs, n, base)
+    sql = {"name": "planes", "kind": "sql", "url": db, "source_table": "planes",
+           "columns": ["id", "tailnum", "seats", "updated_at"], "cursor_column": "updated_at",
+           "split_column": "id", "partitions": 4, "table": "planes_big",
+           "schema": {"id": "int64", "tailnum": "string", "seats": "int64",
+                      "updated_at": "string"}}  # fmt: skip
+
+    def riverlake(raw: dict, out: Path) -> tuple[int, object]:
+        settings = get_settings(lake_url=str(out), home=tmp)
+        res = ingest.ingest(parse_source(raw, settings), settings,
+                            commit_state=raw.get("sink") != "landing")  # fmt: skip
+        return res.rows_loaded, settings
+
+    def plain_files(out: Path) -> int:
+        """pyarrow reads each drop as text, splits it by month, writes each part as CSV."""
+        import pyarrow.compute as pc
+
+        n = 0
+        opts = pacsv.ConvertOptions(strings_can_be_null=True)
+        for path in sorted(drops.glob("*.csv.gz")):
+            names = pacsv.read_csv(path, read_options=pacsv.ReadOptions(
+                skip_rows_after_names=1 << 30)).column_names  # fmt: skip
+            opts.column_types = {c: pa.string() for c in names}
+            t = pacsv.read_csv(path, convert_options=opts)
+            n += t.num_rows
+            y, m = pc.cast(t["year"], pa.int32()), pc.cast(t["month"], pa.int32())
+            for year, month in sorted(set(zip(y.to_pylist(), m.to_pylist(), strict=True))):
+                part = t.filter(pc.and_(pc.equal(y, year), pc.equal(m, month)))
+                folder = out / "landing" / "flights" / f"year={year}" / f"month={month:02d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                pacsv.write_csv(part, folder / path.name.removesuffix(".gz"))
+        return n
+
+    def plain_http(out: Path) -> int:
+        """httpx GETs the pages; deltalake writes the records as a table."""
+        import httpx
+        from deltalake import write_deltalake
+
+        rows, cursor = [], None
+        with httpx.Client() as c:
+            while True:
+                doc = c.get(url, params={"limit": 2000, **({"cursor": cursor} if cursor else {})}
+                            ).json()  # fmt: skip
+                rows += doc["data"]
+                cursor = doc["next_cursor"]
+                if not cursor:
+                    break
+        schema = pa.schema([(k, pa.int64() if t == "int64" else pa.float64() if t == "float64"
+                             else pa.string()) for k, t in http["schema"].items()])  # fmt: skip
+        write_deltalake(str(out / "weather"), pa.Table.from_pylist(rows, schema=schema))
+        return len(rows)
+
+    def plain_sql(out: Path) -> int:
+        """One SELECT; deltalake writes the rows as a table."""
+        from deltalake import write_deltalake
+
+        cols = sql["columns"]
+        with eng.connect() as c:
+            rows = c.execute(sa.text(f"SELECT {', '.join(cols)} FROM planes")).fetchall()
+        t = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+        write_deltalake(
+            str(out / "planes_big"),
+            t.cast(
+                pa.schema(
+                    [(c, pa.int64() if sql["schema"][c] == "int64" else pa.string()) for c in cols]
+                )
+            ),
+        )
+        return len(rows)
+
+    def landed(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.csv"))}
+
+    def table(uri: str, columns: list[str]) -> pa.Table:
+        from deltalake import DeltaTable
+
+        t = DeltaTable(uri).to_pyarrow_table(columns=columns)
+        return t.sort_by([(columns[0], "ascending")]).combine_chunks()
+
+    def same(name: str, settings, base: Path) -> str:
+        from riverlake import lake
+
+        if name == "files":
+            a = landed(Path(lake.strip_scheme(lake.landing_uri("flights", settings))))
+            b = landed(base / "landing" / "flights")
+            if a != b:
+                diff = sorted(set(a) ^ set(b)) or [k for k in a if a[k] != b[k]]
+                raise SystemExit(f"files: the landed files differ: {diff[:3]}")
+            return f"{len(a)} landed files, byte for byte"
+        raw = http if name == "http" else sql
+        cols = list(raw["schema"])
+        a = table(lake.table_uri(raw["table"], settings), cols)
+        b = table(str(base / raw["table"]), cols)
+        if not a.cast(b.schema).equals(b):
+            raise SystemExit(f"{name}: the tables differ ({a.num_rows} rows against "
+                             f"{b.num_rows})")  # fmt: skip
+        return f"{a.num_rows:,} rows, every value"
+
+    plain = {"files": plain_files, "http": plain_http, "sql": plain_sql}
+    raws = {"files": files, "http": http, "sql": sql}
+    times = {k: {"riverlake": [], "baseline": []} for k in raws}
+    rows, checked = {}, {}
+    for i in range(rounds):
+        for name, raw in raws.items():
+            sides = ["riverlake", "baseline"] if i % 2 == 0 else ["baseline", "riverlake"]
+            for side in sides:
+                out = tmp / f"{side}-{name}-{i}"
+                t0 = time.perf_counter()
+                if side == "riverlake":
+                    n, settings = riverlake(raw, out)
+                else:
+                    n = plain[name](out)
+                times[name][side].append(time.perf_counter() - t0)
+                if rows.setdefault((name, side), n) != n:
+                    raise SystemExit(f"{name}: {side} read {n} rows, {rows[(name, side)]} before")
+            checked[name] = same(name, settings, tmp / f"baseline-{name}-{i}")
+    server.should_exit = True
+    out = {}
+    for name, t in times.items():
+        ours, base = statistics.median(t["riverlake"]), statistics.median(t["baseline"])
+        n, bn = rows[(name, "riverlake")], rows[(name, "baseline")]
+        out[name] = {
+            "rows": n,
+            "baseline_rows": bn,
+            "riverlake_s": record.spread(t["riverlake"]),
+            "baseline_s": record.spread(t["baseline"]),
+            "rows_per_s": round(n / ours),
+            "baseline_rows_per_s": round(bn / base),
+            "ratio_to_baseline": round((n / ours) / (bn / base), 2),
+            "checked": f"every round: {checked[name]}",
+        }
     return out
 
 
@@ -215,20 +323,11 @@ def _year():
     return date(2013, 1, 1), date(2013, 12, 31)
 
 
-def _rate(rows: int, secs: float, base_rows: int, base_secs: float) -> dict:
-    return {
-        "rows": rows,
-        "seconds": round(secs, 2),
-        "rows_per_s": round(rows / secs),
-        "baseline_rows_per_s": round(base_rows / base_secs),
-        "ratio_to_baseline": round((rows / secs) / (base_rows / base_secs), 2),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-connectors", action="store_true")
     args = p.parse_args()
     from riverlake.ops.progress import Screen
@@ -236,12 +335,30 @@ def main() -> None:
     screen = Screen()
     tmp = Path(tempfile.mkdtemp(prefix="riverlake-extract-"))
     try:
-        with screen.step(f"stream latency: {args.rate:g} events/s for {args.seconds:g}s"):
-            result = {"stream": stream_latency(tmp, args.rate, args.seconds)}
+        runs = []
+        for i in range(args.rounds):
+            with screen.step(f"stream run {i + 1}/{args.rounds}: {args.rate:g} events/s for "
+                             f"{args.seconds:g}s"):  # fmt: skip
+                (tmp / f"stream-{i}").mkdir()
+                runs.append(stream_latency(tmp / f"stream-{i}", args.rate, args.seconds))
+        p95 = [r["latency_p95_s"] for r in runs]
+        result = {"stream": {
+            "runs": runs,
+            "latency_p95_s": record.spread(p95),
+            "latency_p50_s": record.spread([r["latency_p50_s"] for r in runs]),
+            "latency_max_s": max(r["latency_max_s"] for r in runs),
+            "target_p95_s": TARGET_P95_S,
+            "every_event_once": all(
+                r["events_committed"] == r["events_published"] == r["read_back"]["rows"]
+                and r["read_back"]["duplicate_event_ids"] == r["read_back"]["sequence_gaps"] == 0
+                for r in runs),
+        }}  # fmt: skip
         print(json.dumps(result, indent=2), flush=True)
         if not args.skip_connectors:
-            with screen.step("connectors: files, HTTP and SQL against their baselines"):
-                result["connectors"] = connectors(tmp)
+            with screen.step(f"connectors: files, HTTP and SQL against the plainest code doing "
+                             f"the same work, {args.rounds} rounds"):  # fmt: skip
+                (tmp / "connectors").mkdir()
+                result["connectors"] = connectors(tmp / "connectors", args.rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     record.write("extract", result)
