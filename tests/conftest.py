@@ -17,6 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
+# Flows run by unit tests (no API URL) start Prefect's ephemeral server, which creates its
+# database first: Prefect waits 20 s for it by default, which a loaded 2-core CI machine
+# once exceeded. Set before Prefect is imported (its settings are read then).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 
 def need(condition: bool, reason: str) -> None:
     """Skip the test on a user's machine when ``condition`` is false (in CI: fail it)."""

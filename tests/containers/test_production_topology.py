@@ -326,8 +326,12 @@ def test_prometheus_scrapes_the_metrics_exporter(topo, first_run, tmp_path):
     ip = topo.podman.ip(tp.container_name(apps, "metrics"))
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
+    # The exporter computes at scrape time (every table's log read: 0.7 s for 20 tables on a
+    # quiet machine, seconds in loaded containers): Prometheus's own default timeout, 10 s,
+    # as in production (kube-prometheus-stack). A 2 s interval capped the timeout at 2 s,
+    # and every scrape of a loaded CI run timed out.
     cfg.write_text(json.dumps({
-        "global": {"scrape_interval": "2s"},
+        "global": {"scrape_interval": "10s", "scrape_timeout": "10s"},
         "scrape_configs": [{"job_name": "riverlake", "static_configs": [
             {"targets": [f"{ip}:9108"]}]}]}))  # fmt: skip
     prom = subprocess.Popen([shutil.which("prometheus"), f"--config.file={cfg}",
@@ -344,8 +348,19 @@ def test_prometheus_scrapes_the_metrics_exporter(topo, first_run, tmp_path):
             return None
 
     try:
-        rows = tp.wait_for(lambda: query('riverlake_table_rows{table="flights"}'), 90,
-                           "Prometheus to scrape the exporter")  # fmt: skip
+        try:
+            rows = tp.wait_for(lambda: query('riverlake_table_rows{table="flights"}'), 90,
+                               "Prometheus to scrape the exporter")  # fmt: skip
+        except TimeoutError as e:  # say why: the target's last scrape, as Prometheus saw it
+            url = f"http://127.0.0.1:{port}/api/v1/targets"
+            try:
+                with urllib.request.urlopen(url, timeout=3) as r:
+                    targets = [{k: t.get(k) for k in ("health", "lastError",
+                                                      "lastScrapeDuration")}
+                               for t in json.loads(r.read())["data"]["activeTargets"]]  # fmt: skip
+            except OSError as err:
+                targets = f"Prometheus did not answer: {err}"
+            raise TimeoutError(f"{e}; targets: {targets}") from None
         up = query('up{job="riverlake"}')
     finally:
         prom.terminate()
