@@ -746,12 +746,7 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
             app_id=f"{table}:{batch}", schema=schema, settings=settings,
         ).rows  # fmt: skip
 
-    # Independent tables: their S3 round trips overlap. Each thread runs in a copy of this
-    # task's context, so the lake's log lines reach the task run in Prefect.
-    contexts = [contextvars.copy_context() for _ in writes]
-    with ThreadPoolExecutor(max_workers=max(1, len(writes))) as pool:
-        rows = pool.map(lambda ctx, t: ctx.run(write, t), contexts, writes)
-        out = dict(zip(writes, rows, strict=True))
+    out = dict(zip(writes, in_threads(write, [(t,) for t in writes]), strict=True))
     return {g.table: out.get(g.table, 0) for g in p.gold}
 
 
@@ -860,40 +855,57 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
         scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
         recompute |= scope - _months_of(partials_table(g), settings, PART)
     recompute = sorted(recompute)
-    writes = {}
+    zone = _zone(p)
+    models = [g.model_copy(update={"by": [*g.by, *PART]}) for g in golds]
     with get_dask_client():
         frame = lake.read_table(c.table, columns=_columns_needed(golds, types, c.partition_by),
                                 filters=_gold_filters(recompute, ["year", "month"]),
-                                settings=settings).persist()  # fmt: skip
+                                settings=settings)  # fmt: skip
         parts = frame.to_delayed()
-        for g in golds:
-            gm = g.model_copy(update={"by": [*g.by, *PART]})
-            zone = _zone(p)
-            computed = dask.compute(*[dask.delayed(_month_partials)(x, gm, zone) for x in parts])
-            wide, counts = declared.combine(list(computed), gm)
-            for name in [None, *counts]:
-                f = _in_months(wide if name is None else counts[name], recompute, PART)
-                table = partials_table(g, name)
-                _replace_months(table, f, recompute, f"{table}:{batch}", settings)
-            if lake.table(partials_table(g), settings) is None:
-                continue  # no curated row in its scope yet
-            part = p.gold_partition_by(g)
-            filters = [(PART[0], "in", sorted(years))] if part else []
-            stored = lake.read_pandas(partials_table(g), filters=filters, settings=settings)
-            stored_counts = {}
-            for name, m in g.measures.items():
-                if m.how != "quantile":
-                    continue
-                if lake.table(partials_table(g, name), settings) is None:  # no value yet
-                    stored_counts[name] = pd.DataFrame(columns=[*g.group_keys(), "__value",
-                                                                "__count"])  # fmt: skip
-                    continue
-                stored_counts[name] = lake.read_pandas(
-                    partials_table(g, name), filters=filters, settings=settings
-                ).drop(columns=PART)
-            combined = declared.combine([(stored.drop(columns=PART), stored_counts)], g)
-            writes[g.table] = (declared.finish(combined, g), part, declared.gold_schema(g, types))
-    return writes
+        computed = dask.compute(*[[dask.delayed(_month_partials)(x, gm, zone) for x in parts]
+                                  for gm in models])  # fmt: skip
+    partials = []  # (partials table, its rows of the recomputed months)
+    for gm, g, states in zip(models, golds, computed, strict=True):
+        wide, counts = declared.combine(list(states), gm)
+        for name in [None, *counts]:
+            f = _in_months(wide if name is None else counts[name], recompute, PART)
+            partials.append((partials_table(g, name), f))
+    # Independent tables, each its own commit: their S3 round trips overlap.
+    in_threads(lambda table, f: _replace_months(table, f, recompute, f"{table}:{batch}",
+                                                settings), partials)  # fmt: skip
+
+    def stored(g) -> tuple | None:
+        """The gold table from the stored partials of its scope."""
+        if lake.table(partials_table(g), settings) is None:
+            return None  # no curated row in its scope yet
+        part = p.gold_partition_by(g)
+        filters = [(PART[0], "in", sorted(years))] if part else []
+        rows = lake.read_pandas(partials_table(g), filters=filters, settings=settings)
+        stored_counts = {}
+        for name, m in g.measures.items():
+            if m.how != "quantile":
+                continue
+            if lake.table(partials_table(g, name), settings) is None:  # no value yet
+                stored_counts[name] = pd.DataFrame(columns=[*g.group_keys(), "__value",
+                                                            "__count"])  # fmt: skip
+                continue
+            stored_counts[name] = lake.read_pandas(
+                partials_table(g, name), filters=filters, settings=settings
+            ).drop(columns=PART)
+        combined = declared.combine([(rows.drop(columns=PART), stored_counts)], g)
+        return declared.finish(combined, g), part, declared.gold_schema(g, types)
+
+    built = in_threads(stored, [(g,) for g in golds])
+    return {g.table: w for g, w in zip(golds, built, strict=True) if w is not None}
+
+
+def in_threads(fn, calls: list[tuple]) -> list:
+    """``fn(*args)`` for each of ``calls`` at once, in threads (independent S3 round trips
+    overlap); each thread runs in a copy of this context, so log lines reach the task
+    run in Prefect. Results in order; the first error is raised."""
+    contexts = [contextvars.copy_context() for _ in calls]
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        return list(pool.map(lambda ctx, args: ctx.run(fn, *args), contexts, calls))
 
 
 # --------------------------------------------------------------------------- the flow
