@@ -895,6 +895,7 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
         combined = declared.combine([(rows.drop(columns=PART), stored_counts)], g)
         return declared.finish(combined, g), part, declared.gold_schema(g, types)
 
+    del computed, partials  # every gold's partial states: no longer needed
     built = in_threads(stored, [(g,) for g in golds])
     return {g.table: w for g, w in zip(golds, built, strict=True) if w is not None}
 
@@ -902,9 +903,10 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
 def in_threads(fn, calls: list[tuple]) -> list:
     """``fn(*args)`` for each of ``calls`` at once, in threads (independent S3 round trips
     overlap); each thread runs in a copy of this context, so log lines reach the task
-    run in Prefect. Results in order; the first error is raised."""
+    run in Prefect. At most 8 at once (a pipeline may declare many gold tables and
+    measures). Results in order; the first error is raised once every call has ended."""
     contexts = [contextvars.copy_context() for _ in calls]
-    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(calls)))) as pool:
         return list(pool.map(lambda ctx, args: ctx.run(fn, *args), contexts, calls))
 
 

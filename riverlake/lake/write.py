@@ -537,9 +537,13 @@ def write_table(
     schema is checked against the table's before any file is written.
     """
     # A dask frame means dask.dataframe is imported: pandas and Arrow writes do not import
-    # it (0.6 s).
-    dd = sys.modules.get("dask.dataframe")
-    is_dask = dd is not None and isinstance(data, dd.DataFrame)
+    # it (0.6 s). The import statement, not the module table, so that a write during
+    # another thread's first import of it waits for that import to finish.
+    is_dask = False
+    if "dask.dataframe" in sys.modules:
+        import dask.dataframe as dd
+
+        is_dask = isinstance(data, dd.DataFrame)
     settings = settings or get_settings()
     uri = table_uri(name, settings)
     dt = open_table(uri, settings)
