@@ -15,8 +15,10 @@ duplicate event id) and the stream's sequence numbers without a gap. ``--rounds`
 
 The connectors (files landed by month, an HTTP API with cursor pages, SQL in 4 key
 ranges) against the plainest code doing the same work in the same run: the same input
-read and the same output written (pyarrow reading the drops as text and writing each
-month's part as CSV; httpx GETs or one SELECT, then deltalake writing the table), the
+read and the same output written on the same threads (pyarrow reading the drops as
+text and writing each month's part as CSV, the drops on the connector's thread pool;
+httpx GETs, or a SELECT per key range on as many threads as the connector's 4 ranges,
+then deltalake writing the table), the
 outputs compared every round (the landed files byte for byte, the tables value by
 value); the rounds take turns at going first and write to new folders.
 
@@ -27,6 +29,8 @@ per finished one elsewhere) to stderr.
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import shutil
 import statistics
@@ -197,24 +201,25 @@ def connectors(tmp: Path, rounds: int) -> dict:
         return res.rows_loaded, settings
 
     def plain_files(out: Path) -> int:
-        """pyarrow reads each drop as text, splits it by month, writes each part as CSV."""
+        """pyarrow reads each drop as text, splits it by month, writes each part as CSV; the
+        drops on as many threads as the connector's units get (``ingest.thread_map``)."""
         import pyarrow.compute as pc
 
-        n = 0
-        opts = pacsv.ConvertOptions(strings_can_be_null=True)
-        for path in sorted(drops.glob("*.csv.gz")):
-            names = pacsv.read_csv(path, read_options=pacsv.ReadOptions(
-                skip_rows_after_names=1 << 30)).column_names  # fmt: skip
-            opts.column_types = {c: pa.string() for c in names}
+        def one(path: Path) -> int:
+            with gzip.open(path, "rt") as f:  # the header only: each drop is read once
+                names = next(csv.reader(f))
+            opts = pacsv.ConvertOptions(strings_can_be_null=True,
+                                        column_types={c: pa.string() for c in names})  # fmt: skip
             t = pacsv.read_csv(path, convert_options=opts)
-            n += t.num_rows
             y, m = pc.cast(t["year"], pa.int32()), pc.cast(t["month"], pa.int32())
             for year, month in sorted(set(zip(y.to_pylist(), m.to_pylist(), strict=True))):
                 part = t.filter(pc.and_(pc.equal(y, year), pc.equal(m, month)))
                 folder = out / "landing" / "flights" / f"year={year}" / f"month={month:02d}"
                 folder.mkdir(parents=True, exist_ok=True)
                 pacsv.write_csv(part, folder / path.name.removesuffix(".gz"))
-        return n
+            return t.num_rows
+
+        return sum(ingest.thread_map(one, sorted(drops.glob("*.csv.gz"))))
 
     def plain_http(out: Path) -> int:
         """httpx GETs the pages; deltalake writes the records as a table."""
@@ -236,21 +241,24 @@ def connectors(tmp: Path, rounds: int) -> dict:
         return len(rows)
 
     def plain_sql(out: Path) -> int:
-        """One SELECT; deltalake writes the rows as a table."""
+        """A SELECT per key range, as many as the connector's (4), on as many threads;
+        deltalake writes the rows as a table."""
         from deltalake import write_deltalake
 
-        cols = sql["columns"]
+        cols, k = sql["columns"], sql["partitions"]
         with eng.connect() as c:
-            rows = c.execute(sa.text(f"SELECT {', '.join(cols)} FROM planes")).fetchall()
+            hi = c.execute(sa.text("SELECT max(id) FROM planes")).scalar()
+
+        def part(i: int) -> list:
+            lo, top = i * hi // k, (i + 1) * hi // k
+            with eng.connect() as c:
+                return c.execute(sa.text(f"SELECT {', '.join(cols)} FROM planes WHERE id > {lo} "
+                                         f"AND id <= {top}")).fetchall()  # fmt: skip
+
+        rows = [r for chunk in ingest.thread_map(part, list(range(k))) for r in chunk]
         t = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
-        write_deltalake(
-            str(out / "planes_big"),
-            t.cast(
-                pa.schema(
-                    [(c, pa.int64() if sql["schema"][c] == "int64" else pa.string()) for c in cols]
-                )
-            ),
-        )
+        types = [(c, pa.int64() if sql["schema"][c] == "int64" else pa.string()) for c in cols]
+        write_deltalake(str(out / "planes_big"), t.cast(pa.schema(types)))
         return len(rows)
 
     def landed(root: Path) -> dict[str, bytes]:

@@ -148,8 +148,8 @@ def extract(r: dict) -> tuple[str, str, str]:
 
 
 def overhead(r: dict) -> tuple[str, str, str]:
-    figures = (f"`{r['what']}` on a new lake: {_spread(r['command_wall_s'])}, the same work "
-               f"without orchestration {_spread(r['baseline_s'])} (overhead "
+    figures = (f"`{r['what']}` on a new lake: {_spread(r['command_wall_s'])}, the same "
+               f"tables written without orchestration {_spread(r['baseline_s'])} (overhead "
                f"{_s(r['overhead_s'])}); the next day {_spread(r['next_day_command_wall_s'])}, "
                f"without {_spread(r['next_day_baseline_s'])}; the lakes equal value by "
                "value")  # fmt: skip
