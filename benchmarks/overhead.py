@@ -46,13 +46,6 @@ DAY = "2013-03-05"
 NEXT_DAY = "2013-03-06"
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 TARGET_S = 4.0
-GOLD_KEYS = {  # the key columns of each gold table, to match rows on
-    "carrier_origin_daily": ["year", "month", "flight_date", "carrier", "origin"],
-    "route_stats": ["year", "origin", "dest"],
-    "delay_by_hour": ["year", "hour"],
-    "delay_by_weather": ["year", "condition", "bucket"],
-    "daily_on_time": ["flight_date"],
-}
 
 
 def run_cli(lake_url: str, day: str) -> tuple[float, float]:
@@ -196,7 +189,7 @@ def lake_contents(lake_url: str) -> dict[str, list[dict]]:
 def same_lakes(a_url: str, b_url: str) -> dict[str, int]:
     """Rows per table when the two lakes hold the same rows (numbers within 1e-9), else
     SystemExit with the first difference."""
-    from benchmarks.transform import same_records
+    from benchmarks.transform import GOLD_KEYS, same_records
 
     a, b = lake_contents(a_url), lake_contents(b_url)
     if set(a) != set(b):
