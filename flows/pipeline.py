@@ -842,9 +842,10 @@ def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settin
 
 def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> dict[str, tuple]:
     """Gold tables over a year or all time, from mergeable partial states: the touched
-    months' partials are recomputed from their rows (and any month of the scope whose
-    partials are missing, e.g. on the first run), stored per month, then the stored
-    partials of the scope are combined. Exact: sums, counts and value counts add up."""
+    months' partials are recomputed from their rows (and any month of the scope missing
+    from one of its partial tables: on the first run, or after a failed one), stored per
+    month, then the stored partials of the scope are combined. Exact: sums, counts and
+    value counts add up."""
     import dask
 
     c = p.curated
@@ -853,7 +854,11 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     recompute = set(months)
     for g in golds:
         scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
-        recompute |= scope - _months_of(partials_table(g), settings, PART)
+        # Each of its partial tables (a quantile's value counts have their own) is its
+        # own commit, so a failed run can leave one without a month another holds. (A
+        # month whose values are all null has no counts and is recomputed each time.)
+        for table in p.partial_tables(g):
+            recompute |= scope - _months_of(table, settings, PART)
     recompute = sorted(recompute)
     zone = _zone(p)
     models = [g.model_copy(update={"by": [*g.by, *PART]}) for g in golds]
