@@ -532,23 +532,30 @@ def combine(parts: Sequence[tuple[pd.DataFrame, dict[str, pd.DataFrame]]], gold:
 
 
 def _quantile(counts: pd.DataFrame, keys: list[str], q: float) -> pd.DataFrame:
-    """Exact quantile per group from value counts (pandas' linear interpolation)."""
-    rows = []
+    """Exact quantile per group from value counts (pandas' linear interpolation), for
+    every group at once: the counts sorted by group then value, one running total, and
+    each group's two ranks found in it. The keys keep their types (a null in a nullable
+    integer key stays one)."""
     if counts.empty:  # no value at all: no group, or (without keys) one row of NaN
         return pd.DataFrame([] if keys else [[np.nan]], columns=[*keys, "__q"])
-    groups = counts.groupby(keys, observed=True, dropna=False) if keys else [((), counts)]
-    for key, c in groups:
-        c = c.sort_values("__value")
-        values = c["__value"].to_numpy(dtype="float64")
-        cum = np.cumsum(c["__count"].to_numpy())
-        n = int(cum[-1])
-        h = (n - 1) * q
-        lo, hi = int(np.floor(h)), int(np.ceil(h))
-        v_lo = values[np.searchsorted(cum, lo, side="right")]
-        v_hi = values[np.searchsorted(cum, hi, side="right")]
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append((*key, v_lo + (h - lo) * (v_hi - v_lo)))
-    return pd.DataFrame(rows, columns=[*keys, "__q"])
+    if keys:  # groups numbered in key order, null keys a group of their own
+        group = counts.groupby(keys, observed=True, dropna=False).ngroup().to_numpy()
+    else:
+        group = np.zeros(len(counts), dtype="int64")
+    values = counts["__value"].to_numpy(dtype="float64")
+    order = np.lexsort((values, group))
+    group, values = group[order], values[order]
+    cum = np.cumsum(counts["__count"].to_numpy(dtype="int64")[order])
+    first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # each group's first row
+    before = np.r_[0, cum][first]  # values counted in the groups before it
+    n = np.r_[cum[first[1:] - 1], cum[-1]] - before
+    h = (n - 1) * q
+    lo, hi = np.floor(h), np.ceil(h)
+    v_lo = values[np.searchsorted(cum, before + lo, side="right")]
+    v_hi = values[np.searchsorted(cum, before + hi, side="right")]
+    out = counts[keys].iloc[order[first]].reset_index(drop=True)
+    out["__q"] = v_lo + (h - lo) * (v_hi - v_lo)
+    return out
 
 
 def finish(parts, gold: Any) -> pd.DataFrame:

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riverlake.analytics import declared
 from riverlake.analytics.contracts import split
@@ -252,3 +254,40 @@ def test_a_month_bin_of_a_zoned_event_time_is_its_local_month():
     assert out["bin"].iloc[0].tz_convert("America/Los_Angeles") == pd.Timestamp(
         "2013-01-01", tz="America/Los_Angeles"
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 3, None]),
+            st.sampled_from(["a", "b", None]),
+            st.one_of(
+                st.none(), st.integers(-5, 5).map(float), st.floats(-1e6, 1e6, allow_nan=False)
+            ),
+        ),
+        max_size=60,
+    ),
+    q=st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.99, 1.0]),
+    parts=st.integers(1, 4),
+)
+def test_exact_quantiles_equal_pandas_for_any_groups_and_any_split(rows, q, parts):
+    """A gold quantile per group (null keys a group of their own, values with ties and
+    nulls) equals pandas' linear quantile of the group, whatever the split of the rows
+    into partials."""
+    df = pd.DataFrame(rows, columns=["k", "s", "x"]).astype(
+        {"k": "Int64", "s": "string", "x": "float64"})  # fmt: skip
+    gold = Gold(table="g", by=["k", "s"], measures={"p": {"quantile": "x", "q": q}})
+    chunks = [df.iloc[i::parts] for i in range(parts)]
+    got = declared.finish(declared.combine([declared.partials(c, gold) for c in chunks],
+                                           gold), gold)  # fmt: skip
+    want = df.groupby(["k", "s"], dropna=False)["x"].quantile(q).reset_index(name="p")
+    assert len(got) == len(want)
+    key = lambda f: [(str(a), str(b)) for a, b in zip(f["k"], f["s"], strict=True)]  # noqa: E731
+    got_by = dict(zip(key(got), got["p"], strict=True))
+    want_by = dict(zip(key(want), want["p"], strict=True))
+    assert got_by.keys() == want_by.keys()
+    for k, v in want_by.items():
+        assert (np.isnan(v) and np.isnan(got_by[k])) or got_by[k] == pytest.approx(
+            v, rel=1e-12, abs=1e-9
+        ), k
