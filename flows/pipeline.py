@@ -37,6 +37,7 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
@@ -49,6 +50,7 @@ from prefect.tasks import exponential_backoff
 
 from riverlake import lake, pipelines
 from riverlake.analytics import declared
+from riverlake.analytics.analysis import is_dask
 from riverlake.analytics.contracts import quality_report, split
 from riverlake.flows.runner import export_storage_credentials, pipeline_task_runner, verify_cluster
 from riverlake.pipelines.model import (
@@ -773,10 +775,9 @@ def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tu
     widest = min(scopes, key=len)  # the fewest partition columns: the most rows to read
     years = sorted({y for y, _ in months})
     writes = {}
-    with get_dask_client():
-        frame = lake.read_table(c.table, columns=_columns_needed(golds, types, c.partition_by),
-                                filters=_gold_filters(months, widest),
-                                settings=settings).persist()  # fmt: skip
+    with _curated_rows(c.table, _columns_needed(golds, types, c.partition_by),
+                       _gold_filters(months, widest), settings) as frame:  # fmt: skip
+        frame = frame.persist() if is_dask(frame) else frame
         for g, part in zip(golds, scopes, strict=True):
             scoped = frame  # each table from the rows of its touched partitions only
             if part and len(widest) < 1:
@@ -791,6 +792,23 @@ def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tu
                 schema = declared.gold_schema(g, types)
             writes[g.table] = (_touched(out, months, part), part, schema)
     return writes
+
+
+@contextmanager
+def _curated_rows(table: str, columns: list[str], filters: list, settings):
+    """The curated rows the gold step reads: a pandas frame when their files are small
+    (``settings.gold_in_pandas_bytes``: a daily run's month), else a dask frame, inside
+    the run's Dask client."""
+    schema, _, files = lake.table_files(table, filters, settings=settings)
+    size = sum(f["size"] for f in files)
+    small = size <= settings.gold_in_pandas_bytes
+    get_run_logger().info("gold reads %d curated file(s), %.1f MB, %s", len(files), size / 1e6,
+                          "into pandas" if small else "as a dask frame")  # fmt: skip
+    if small:
+        yield lake.read_files(schema, files, columns, filters, settings)
+        return
+    with get_dask_client():
+        yield lake.read_table(table, columns=columns, filters=filters, settings=settings)
 
 
 #: The partition columns of a partials table: the curated month each partial is of (not
@@ -846,8 +864,6 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     from one of its partial tables: on the first run, or after a failed one), stored per
     month, then the stored partials of the scope are combined. Exact: sums, counts and
     value counts add up."""
-    import dask
-
     c = p.curated
     curated_months = _months_of(c.table, settings)
     years = {y for y, _ in months}
@@ -862,13 +878,16 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     recompute = sorted(recompute)
     zone = _zone(p)
     models = [g.model_copy(update={"by": [*g.by, *PART]}) for g in golds]
-    with get_dask_client():
-        frame = lake.read_table(c.table, columns=_columns_needed(golds, types, c.partition_by),
-                                filters=_gold_filters(recompute, ["year", "month"]),
-                                settings=settings)  # fmt: skip
-        parts = frame.to_delayed()
-        computed = dask.compute(*[[dask.delayed(_month_partials)(x, gm, zone) for x in parts]
-                                  for gm in models])  # fmt: skip
+    with _curated_rows(c.table, _columns_needed(golds, types, c.partition_by),
+                       _gold_filters(recompute, ["year", "month"]), settings) as frame:  # fmt: skip
+        if is_dask(frame):  # each file's partials on the workers; only the partials travel
+            import dask
+
+            parts = frame.to_delayed()
+            computed = dask.compute(*[[dask.delayed(_month_partials)(x, gm, zone)
+                                       for x in parts] for gm in models])  # fmt: skip
+        else:
+            computed = [[_month_partials(frame, gm, zone)] for gm in models]
     partials = []  # (partials table, its rows of the recomputed months)
     for gm, g, states in zip(models, golds, computed, strict=True):
         wide, counts = declared.combine(list(states), gm)
@@ -879,29 +898,37 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     in_threads(lambda table, f: _replace_months(table, f, recompute, f"{table}:{batch}",
                                                 settings), partials)  # fmt: skip
 
+    def scope_filters(g) -> list:
+        return [(PART[0], "in", sorted(years))] if p.gold_partition_by(g) else []
+
+    # Every partial table of every gold read at once (route_stats has 7): None where the
+    # table does not exist yet (no curated row in the scope, or no value of a measure).
+    quantiles = {g.table: [n for n, m in g.measures.items() if m.how == "quantile"]
+                 for g in golds}  # fmt: skip
+    reads = [(g, name) for g in golds for name in [None, *quantiles[g.table]]]
+    del computed, partials  # every gold's partial states: no longer needed
+    frames = dict(zip(((g.table, name) for g, name in reads), in_threads(
+        lambda g, name: lake.read_pandas(partials_table(g, name), filters=scope_filters(g),
+                                         missing_ok=True, settings=settings), reads),
+        strict=True))  # fmt: skip
+
     def stored(g) -> tuple | None:
         """The gold table from the stored partials of its scope."""
-        if lake.table(partials_table(g), settings) is None:
+        rows = frames[(g.table, None)]
+        if rows is None:
             return None  # no curated row in its scope yet
-        part = p.gold_partition_by(g)
-        filters = [(PART[0], "in", sorted(years))] if part else []
-        rows = lake.read_pandas(partials_table(g), filters=filters, settings=settings)
         stored_counts = {}
         for name, m in g.measures.items():
             if m.how != "quantile":
                 continue
-            if lake.table(partials_table(g, name), settings) is None:  # no value yet
-                stored_counts[name] = pd.DataFrame(columns=[*g.group_keys(), "__value",
-                                                            "__count"])  # fmt: skip
-                continue
-            stored_counts[name] = lake.read_pandas(
-                partials_table(g, name), filters=filters, settings=settings
-            ).drop(columns=PART)
+            counts = frames[(g.table, name)]
+            stored_counts[name] = (
+                pd.DataFrame(columns=[*g.group_keys(), "__value", "__count"])
+                if counts is None else counts.drop(columns=PART))  # fmt: skip
         combined = declared.combine([(rows.drop(columns=PART), stored_counts)], g)
-        return declared.finish(combined, g), part, declared.gold_schema(g, types)
+        return declared.finish(combined, g), p.gold_partition_by(g), declared.gold_schema(g, types)
 
-    del computed, partials  # every gold's partial states: no longer needed
-    built = in_threads(stored, [(g,) for g in golds])
+    built = [stored(g) for g in golds]
     return {g.table: w for g, w in zip(golds, built, strict=True) if w is not None}
 
 

@@ -149,6 +149,14 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(
         8787, description="Port of the local Dask dashboard; 0 picks a free one."
     )
+    gold_in_pandas_bytes: int = Field(
+        32 << 20,
+        ge=0,
+        description="Up to this many bytes of curated files, the gold step reads them "
+        "straight into pandas in the task's process (a daily run's month is about 1 MB): "
+        "there, importing dask's dataframe and running a graph on the cluster cost more "
+        "than the work. Larger reads are dask frames reduced on the workers. 0: always dask.",
+    )
 
     image: str = Field(
         "ghcr.io/riverlake/riverlake:0.1.0",

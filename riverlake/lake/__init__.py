@@ -30,7 +30,7 @@ from riverlake.lake.names import (
     STATE_PREFIX,
     TABLES,
 )
-from riverlake.lake.read import read_fragment, read_pandas, read_table, table_files
+from riverlake.lake.read import read_files, read_fragment, read_pandas, read_table, table_files
 from riverlake.lake.store import (
     check_store,
     filesystem,
@@ -62,7 +62,8 @@ __all__ = [
     "SOURCE_QUARANTINE", "STATE_PREFIX", "TABLES", "Batch", "CommitConflict", "CommitResult",
     "Table", "WriteMode", "check_store", "commit", "committed", "filesystem", "fs_options",
     "is_quarantine", "lake_root", "landing_uri", "last_per_key", "list_tables", "merge_table",
-    "null_key_rows", "optimize", "prune_quarantine", "read_fragment", "read_pandas", "read_state",
+    "null_key_rows", "optimize", "prune_quarantine", "read_files", "read_fragment", "read_pandas",
+    "read_state",
     "read_table", "s3_client_options", "schema_changes", "storage_options", "strip_scheme",
     "table", "table_files",
     "table_uri", "table_version", "vacuum", "write_fragments", "write_table",

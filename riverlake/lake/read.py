@@ -1,4 +1,5 @@
-"""Reading: a table as a dask DataFrame, one partition per data file, pruned by partition."""
+"""Reading: a table as a dask DataFrame, one partition per data file, pruned by partition;
+a small one straight into pandas."""
 
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ def table_files(
     version: int | None = None,
     as_of: datetime | str | None = None,
     settings: Settings | None = None,
-) -> tuple[pa.Schema, list[str], list[dict[str, Any]]]:
-    """The arrow schema, partition columns and live files of a table after partition pruning."""
+    missing_ok: bool = False,
+) -> tuple[pa.Schema, list[str], list[dict[str, Any]]] | None:
+    """The arrow schema, partition columns and live files of a table after partition
+    pruning; a table that does not exist is an error, or None with ``missing_ok``."""
     settings = settings or get_settings()
     uri = table_uri(name, settings)
     dt = open_table(uri, settings, version=version)
+    if dt is None and missing_ok:
+        return None
     if dt is None:
         raise LakeError(f"table {name!r} does not exist in {settings.lake_url}")
     if as_of is not None:
@@ -128,6 +133,48 @@ def read_table(
     )
 
 
-def read_pandas(name: str, **kwargs: Any) -> pd.DataFrame:
-    """A small table (a gold table, a dimension) read straight into pandas."""
-    return read_table(name, **kwargs).compute(scheduler="threads")
+def read_pandas(
+    name: str,
+    columns: Sequence[str] | None = None,
+    filters: Sequence[Filter] = (),
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+    settings: Settings | None = None,
+    missing_ok: bool = False,
+) -> pd.DataFrame | None:
+    """A small table (a gold table, a dimension) read straight into pandas: what
+    :func:`read_table` gives, computed, without building (or importing) a dask graph.
+    A table that does not exist is an error, or None with ``missing_ok``."""
+    settings = settings or get_settings()
+    found = table_files(name, filters, version, as_of, settings, missing_ok=missing_ok)
+    if found is None:
+        return None
+    schema, _, files = found
+    return read_files(schema, files, columns, filters, settings)
+
+
+def read_files(
+    schema: pa.Schema,
+    files: Sequence[dict[str, Any]],
+    columns: Sequence[str] | None,
+    filters: Sequence[Filter],
+    settings: Settings,
+) -> pd.DataFrame:
+    """Files of :func:`table_files` read into one pandas frame, at most 8 at once (the
+    reads wait on the store and release the GIL), in their order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    cols = list(columns) if columns else schema.names
+    if not files:
+        out = schema.empty_table().select(cols).to_pandas(date_as_object=False)
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+            frames = list(pool.map(lambda f: read_fragment(f, schema, cols, list(filters),
+                                                           settings), files))  # fmt: skip
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    # Text as the dask read gives it (dask's convert-string): pyarrow strings with pd.NA.
+    text = {c: pd.StringDtype("pyarrow") for c, t in out.dtypes.items()
+            if isinstance(t, pd.StringDtype) and t.na_value is not pd.NA}  # fmt: skip
+    return out.astype(text) if text else out

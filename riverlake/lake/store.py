@@ -126,11 +126,13 @@ def check_store(settings: Settings) -> None:
 
 
 def open_table(uri: str, settings: Settings | None = None, version: int | None = None):
-    """The DeltaTable at ``uri``, or None when no table exists there yet."""
+    """The DeltaTable at ``uri``, or None when no table exists there yet (one read of
+    its log: asking ``is_deltatable`` first would list the log twice)."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
     settings = settings or get_settings()
-    opts = storage_options(settings)
-    if not DeltaTable.is_deltatable(uri, storage_options=opts):
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage_options(settings))
+    except TableNotFoundError:  # no folder, or no commit in its log
         return None
-    return DeltaTable(uri, version=version, storage_options=opts)

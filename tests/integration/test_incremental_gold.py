@@ -9,6 +9,9 @@ hold exactly the months of the curated table."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,12 +19,26 @@ import pytest
 from riverlake import lake, pipelines
 from riverlake.analytics import declared
 from riverlake.settings import get_settings
-from tests.integration.test_transform_pipeline import run
+from tests.conftest import riverlake_cli
 
 pytestmark = pytest.mark.integration
 
 LAKE = "s3://riverlake-test/incremental"
 DAYS = ["2013-01-30", "2013-01-31", "2013-02-01", "2013-02-02"]
+
+
+def run_day(lake_url: str, day: str, dask: bool = False) -> dict:
+    """A one-day run; its log says how the gold step read the curated rows: a small
+    month into pandas (the default), or, with ``dask``, a dask frame on the cluster."""
+    env = {"RIVERLAKE_LAKE_URL": lake_url} | ({"RIVERLAKE_GOLD_IN_PANDAS_BYTES": "0"} if dask
+                                              else {})  # fmt: skip
+    res = riverlake_cli("run", "flights", "--json", "--start", day, "--end", day, env=env,
+                        timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    how = re.findall(r"gold reads \d+ curated file\(s\), [\d.]+ MB, (into pandas|as a dask frame)",
+                     res.stderr)  # fmt: skip
+    assert how and set(how) == {"as a dask frame" if dask else "into pandas"}, how
+    return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
 
 
 def partials(table: str, measure: str | None = None) -> str:
@@ -38,7 +55,7 @@ def partial_files(month: int) -> set[str]:
 def daily_runs(stack_env) -> list[dict]:
     runs = []
     for d in DAYS:
-        runs.append(run(LAKE, "--start", d, "--end", d))
+        runs.append(run_day(LAKE, d))
         runs[-1]["january_partials"] = partial_files(1)
     return runs
 
@@ -102,13 +119,14 @@ def test_a_month_missing_from_a_quantile_s_counts_is_recomputed(stack_env):
     """The partial tables of a gold table are committed one by one (at once, in threads):
     a run can fail after route_stats' partials took January and before the p90's value
     counts did, leaving that table without January. A later run touching only February
-    must recompute January's counts too, or the yearly p90 would leave January out."""
+    must recompute January's counts too, or the yearly p90 would leave January out.
+    These runs take the gold step's dask path (the other tests' small days read pandas)."""
     url = "s3://riverlake-test/incremental-lost-counts"
     settings = get_settings(lake_url=url)
     fs = lake.filesystem(settings)
     if fs.exists(lake.strip_scheme(url)):
         fs.rm(lake.strip_scheme(url), recursive=True)
-    run(url, "--start", "2013-01-30", "--end", "2013-01-30")
+    run_day(url, "2013-01-30", dask=True)
     counts = partials("route_stats", "arr_delay_p90")
     # The state such a failure leaves: the counts table was never created (its first
     # commit failed), the main partials hold January.
@@ -118,7 +136,7 @@ def test_a_month_missing_from_a_quantile_s_counts_is_recomputed(stack_env):
     main = lake.read_pandas(partials("route_stats"), settings=settings)
     assert set(zip(main["part_year"], main["part_month"], strict=True)) == {(2013, 1)}
 
-    assert run(url, "--start", "2013-02-01", "--end", "2013-02-01")["months"] == ["2013-02"]
+    assert run_day(url, "2013-02-01", dask=True)["months"] == ["2013-02"]
     got = lake.read_pandas(counts, settings=settings)
     assert sorted(set(zip(got["part_year"], got["part_month"], strict=True))) == [
         (2013, 1), (2013, 2)]  # fmt: skip

@@ -18,10 +18,11 @@ from tests.conftest import riverlake_cli
 pytestmark = pytest.mark.integration
 
 
-def run(lake_url: str, *args: str) -> dict:
+def run(lake_url: str, *args: str, **env: str) -> dict:
     res = riverlake_cli(
-        "run", "flights", "--json", *args, env={"RIVERLAKE_LAKE_URL": lake_url}, timeout=600
-    )
+        "run", "flights", "--json", *args, env={"RIVERLAKE_LAKE_URL": lake_url, **env},
+        timeout=600,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
 
