@@ -825,6 +825,18 @@ def _months_of(table: str, settings, columns=("year", "month")) -> set[tuple[int
             for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
 
 
+def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | None]:
+    """A partials table's months and the batch of its last commit of ours (None when
+    it does not exist)."""
+    t = lake.table(table, settings)
+    if t is None:
+        return set(), None
+    months = {(int(f["partition_values"][PART[0]]), int(f["partition_values"][PART[1]]))
+              for f in t.files() if f["partition_values"].get(PART[0]) is not None}  # fmt: skip
+    ours = [c["batch"] for c in t.commits(limit=10) if c["batch"]]  # not optimize or vacuum
+    return months, ours[0].split(":", 1)[-1] if ours else None
+
+
 def _zone(p: Pipeline) -> str:
     """The zone of a pipeline's time bins: its event time's (local days and months)."""
     return p.curated.event_time.time_zone if p.curated.event_time else "UTC"
@@ -868,13 +880,20 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     curated_months = _months_of(c.table, settings)
     years = {y for y, _ in months}
     recompute = set(months)
+    tables = [t for g in golds for t in p.partial_tables(g)]
+    state = dict(zip(tables, in_threads(lambda t: _partials_state(t, settings),
+                                        [(t,) for t in tables]), strict=True))  # fmt: skip
     for g in golds:
         scope = {ym for ym in curated_months if not p.gold_partition_by(g) or ym[0] in years}
         # Each of its partial tables (a quantile's value counts have their own) is its
-        # own commit, so a failed run can leave one without a month another holds. (A
-        # month whose values are all null has no counts and is recomputed each time.)
+        # own commit, so a run that failed between them can leave one without a month
+        # another holds (a month whose values are all null has no counts, so it is
+        # recomputed each time), or with a month's rows from before the run: a
+        # successful run commits every existing one, so their last batches then differ.
         for table in p.partial_tables(g):
-            recompute |= scope - _months_of(table, settings, PART)
+            recompute |= scope - state[table][0]
+        if len({state[t][1] for t in p.partial_tables(g) if state[t][0]}) > 1:
+            recompute |= scope
     recompute = sorted(recompute)
     zone = _zone(p)
     models = [g.model_copy(update={"by": [*g.by, *PART]}) for g in golds]

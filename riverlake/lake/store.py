@@ -132,7 +132,11 @@ def open_table(uri: str, settings: Settings | None = None, version: int | None =
     from deltalake.exceptions import TableNotFoundError
 
     settings = settings or get_settings()
+    opts = storage_options(settings)
     try:
-        return DeltaTable(uri, version=version, storage_options=storage_options(settings))
+        return DeltaTable(uri, version=version, storage_options=opts)
     except TableNotFoundError:  # no folder, or no commit in its log
+        # ... or, for an old version, its log files cleaned up: that is an error.
+        if version is not None and DeltaTable.is_deltatable(uri, storage_options=opts):
+            raise
         return None

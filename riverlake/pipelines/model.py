@@ -275,7 +275,9 @@ class Chart(_Model):
 
 class Gold(_Model):
     """A gold table: group-by keys, an optional time bin and measures, or a function
-    (``package.module:function``, the curated frame in, a pandas frame out)."""
+    (``package.module:function``, the curated frame in, a pandas frame out). The frame
+    is pandas when the touched files are small (``gold_in_pandas_bytes``, a daily run)
+    and dask otherwise: a function takes either (``analytics.analysis.is_dask``)."""
 
     table: str
     by: list[str] = Field(default_factory=list)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import dask.dataframe as dd
 import pandas as pd
 import pytest
+from deltalake.exceptions import DeltaError
 
 from riverlake import lake
 from riverlake.errors import LakeError
@@ -151,3 +153,18 @@ def test_read_pandas_of_a_missing_table_is_an_error_or_none_when_allowed(setting
     assert lake.read_pandas("nope", missing_ok=True, settings=settings) is None
     lake.write_table("t", frame([1]), settings=settings)
     assert len(lake.read_pandas("t", missing_ok=True, settings=settings)) == 10
+
+
+def test_a_version_whose_log_was_cleaned_up_is_an_error_not_a_missing_table(settings):
+    """open_table takes "no table here" from deltalake's TableNotFoundError, which it also
+    raises for an old version whose log files are gone: that must stay an error."""
+    for i in range(3):
+        lake.write_table("t", frame([1], offset=10 * i), settings=settings)
+    t = lake.table("t", settings)
+    t.delta.create_checkpoint()
+    log = t.uri.rstrip("/") + "/_delta_log"
+    for name in ("00000000000000000000.json", "00000000000000000001.json"):
+        (Path(lake.strip_scheme(log)) / name).unlink()
+    assert lake.table("t", settings).version == 2
+    with pytest.raises(DeltaError):  # it was None: "no table t"
+        lake.table("t", settings, version=0)
