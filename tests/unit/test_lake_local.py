@@ -102,32 +102,36 @@ def test_commit_into_a_table_another_writer_just_created(settings, monkeypatch):
     assert len(lake.read_pandas("t", settings=settings)) == 20
 
 
-def test_a_pandas_write_does_not_import_dask_dataframe(tmp_path):
-    """write_table took 0.6 s importing dask.dataframe to learn that a pandas frame is not
-    a dask one; a dask frame is still written partition by partition (test above)."""
+def in_a_new_python(tmp_path, body: str) -> list[str]:
+    """The lines ``body`` prints in a new Python process (nothing imported yet), with
+    ``sys``, ``pd``, ``lake`` and ``s``, the settings of a lake under ``tmp_path``."""
     code = (
         "import sys\n"
         "import pandas as pd\n"
         "from riverlake import lake\n"
         "from riverlake.settings import get_settings\n"
         f"s = get_settings(lake_url={str(tmp_path / 'lake')!r})\n"
+    ) + body
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
+
+
+def test_a_pandas_write_does_not_import_dask_dataframe(tmp_path):
+    """write_table took 0.6 s importing dask.dataframe to learn that a pandas frame is not
+    a dask one; a dask frame is still written partition by partition (test above)."""
+    lines = in_a_new_python(tmp_path, (
         "r = lake.write_table('t', pd.DataFrame({'k': [1, 2]}), settings=s)\n"
         "print(r.rows, 'dask.dataframe' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.splitlines() == ["2 False"], out.stderr[-2000:]
+    ))  # fmt: skip
+    assert lines == ["2 False"]
 
 
 def test_read_pandas_equals_the_dask_read_and_does_not_import_dask_dataframe(tmp_path):
     """read_pandas read through a dask graph (importing dask.dataframe, 0.6 s or more, in
     every process that read a small table); it reads the files in threads, giving what
     the dask read gives: the same rows, columns, types and order, filters applied."""
-    code = (
-        "import sys\n"
-        "import pandas as pd\n"
-        "from riverlake import lake\n"
-        "from riverlake.settings import get_settings\n"
-        f"s = get_settings(lake_url={str(tmp_path / 'lake')!r})\n"
+    lines = in_a_new_python(tmp_path, (
         "rows = [{'year': 2013, 'month': m, 'k': 10 * m + i, 'v': i / 3, 's': f'x{i}'}\n"
         "        for m in (1, 2, 3) for i in range(5)]\n"
         "df = pd.DataFrame(rows).astype({'year': 'int32', 'month': 'int32'})\n"
@@ -141,10 +145,8 @@ def test_read_pandas_equals_the_dask_read_and_does_not_import_dask_dataframe(tmp
         "print(list(got.columns), got['k'].tolist() == sorted(got['k']))\n"
         "none = lake.read_pandas('t', filters=[('month', '=', 9)], settings=s)\n"
         "print(len(none), none.dtypes['s'] == want.dtypes['s'])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    lines = out.stdout.splitlines()
-    assert lines == ["8 False", "['k', 'month', 's'] True", "0 True"], out.stderr[-2000:]
+    ))  # fmt: skip
+    assert lines == ["8 False", "['k', 'month', 's'] True", "0 True"]
 
 
 def test_read_pandas_of_a_missing_table_is_an_error_or_none_when_allowed(settings):
