@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import pandas as pd
@@ -818,8 +818,11 @@ PART = ["part_year", "part_month"]
 
 def _months_of(table: str, settings, columns=("year", "month")) -> set[tuple[int, int]]:
     t = lake.table(table, settings)
-    if t is None:
-        return set()
+    return set() if t is None else _file_months(t, columns)
+
+
+def _file_months(t: lake.Table, columns) -> set[tuple[int, int]]:
+    """The (year, month) partitions of a table's live files."""
     y, m = columns
     return {(int(f["partition_values"][y]), int(f["partition_values"][m]))
             for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
@@ -831,10 +834,8 @@ def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | N
     t = lake.table(table, settings)
     if t is None:
         return set(), None
-    months = {(int(f["partition_values"][PART[0]]), int(f["partition_values"][PART[1]]))
-              for f in t.files() if f["partition_values"].get(PART[0]) is not None}  # fmt: skip
     ours = [c["batch"] for c in t.commits(limit=10) if c["batch"]]  # not optimize or vacuum
-    return months, ours[0].split(":", 1)[-1] if ours else None
+    return _file_months(t, PART), ours[0].split(":", 1)[-1] if ours else None
 
 
 def _zone(p: Pipeline) -> str:
@@ -917,30 +918,25 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     in_threads(lambda table, f: _replace_months(table, f, recompute, f"{table}:{batch}",
                                                 settings), partials)  # fmt: skip
 
-    def scope_filters(g) -> list:
-        return [(PART[0], "in", sorted(years))] if p.gold_partition_by(g) else []
-
     # Every partial table of every gold read at once (route_stats has 7): None where the
     # table does not exist yet (no curated row in the scope, or no value of a measure).
-    quantiles = {g.table: [n for n, m in g.measures.items() if m.how == "quantile"]
-                 for g in golds}  # fmt: skip
-    reads = [(g, name) for g in golds for name in [None, *quantiles[g.table]]]
+    reads = [(t, [(PART[0], "in", sorted(years))] if p.gold_partition_by(g) else [])
+             for g in golds for t in p.partial_tables(g)]  # fmt: skip
     del computed, partials  # every gold's partial states: no longer needed
-    frames = dict(zip(((g.table, name) for g, name in reads), in_threads(
-        lambda g, name: lake.read_pandas(partials_table(g, name), filters=scope_filters(g),
-                                         missing_ok=True, settings=settings), reads),
-        strict=True))  # fmt: skip
+    read = partial(lake.read_pandas, missing_ok=True, settings=settings)
+    frames = dict(zip(tables, in_threads(lambda t, filters: read(t, filters=filters), reads),
+                      strict=True))  # fmt: skip
 
     def stored(g) -> tuple | None:
         """The gold table from the stored partials of its scope."""
-        rows = frames[(g.table, None)]
+        rows = frames[partials_table(g)]
         if rows is None:
             return None  # no curated row in its scope yet
         stored_counts = {}
         for name, m in g.measures.items():
             if m.how != "quantile":
                 continue
-            counts = frames[(g.table, name)]
+            counts = frames[partials_table(g, name)]
             stored_counts[name] = (
                 pd.DataFrame(columns=[*g.group_keys(), "__value", "__count"])
                 if counts is None else counts.drop(columns=PART))  # fmt: skip
