@@ -166,6 +166,18 @@ def test_dashboard_shows_the_real_numbers_and_a_filter_updates_them(served, page
     while kpi(page, "Flights") != want and time.monotonic() < deadline:
         page.wait_for_timeout(250)
     assert kpi(page, "Flights") == want
+    # the plots drawn in the browser show UA alone, computed here from the raw rows
+    ua = jan[jan["carrier"] == "UA"]
+    (daily,) = page.evaluate(PLOTTED, "Mean arrival delay per day")
+    per_day = ua.groupby("day")["arr_delay"].mean()
+    assert daily["flight_date"] == [pd.Timestamp(2013, 1, d).value // 10**6 for d in per_day.index]
+    assert daily["mean_arr_delay"] == pytest.approx(per_day.tolist())
+    (bars,) = page.evaluate(PLOTTED, "On-time rate by carrier")
+    assert bars["carrier"] == sorted(jan["carrier"].unique())  # a slot for every carrier
+    shown = dict(zip(bars["carrier"], bars["on_time_rate"], strict=True))
+    arrived = ua["arr_delay"].dropna()
+    assert shown.pop("UA") == pytest.approx((arrived < 15).sum() / len(arrived))
+    assert all(v is None or v != v for v in shown.values()), shown  # the others: no bar
     assert page.errors == []
 
 

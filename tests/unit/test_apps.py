@@ -56,6 +56,13 @@ def test_dashboard_filters_and_picks_up_new_versions(lake_with_gold):
     assert d._numbers["flights"].value == 3 * (10 + 20)
     d.carriers = ["UA"]
     assert d._numbers["flights"].value == 60 and d.summary()["cancelled"] == 3
+    # the plots' data, replaced in place: UA's days, and a bar slot for each carrier
+    days = d._daily_source.data
+    assert days["flight_date"].tolist() == [pd.Timestamp(2013, 1, n) for n in (1, 2, 3)]
+    assert days["mean_arr_delay"].tolist() == [4.0, 4.0, 4.0]
+    bars = d._carrier_source.data
+    assert bars["carrier"] == ["AA", "UA"] and bars["on_time_rate"][1] == 18 / 19
+    assert pd.isna(bars["on_time_rate"][0]) and bars["flights"][1] == 60
     d.date_range = (datetime(2013, 1, 2), datetime(2013, 1, 2))
     assert d._numbers["flights"].value == 20
     assert d.refresh() is False  # nothing new committed
@@ -72,6 +79,34 @@ def test_dashboard_filters_and_picks_up_new_versions(lake_with_gold):
     assert shown["on_time"] == f"{100 * s['on_time_rate']:.1f}%" == "93.1%"
     assert shown["delay"] == f"{s['mean_arr_delay']:.1f}"
     assert d.route_table().empty  # no route_stats table: an empty table, not an error
+
+
+def test_the_routes_table_follows_the_origins_and_new_versions(lake_with_gold):
+    from riverlake.apps.flights_dashboard import FlightsDashboard
+
+    def routes(origins: list[str], flights: list[int]) -> pd.DataFrame:
+        n = len(origins)
+        return pd.DataFrame({"year": [2013] * n, "origin": origins, "dest": ["ORD"] * n,
+                             "flights": flights, "distance": [700.0] * n,
+                             **{f"arr_delay_p{q}": [1.0 * q] * n for q in (50, 90, 99)}})  # fmt: skip
+
+    lake.write_table("route_stats", routes(["JFK", "LGA"], [5, 9]), partition_by=["year"])
+    d = FlightsDashboard()
+    table = d._routes
+    assert table.value["origin"].tolist() == ["LGA", "JFK"]  # most flights first
+    assert table.formatters["flights"].format == "0,0"  # a count, as the formats say
+    d.origins = ["JFK"]
+    assert d._routes is table and table.value["flights"].tolist() == [5]
+    lake.write_table(
+        "route_stats",
+        routes(["JFK", "JFK", "EWR"], [3, 4, 8]),
+        partition_by=["year"],
+        mode="overwrite_partitions",
+    )
+    assert d.refresh() is True
+    assert table.value["flights"].tolist() == [4, 3]
+    d.origins = []
+    assert table.value["origin"].tolist() == ["EWR", "JFK", "JFK"]
 
 
 def test_table_explorer_rows_group_by_filter_and_csv(lake_with_gold):
