@@ -279,7 +279,8 @@ def monthly_partials(flights: pa.Table) -> pa.Table:
     worker can aggregate the rows it already holds instead of re-reading them.
     """
     t = flights.select([*MONTHLY_KEYS, "cancelled", "dep_delay", "arr_delay"])
-    g = t.group_by(MONTHLY_KEYS).aggregate(
+    # one thread: a worker's task is its share of the cores (Arrow's pool would add more)
+    g = t.group_by(MONTHLY_KEYS, use_threads=False).aggregate(
         [
             ([], "count_all"),
             ("cancelled", "sum"),
@@ -303,7 +304,7 @@ def monthly_partials(flights: pa.Table) -> pa.Table:
 def combine_monthly(partials: list[pa.Table]) -> pa.Table:
     """Combine partials into flights, cancelled and mean delays per carrier, origin, month."""
     t = pa.concat_tables(partials)
-    g = t.group_by(MONTHLY_KEYS).aggregate([(c, "sum") for c in _MONTHLY_SUMS])
+    g = t.group_by(MONTHLY_KEYS, use_threads=False).aggregate([(c, "sum") for c in _MONTHLY_SUMS])
     g = g.rename_columns([*MONTHLY_KEYS, *_MONTHLY_SUMS])
 
     def mean(total: str, n: str) -> pa.Array:

@@ -251,6 +251,7 @@ def run_distributed(csv_dir: Path, out: Path, workers: int) -> dict:
         with Client(address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
             client.run(_import_the_work)  # as `dask worker --preload` would, at start
+            client.run_on_scheduler(_import_the_work)  # it unpickles the graph: the same
             start = time.perf_counter() - t0
             t0 = time.perf_counter()
             commit, adds, agg = _etl_on(client, files, uri, settings)
