@@ -51,7 +51,10 @@ format: install
 ## make bench: every benchmark (writes benchmarks/results/*.json), then the README's table from them
 bench: install
 	$(BIN)/python benchmarks/etl.py
+	$(BIN)/python benchmarks/etl.py --rows 60000000 --files 1000 \
+		--engines riverlake,duckdb_stream --name etl-60m
 	$(BIN)/python benchmarks/transform.py
+	$(BIN)/python benchmarks/transform.py --rows 60000000 --files 1000 --name transform-60m
 	$(BIN)/python benchmarks/apps.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/incremental.py

@@ -257,11 +257,12 @@ def run_distributed(csv_dir: Path, out: Path, workers: int) -> dict:
             commit, adds, agg = _etl_on(client, files, uri, settings)
             wall = time.perf_counter() - t0
             peaks = list(client.run(_peak_self).values())
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+    finally:  # the workers first: without their scheduler they retry it for 8 s
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                p.wait(timeout=30)
     res = _riverlake_result(wall, commit, adds, agg, uri, peaks)
     return {**res, "start_s": start}
 

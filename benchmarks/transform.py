@@ -43,10 +43,12 @@ with the same failed check), every gold table value by value (counts exactly, me
 quantiles within 1e-9 relative), the rows read, replaced, loaded and quarantined.
 
 Target (issue 15): Riverlake's wall time at most 2.0 times DuckDB's. Leaves the last
-Riverlake lake in benchmarks/data/bench-lake for benchmarks/apps.py. Writes
-benchmarks/results/transform.json; the result alone goes to stdout, the step to stderr.
+Riverlake lake in benchmarks/data/bench-lake for benchmarks/apps.py (under the default
+``--name`` only: the 60M-row run keeps the 6M-row lake there). Writes
+benchmarks/results/<name>.json (transform.json by default); the result alone goes to
+stdout, the step to stderr.
 
-    python benchmarks/transform.py [--rows 6000000] [--files 100] [--rounds 3]
+    python benchmarks/transform.py [--rows 6000000] [--files 100] [--rounds 3] [--name transform]
 """
 
 from __future__ import annotations
@@ -639,8 +641,10 @@ def main() -> None:
             }
         for r in (first, other):
             r.pop("gold"), r.pop("quarantine")
-    shutil.rmtree(DATA / "bench-lake", ignore_errors=True)  # for benchmarks/apps.py
-    shutil.move(DATA / "transform-out-riverlake", DATA / "bench-lake")
+    if args.name == "transform":  # the 6M-row lake, for benchmarks/apps.py
+        shutil.rmtree(DATA / "bench-lake", ignore_errors=True)
+        shutil.move(DATA / "transform-out-riverlake", DATA / "bench-lake")
+    shutil.rmtree(DATA / "transform-out-riverlake", ignore_errors=True)
     shutil.rmtree(DATA / "transform-out-duckdb", ignore_errors=True)
     result: dict = {
         "data": {
