@@ -194,6 +194,7 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
 
     from riverlake import lake
     from riverlake.analytics import declared
+    from riverlake.cluster import thread_worker_memory  # as the local profile's
     from riverlake.flows import pipeline as flow
     from riverlake.pipelines.model import import_path
     from riverlake.settings import get_settings
@@ -206,7 +207,7 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
     t0 = time.perf_counter()
     with (
         LocalCluster(n_workers=cores, threads_per_worker=1, processes=False,
-                     dashboard_address=":0") as cluster,
+                     memory_limit=thread_worker_memory(), dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
         futures = [client.submit(flow.curate_month, p, y, m, files, pure=False)

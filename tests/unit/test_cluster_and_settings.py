@@ -187,6 +187,26 @@ def test_local_cluster_workers_get_prefect_and_storage_env(monkeypatch):
     }
 
 
+def test_thread_workers_pause_on_the_process_s_memory_not_a_share_of_it(monkeypatch):
+    """Thread workers share one process, and each worker's memory manager measures that
+    whole process: with a share of the machine each (dask's "auto"), 2 workers paused
+    at 80% of half the memory (the 60M-row transform's gold stage crawled, paused and
+    resumed every few seconds). Each gets the whole machine's memory instead."""
+    from distributed import Client
+    from distributed.system import MEMORY_LIMIT
+
+    monkeypatch.setenv("RIVERLAKE_PREFECT_API_URL", "http://127.0.0.1:1/api")
+    monkeypatch.setenv("RIVERLAKE_WORKERS", "2")
+    monkeypatch.setenv("RIVERLAKE_DASHBOARD_PORT", "0")
+    options = cluster.cluster_options(get_settings(), profile="local")
+    assert options.processes is False and options.workers == 2
+    with cluster.make_cluster(options) as c, Client(c) as client:
+        limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+        pids = client.run(lambda: __import__("os").getpid())
+    assert len(set(pids.values())) == 1  # one process, measured by both workers
+    assert list(limits.values()) == [MEMORY_LIMIT, MEMORY_LIMIT]
+
+
 def test_settings_defaults_and_credentials_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RIVERLAKE_HOME", str(tmp_path))
     monkeypatch.setenv("RIVERLAKE_S3_PORT", "9001")
