@@ -261,6 +261,8 @@ class Lease:
                 self.rev = await self.kv.create(self.key, self.holder.encode())
                 self._keeper = asyncio.create_task(self._keep())
                 return None
+            except KeyNotFoundError:  # nats-py's create found the key taken, then gone:
+                continue  # it expired between its two requests; take it now
             except KeyWrongLastSequenceError:
                 try:
                     holder = (await self.kv.get(self.key)).value.decode()
@@ -286,8 +288,8 @@ class Lease:
             try:
                 self.rev = await self.kv.create(self.key, self.holder.encode())
                 return
-            except KeyWrongLastSequenceError:
-                holder = "another consumer"
+            except (KeyWrongLastSequenceError, KeyNotFoundError):  # (the second: taken by
+                holder = "another consumer"  # another, and expired again, meanwhile)
         self.lost = holder
 
     async def _keep(self) -> None:
