@@ -29,9 +29,11 @@ Engines, each in a new process with the machine's cores as its thread budget:
 
 * ``riverlake``: the pipeline's own code: ``flows.pipeline.curate_month`` per month on
   a LocalCluster of one thread worker per core (its start inside the timing), one Delta
-  commit for the curated table and one for the quarantine, then each gold table from
-  the curated table as a whole rebuild computes it (``declared.gold_frame`` and the
-  pipeline's gold functions) written with ``lake.write_table``;
+  commit for the curated table and one for the quarantine, then the gold tables as a
+  run's gold step builds them for every month (``flows.pipeline.gold_writes`` and
+  ``write_gold``): the tables over a year from monthly partials, stored as a run
+  stores them (more written than DuckDB writes), the rest from the curated rows of the
+  columns they read;
 * ``duckdb``: one connection, ``threads`` = cores: the same steps as SQL (the contract's
   checks generated from the declaration, the rest written by hand), ``COPY`` to Parquet.
 
@@ -196,7 +198,6 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
     from riverlake.analytics import declared
     from riverlake.cluster import thread_worker_memory  # as the local profile's
     from riverlake.flows import pipeline as flow
-    from riverlake.pipelines.model import import_path
     from riverlake.settings import get_settings
 
     settings = get_settings()
@@ -229,21 +230,13 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
                              declared.arrow_schema(types), partition_by=c.partition_by,
                              batch=lake.Batch("bench:transform"), settings=settings)  # fmt: skip
         t_commit = time.perf_counter() - t0
-        golds = list(p.gold)
-        frame = lake.read_table(c.table, columns=flow._columns_needed(golds, types,
-                                                                      c.partition_by),
-                                settings=settings).persist()  # fmt: skip
-        gold = {}
-        for g in golds:
-            if g.function is not None:
-                out_frame, schema = import_path(g.function)(frame), None
-            else:
-                out_frame = declared.gold_frame(frame, g, flow._zone(p))
-                schema = declared.gold_schema(g, types)
-            data = declared.gold_table(out_frame, schema) if schema is not None else out_frame
-            lake.write_table(g.table, data, partition_by=p.gold_partition_by(g), schema=schema,
-                             settings=settings)  # fmt: skip
-            gold[g.table] = out_frame
+        # The gold step as a run's builds it (flows.pipeline.build_gold): the tables over
+        # a year from monthly partials (one pass over the curated files, the partials
+        # stored), the rest from the curated rows of their columns.
+        built = sorted(months)
+        writes = flow.gold_writes(p, list(p.gold), built, "bench:gold", settings)
+        flow.write_gold(writes, built, "bench:gold", settings)
+        gold = {table: frame for table, (frame, _, _) in writes.items()}
         wall = time.perf_counter() - t0
     qkeys = []
     for check, rec in zip(quarantine["failed_check"].to_pylist(),

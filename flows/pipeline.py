@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -61,7 +62,7 @@ from riverlake.pipelines.model import (
     partials_table,
     quarantine_table,
 )
-from riverlake.settings import get_settings
+from riverlake.settings import LIBRARY_LOGGER, get_settings
 from riverlake.sources.ingest import ingest, reach_sources
 
 #: Retry delays of the I/O tasks: 2, 4, 8 s (exponential backoff), with jitter.
@@ -96,10 +97,30 @@ QUALITY_SCHEMA = pa.schema(
 
 def get_dask_client():
     """prefect-dask's client of the run's cluster (imported here: a run with no data work
-    never imports Dask's distributed)."""
+    never imports Dask's distributed); outside a Prefect run (a notebook, a benchmark
+    calling the gold step), the current Dask client, left open."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        from contextlib import nullcontext
+
+        from distributed import get_client
+
+        return nullcontext(get_client())
     from prefect_dask import get_dask_client as client
 
     return client()
+
+
+def _log():
+    """The run's logger (its lines reach the run in Prefect), or the library's outside
+    a run."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(f"{LIBRARY_LOGGER}.flows")
 
 
 def cluster_map(fn, items):
@@ -448,7 +469,7 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
     tables, versions = _join_tables(p)
 
     def whole(why: str) -> dict[str, Any]:
-        get_run_logger().info("%d-%02d: rebuilt whole: %s", year, month, why)
+        _log().info("%d-%02d: rebuilt whole: %s", year, month, why)
         return curate_month(p, year, month, files)
 
     held = held_quarantine = None
@@ -723,15 +744,31 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
     if not todo:
         get_run_logger().info("gold tables already hold batch %s: nothing to rebuild", batch)
         return {g.table: 0 for g in p.gold}
+    return write_gold(gold_writes(p, todo, months, batch, settings), months, batch, settings,
+                      every=p.gold)  # fmt: skip
+
+
+def gold_writes(p: Pipeline, golds, months: list[tuple[int, int]], batch: str,
+                settings) -> dict[str, tuple]:  # fmt: skip
+    """The gold tables ``golds`` of the months touched, computed (not written): table ->
+    (frame, partition columns, schema). Aggregates over a year or all time from their
+    stored monthly partials (:func:`_gold_from_partials`), the rest from the curated rows
+    of their touched partitions (:func:`_gold_from_rows`)."""
     types = curated_types(p)
-    direct = [g for g in todo if not p.incremental(g)]
-    kept = [g for g in todo if p.incremental(g)]
+    direct = [g for g in golds if not p.incremental(g)]
+    kept = [g for g in golds if p.incremental(g)]
     writes: dict[str, tuple] = {}
     if direct:
         writes |= _gold_from_rows(p, direct, months, types, settings)
     if kept:
         writes |= _gold_from_partials(p, kept, months, batch, types, settings)
+    return writes
 
+
+def write_gold(writes: dict[str, tuple], months: list[tuple[int, int]], batch: str, settings,
+               every=()) -> dict[str, int]:  # fmt: skip
+    """Write :func:`gold_writes`' tables, each replacing its touched partitions, the
+    batch in its log; rows written per table (0 for a table of ``every`` with none)."""
     years = sorted({y for y, _ in months})
     scope = {  # every touched partition is replaced, also one that has no rows any more
         ("year", "month"): [{"year": y, "month": m} for y, m in months],
@@ -749,14 +786,17 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
         ).rows  # fmt: skip
 
     out = dict(zip(writes, in_threads(write, [(t,) for t in writes]), strict=True))
-    return {g.table: out.get(g.table, 0) for g in p.gold}
+    return {t: out.get(t, 0) for t in [*(g.table for g in every), *out]}
 
 
 def _columns_needed(golds, types: dict[str, str], partition_by: list[str]) -> list[str]:
     need: set[str] = set(partition_by)
     for g in golds:
         if g.function is not None:
-            return list(types)
+            if g.columns is None:  # a function that does not say: every column
+                return list(types)
+            need |= set(g.columns)
+            continue
         need |= set(g.group_keys()) - ({g.time_bin.output} if g.time_bin else set())
         need |= {g.time_bin.column} if g.time_bin else set()
         for m in g.measures.values():
@@ -802,7 +842,7 @@ def _curated_rows(table: str, columns: list[str], filters: list, settings):
     schema, _, files = lake.table_files(table, filters, settings=settings)
     size = sum(f["size"] for f in files)
     small = size <= settings.gold_in_pandas_bytes
-    get_run_logger().info("gold reads %d curated file(s), %.1f MB, %s", len(files), size / 1e6,
+    _log().info("gold reads %d curated file(s), %.1f MB, %s", len(files), size / 1e6,
                           "into pandas" if small else "as a dask frame")  # fmt: skip
     if small:
         yield lake.read_files(schema, files, columns, filters, settings)

@@ -284,6 +284,11 @@ class Gold(_Model):
     time_bin: TimeBin | None = None
     measures: dict[str, Measure] = Field(default_factory=dict)
     function: str | None = None
+    columns: list[str] | None = Field(
+        None,
+        description="The curated columns a function reads (default: every one): the gold "
+        "step reads only these and the partition columns.",
+    )
     partition_by: list[str] | None = Field(
         None,
         description="Of the curated partition columns, those the table keeps: a run "
@@ -295,6 +300,10 @@ class Gold(_Model):
     def _either(self):
         if (self.function is None) == (not self.measures):
             raise ValueError("a gold table has measures or a function, not both or neither")
+        if self.columns is not None and self.function is None:
+            raise ValueError(
+                "columns names what a function reads (a table with measures reads its own)"
+            )
         if self.function is not None:
             import_path(self.function)
         return self
@@ -450,6 +459,9 @@ class Pipeline(_Model):
         for k in g.by:
             if k not in types:
                 raise ValueError(f"{where}.by: {k!r} is not a column of {c.table}")
+        for k in g.columns or ():
+            if k not in types:
+                raise ValueError(f"{where}.columns: {k!r} is not a column of {c.table}")
         if g.time_bin is not None and g.time_bin.column not in types:
             raise ValueError(f"{where}.time_bin.column: {g.time_bin.column!r} is not a column")
         for name, m in g.measures.items():

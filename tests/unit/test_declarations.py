@@ -132,6 +132,11 @@ def test_the_shipped_flights_declaration():
          "gold.0 (weather_monthly).measures.bad: condition 'temp_max >> 3': '> 3' is not a value"),
         (lambda b: b["curated"].update(steps=[{"joins": "x"}]),
          "curated.steps.0: a step is a join (join: table) or a function"),
+        (lambda b: b["gold"].append({"table": "wet", "function": "riverlake.analytics.flights:"
+                                     "delay_by_weather", "columns": ["date", "rain"]}),
+         "gold.1 (wet).columns: 'rain' is not a column of daily_weather"),
+        (lambda b: b["gold"][0].update(columns=["date"]),
+         "gold.0: columns names what a function reads (a table with measures reads its own)"),
     ],
 )  # fmt: skip
 def test_a_mistake_is_one_line_naming_the_pipeline_and_the_field(edit, expected):
@@ -271,6 +276,28 @@ def test_time_bins():
     assert declared.time_bin(s, "month").astype(str).tolist() == ["2012-03-01", "2012-03-01"]
     assert declared.time_bin(s, "hour").astype(str).tolist() == ["2012-03-07 13:00:00",
                                                                  "2012-03-11 00:00:00"]  # fmt: skip
+
+
+def test_the_gold_step_reads_only_the_columns_its_tables_use():
+    """A gold function that names its columns is given only those (and the partition
+    columns); one that does not is given every curated column."""
+    from flows import pipeline as flow
+
+    p = pipelines.pipeline("flights")
+    types, parts = p.curated_types(), p.curated.partition_by
+    need = flow._columns_needed(p.gold, types, parts)
+    functions = [g for g in p.gold if g.function is not None]
+    assert functions and all(g.columns for g in functions)
+    assert {c for g in functions for c in g.columns} <= set(need)
+    unread = {"tailnum", "manufacturer", "seats", "plane_year", "dest_name", "origin_name",
+              "sched_arr_time", "air_time"}  # fmt: skip
+    assert unread <= set(types) and not unread & set(need)
+    assert need == [c for c in types if c in need]  # in the table's order
+    undeclared = functions[0].model_copy(update={"columns": None})
+    assert flow._columns_needed([undeclared], types, parts) == list(types)
+    assert flow._columns_needed([functions[0]], types, parts) == [
+        c for c in types if c in {*parts, *functions[0].columns}
+    ]
 
 
 def test_the_readme_declaration_is_valid():
