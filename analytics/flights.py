@@ -341,22 +341,48 @@ _WEATHER_BUCKETS = {
 }
 
 
+def _weather_sums(data: pd.DataFrame) -> pd.DataFrame:
+    """Per (condition, year, bucket): flights, and each delay's sum and count: partials
+    that add up across any split of the rows."""
+    parts = []
+    for cond, (edges, labels, right) in _WEATHER_BUCKETS.items():
+        bucket = pd.cut(data[cond].astype("float64"), edges, labels=labels, right=right)
+        g = data[["dep_delay", "arr_delay"]].groupby([data["year"], bucket.rename("bucket")],
+                                                     observed=True)  # fmt: skip
+        parts.append(
+            pd.DataFrame({
+                "flights": g.size(),
+                "dep_sum": g["dep_delay"].sum(), "dep_n": g["dep_delay"].count(),
+                "arr_sum": g["arr_delay"].sum(), "arr_n": g["arr_delay"].count(),
+            }).reset_index().assign(condition=cond)
+        )  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
 def delay_by_weather(flights) -> pd.DataFrame:
     """Delays by weather bucket at the origin (visibility, wind, precipitation), long format:
-    one row per (year, condition, bucket)."""
+    one row per (year, condition, bucket). On dask, each partition's sums and counts are
+    computed where its rows are; only those travel."""
     from riverlake.analytics.analysis import is_dask
 
     cols = ["year", "dep_delay", "arr_delay", "visib", "wind_speed", "precip"]
     data = flights[cols]
-    data = data.compute() if is_dask(data) else data
+    if is_dask(data):
+        import dask
+
+        each = [dask.delayed(_weather_sums)(part) for part in data.to_delayed()]
+        sums = pd.concat(dask.compute(*each), ignore_index=True)
+    else:
+        sums = _weather_sums(data)
     parts = []
-    for cond, (edges, labels, right) in _WEATHER_BUCKETS.items():
-        bucket = pd.cut(data[cond].astype("float64"), edges, labels=labels, right=right)
-        g = data.assign(bucket=bucket).groupby(["year", "bucket"], observed=True)
+    for cond in _WEATHER_BUCKETS:  # in the buckets' order: condition, year, bucket
+        g = sums[sums["condition"] == cond].groupby(["year", "bucket"], observed=True)
+        t = g[["flights", "dep_sum", "dep_n", "arr_sum", "arr_n"]].sum()
         parts.append(
             pd.DataFrame({
-                "flights": g.size(), "mean_dep_delay": g["dep_delay"].mean(),
-                "mean_arr_delay": g["arr_delay"].mean(),
+                "flights": t["flights"],
+                "mean_dep_delay": t["dep_sum"] / t["dep_n"].where(t["dep_n"] > 0),
+                "mean_arr_delay": t["arr_sum"] / t["arr_n"].where(t["arr_n"] > 0),
             }).reset_index().assign(condition=cond)
         )  # fmt: skip
     out = pd.concat(parts, ignore_index=True)

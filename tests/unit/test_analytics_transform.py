@@ -224,6 +224,31 @@ def test_delay_by_hour_and_weather(real):
     assert w.groupby("condition")["flights"].sum().max() <= len(real)
 
 
+def test_delay_by_weather_on_dask_sums_each_partition_s_buckets(real, monkeypatch):
+    """On dask, each partition's rows become bucket sums and counts where they are (the
+    rows never gather in one process: a year's are gigabytes); the result is pandas'."""
+    import dask
+
+    parts = dd.from_pandas(real, npartitions=5)
+    gathered = []  # the sizes of what dask.compute brings back
+    compute = dask.compute
+
+    def watching(*args, **kw):
+        out = compute(*args, **kw)
+        gathered.extend(len(x) for x in dask.core.flatten(out) if hasattr(x, "__len__"))
+        return out
+
+    monkeypatch.setattr(dask, "compute", watching)
+    monkeypatch.setattr(dd.DataFrame, "compute", lambda self, **kw: watching(self, **kw)[0])
+    got = delay_by_weather(parts)
+    want = delay_by_weather(real)
+    assert gathered and max(gathered) < len(real) / 100  # partials, not rows
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+    assert list(want.columns) == ["year", "condition", "bucket", "flights", "mean_dep_delay",
+                                  "mean_arr_delay"]  # fmt: skip
+    assert want["condition"].unique().tolist() == ["visib", "wind_speed", "precip"]
+
+
 def test_daily_on_time_and_rolling_mean(real):
     got = daily_on_time(dd.from_pandas(real, npartitions=4)).set_index("flight_date")
     jan = real[real["month"] == 1]
