@@ -117,6 +117,14 @@ def generate(rows: int, files: int, seed: int) -> Path:
     return out
 
 
+def prepare(script: str, args: argparse.Namespace) -> None:
+    """``script --prepare`` for ``args``' data, in a process of its own: the process that
+    generates 60M rows keeps gigabytes of them in its heap (10.5 GB seen), which the
+    engines' runs would then lack."""
+    subprocess.run([sys.executable, script, "--prepare", "--rows", str(args.rows),
+                    "--files", str(args.files), "--seed", str(args.seed)], check=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- engines
 
 
@@ -415,11 +423,7 @@ def main() -> None:
     engines = args.engines.split(",")
     t0 = time.perf_counter()
     with screen.step(f"data: {args.rows} rows in {args.files} CSV files (cached)"):
-        # In a process of its own: the generating process keeps the rows' memory (GBs at
-        # 60M rows), which the engines' runs would lack.
-        subprocess.run([sys.executable, __file__, "--prepare", "--rows", str(args.rows),
-                        "--files", str(args.files), "--seed", str(args.seed)],
-                       check=True)  # fmt: skip
+        prepare(__file__, args)
         csv_dir = generate(args.rows, args.files, args.seed)  # cached now
     gen_s = time.perf_counter() - t0
     runs: dict[str, list[dict]] = {e: [] for e in engines}

@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import record  # noqa: E402
-from benchmarks.etl import DATA, _peak_self, generate  # noqa: E402
+from benchmarks.etl import DATA, _peak_self, generate, prepare  # noqa: E402
 
 ENGINES = ("riverlake", "duckdb")
 TARGET_RATIO = 2.0
@@ -607,11 +607,7 @@ def main() -> None:
     screen = Screen()
     cores = os.cpu_count() or 1
     with screen.step(f"data: {args.rows} rows landed by month, hostile rows added (cached)"):
-        # In a process of its own: generating 60M rows leaves gigabytes in the heap of
-        # the process that made them (10.5 GB seen), which the engines' runs would lack.
-        subprocess.run([sys.executable, __file__, "--prepare", "--rows", str(args.rows),
-                        "--files", str(args.files), "--seed", str(args.seed)],
-                       check=True)  # fmt: skip
+        prepare(__file__, args)
         landing = land(args.rows, args.files, args.seed)  # cached now
         dims = dimensions_lake()
     types = declaration().curated_types()

@@ -744,8 +744,8 @@ def build_gold(name: str, months: list[tuple[int, int]], batch: str) -> dict[str
     if not todo:
         get_run_logger().info("gold tables already hold batch %s: nothing to rebuild", batch)
         return {g.table: 0 for g in p.gold}
-    return write_gold(gold_writes(p, todo, months, batch, settings), months, batch, settings,
-                      every=p.gold)  # fmt: skip
+    out = write_gold(gold_writes(p, todo, months, batch, settings), months, batch, settings)
+    return {g.table: out.get(g.table, 0) for g in p.gold}
 
 
 def gold_writes(p: Pipeline, golds, months: list[tuple[int, int]], batch: str,
@@ -765,10 +765,10 @@ def gold_writes(p: Pipeline, golds, months: list[tuple[int, int]], batch: str,
     return writes
 
 
-def write_gold(writes: dict[str, tuple], months: list[tuple[int, int]], batch: str, settings,
-               every=()) -> dict[str, int]:  # fmt: skip
+def write_gold(writes: dict[str, tuple], months: list[tuple[int, int]], batch: str,
+               settings) -> dict[str, int]:  # fmt: skip
     """Write :func:`gold_writes`' tables, each replacing its touched partitions, the
-    batch in its log; rows written per table (0 for a table of ``every`` with none)."""
+    batch in its log; rows written per table."""
     years = sorted({y for y, _ in months})
     scope = {  # every touched partition is replaced, also one that has no rows any more
         ("year", "month"): [{"year": y, "month": m} for y, m in months],
@@ -785,8 +785,7 @@ def write_gold(writes: dict[str, tuple], months: list[tuple[int, int]], batch: s
             app_id=f"{table}:{batch}", schema=schema, settings=settings,
         ).rows  # fmt: skip
 
-    out = dict(zip(writes, in_threads(write, [(t,) for t in writes]), strict=True))
-    return {t: out.get(t, 0) for t in [*(g.table for g in every), *out]}
+    return dict(zip(writes, in_threads(write, [(t,) for t in writes]), strict=True))
 
 
 def _columns_needed(golds, types: dict[str, str], partition_by: list[str]) -> list[str]:
@@ -843,7 +842,7 @@ def _curated_rows(table: str, columns: list[str], filters: list, settings):
     size = sum(f["size"] for f in files)
     small = size <= settings.gold_in_pandas_bytes
     _log().info("gold reads %d curated file(s), %.1f MB, %s", len(files), size / 1e6,
-                          "into pandas" if small else "as a dask frame")  # fmt: skip
+                "into pandas" if small else "as a dask frame")  # fmt: skip
     if small:
         yield lake.read_files(schema, files, columns, filters, settings)
         return
