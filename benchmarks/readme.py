@@ -166,11 +166,12 @@ def extract(r: dict) -> tuple[str, str, str]:
 
 
 def overhead(r: dict) -> tuple[str, str, str]:
-    figures = (f"`{r['what']}` on a new lake: {_spread(r['command_wall_s'])}, the same "
-               f"tables written without orchestration {_spread(r['baseline_s'])} (overhead "
-               f"{_s(r['overhead_s'])}); the next day {_spread(r['next_day_command_wall_s'])}, "
-               f"without {_spread(r['next_day_baseline_s'])}; the lakes equal value by "
-               "value")  # fmt: skip
+    figures = (f"`{r['what']}` on a new lake: {_spread(r['command_wall_s'])} through the "
+               f"warm runner, {_spread(r['cold_command_wall_s'])} cold, the same tables "
+               f"written without orchestration {_spread(r['baseline_s'])} (overhead "
+               f"{_s(r['overhead_s'])}); the next day {_spread(r['next_day_command_wall_s'])} "
+               f"warm, {_spread(r['next_day_cold_command_wall_s'])} cold, without "
+               f"{_spread(r['next_day_baseline_s'])}; the lakes equal value by value")  # fmt: skip
     return figures, f"{_s(r['target_s'])} or less", _met(r["meets_target"])
 
 

@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -81,12 +82,46 @@ def _print_rows(rows: list[dict], columns: list[str]) -> None:
         typer.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
 
 
+def prefect_env(settings: Settings, environ) -> dict[str, str]:
+    """The Prefect settings a command sets from ``settings`` over ``environ`` (pure): the
+    stack's API URL always, the rest unless ``environ`` has them already."""
+    defaults = {
+        "PREFECT_LOGGING_LEVEL": settings.log_level,
+        "PREFECT_LOGGING_EXTRA_LOGGERS": LIBRARY_LOGGER,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    return {
+        "PREFECT_API_URL": str(settings.prefect_api_url),
+        **{k: v for k, v in defaults.items() if k not in environ},
+    }
+
+
+def run_env(settings: Settings, environ) -> dict[str, str]:
+    """What ``riverlake run`` sets before Prefect is imported (pure; the warm runner
+    imports Prefect under the same): the run's log lines reach the API, and the
+    display, sooner."""
+    batch = {} if "PREFECT_LOGGING_TO_API_BATCH_INTERVAL" in environ else {
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5"}  # fmt: skip
+    return {**prefect_env(settings, environ), **batch}
+
+
 def _prefect_env(settings: Settings) -> None:
     """Point this process's Prefect client at the stack's server before prefect is imported."""
-    os.environ["PREFECT_API_URL"] = str(settings.prefect_api_url)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level)
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", LIBRARY_LOGGER)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.update(prefect_env(settings, os.environ))
+
+
+def _quiet_prefect_console() -> None:
+    """Prefect's console handlers at WARNING in this process (a live display shows the
+    run): what ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`` does where it is set before
+    Prefect is imported, which a warm runner's command is not."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in
+               list(logging.root.manager.loggerDict))]  # fmt: skip
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.WARNING)
 
 
 def _require_prefect(settings: Settings) -> None:
@@ -220,13 +255,17 @@ def run(
             except ValueError:
                 _fail(f"--{label} {value!r} is not a date (YYYY-MM-DD)")
     screen = progress.Screen()
-    if screen.live:  # the live display shows the run; Prefect's INFO lines stay in its UI
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    # The run's log lines (rows committed) reach the API, and the display, sooner.
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
+    # The live display shows the run; Prefect's INFO lines stay in its UI (and the
+    # cluster's worker processes inherit the level).
+    quiet = screen.live and "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL" not in os.environ
+    if quiet:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+    os.environ.update(run_env(settings, os.environ))
     # Checks first, quietly on failure: a user mistake stays one line.
     with screen.step(f"connecting to Prefect at {settings.prefect_api_url}") as step:
         _require_prefect(settings)
+        if quiet:
+            _quiet_prefect_console()
         from riverlake.flows.runner import (
             ClusterTaskRunner,
             ensure_result_storage,
@@ -811,8 +850,17 @@ def _freeze_heap_at_exit() -> None:
     gc.freeze()
 
 
-def main() -> None:
-    """Entry point: user mistakes are one line on stderr and exit status 1."""
+def main(forwarded: bool = False) -> None:
+    """Entry point: user mistakes are one line on stderr and exit status 1.
+
+    ``run`` goes to the stack's warm runner when one can serve it (:mod:`.warm`);
+    ``forwarded``: that was tried already (or this is the runner's child)."""
+    if not forwarded:
+        from riverlake.ops import warm
+
+        code = warm.forward(sys.argv)
+        if code is not None:
+            sys.exit(code)
     atexit.register(_freeze_heap_at_exit)
     try:
         app()

@@ -33,6 +33,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from riverlake.errors import StackError
+from riverlake.ops import warm
 from riverlake.settings import CREDENTIALS_FILE, LIBRARY_LOGGER, Settings
 
 STARTUP_TIMEOUT_S = 120
@@ -50,6 +51,7 @@ class Service:
     url: str
     env: dict[str, str] = field(default_factory=dict)
     setting: str = ""
+    health_socket: str = ""  # a Unix socket that accepts once the service is ready
     on_up: bool = True  # started by `riverlake up` (the worker is started by `deploy`)
     demo: bool = False  # a demo upstream: started only when the stack serves the demo
 
@@ -197,6 +199,15 @@ def services(settings: Settings) -> list[Service]:
         env={"RIVERLAKE_HOME": str(home), "PREFECT_API_URL": str(settings.prefect_api_url)},
         setting="RIVERLAKE_METRICS_PORT",
     )
+    warm_socket = home / warm.SOCKET
+    runner = Service(
+        name="runner",
+        argv=[sys.executable, "-m", "riverlake.ops.runner", str(warm_socket)],
+        ports={},
+        health_url="",
+        health_socket=str(warm_socket),
+        url=f"warm `riverlake run` (imports done) on {warm_socket}",
+    )
     worker = Service(
         name="worker",
         argv=[_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
@@ -210,7 +221,7 @@ def services(settings: Settings) -> list[Service]:
         },
         on_up=False,
     )
-    return [weed, prefect, nats, api, replayer, metrics, worker]
+    return [weed, prefect, nats, api, replayer, metrics, runner, worker]
 
 
 # --------------------------------------------------------------------------- processes
@@ -271,6 +282,8 @@ def _alive(info: dict | None) -> bool:
 
 
 def healthy(svc: Service, timeout: float = 2.0) -> bool:
+    if svc.health_socket:
+        return warm.reachable(Path(svc.health_socket), timeout)
     if not svc.health_url:  # no HTTP endpoint (the worker): running is healthy
         return True
     try:
@@ -521,6 +534,10 @@ def up(settings: Settings, demo: bool = True, report: Report | None = None) -> l
     _write_s3_config(settings, key, secret)
     wanted = [s for s in services(settings) if s.on_up and (demo or not s.demo)]
     todo = [s for s in wanted if not _alive(_read_pid(s, home))]
+    for svc in wanted:  # a runner imported under another environment would refuse this one
+        if svc not in todo and _env_differs(svc, _read_pid(svc, home)):
+            _stop(svc, home)
+            todo.append(svc)
     for svc in todo:  # every port is checked before anything starts
         _check_ports(svc)
     started = []
@@ -546,6 +563,21 @@ def up(settings: Settings, demo: bool = True, report: Report | None = None) -> l
             _stop(svc, home)
         raise
     return status(settings)
+
+
+def _env_differs(svc: Service, info: dict) -> bool:
+    """The warm runner ``svc`` was started under an environment other than the one this
+    process would start it with (what it imported ahead may not be what a run here
+    would import: it would refuse every run; see :mod:`riverlake.ops.warm`)."""
+    if not svc.health_socket:
+        return False
+    try:
+        raw = Path(f"/proc/{info['pid']}/environ").read_bytes()
+    except OSError:
+        return False
+    theirs = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+    ours = {k: v for k, v in {**os.environ, **svc.env}.items() if v != ""}
+    return warm.relevant(theirs) != warm.relevant(ours)
 
 
 def _with_credentials(settings: Settings, key: str, secret: str) -> Settings:

@@ -29,7 +29,7 @@ DAY = "2013-01-01"
 TASKS = (r"check-sources-\w+", r"check-cluster-\w+", "land-flight_drops", r"transform-\d{4}-\d{2}",
          r"commit-curated-\w+", r"build-gold-\w+")  # fmt: skip
 #: The session stack's services that `up` starts (the worker is started by `deploy`).
-SERVICES = ("seaweedfs", "prefect", "nats", "weather-api", "event-replayer", "metrics")
+SERVICES = ("seaweedfs", "prefect", "nats", "weather-api", "event-replayer", "metrics", "runner")
 ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m")
 
@@ -132,10 +132,7 @@ def test_run_without_a_terminal_prints_a_plain_line_per_state_change(stack_env):
     assert took > flow_done
 
 
-def test_run_under_a_terminal_draws_the_live_display_and_ends_with_the_summary(stack_env):
-    lake_url = "s3://riverlake-test/progress-tty"
-    rc, raw, _ = in_terminal("run", "flights", "--json", "--start", DAY, "--end", DAY,
-                             env={"RIVERLAKE_LAKE_URL": lake_url})  # fmt: skip
+def _a_live_run(rc: int, raw: str) -> None:
     assert rc == 0, raw[-3000:]
     assert "\x1b[1A" in raw and "\x1b[2K" in raw  # cursor up, erase line: redrawn in place
     assert COLOUR.search(raw)  # colour on a terminal (NO_COLOR unset)
@@ -151,6 +148,21 @@ def test_run_under_a_terminal_draws_the_live_display_and_ends_with_the_summary(s
     assert re.search(rf"flow run 'flights {DAY}': Completed \d+\.\ds", text)
     assert re.search(r"flow run 'flights 2013-01-01': Running \d+\.\ds", text)  # while it ran
     assert "| INFO    |" not in text  # Prefect's INFO lines stay in its UI, not on the display
+
+
+def test_run_under_a_terminal_draws_the_live_display_and_ends_with_the_summary(stack_env):
+    lake_url = "s3://riverlake-test/progress-tty"
+    _a_live_run(*in_terminal("run", "flights", "--json", "--start", DAY, "--end", DAY,
+                             env={"RIVERLAKE_LAKE_URL": lake_url, "RIVERLAKE_WARM": "0"})[:2])  # fmt: skip
+
+
+def test_a_warm_run_under_a_terminal_draws_the_same_display(stack_env):
+    """The warm runner's child writes to the client's own terminal (its descriptors)."""
+    rc, raw, _ = in_terminal("up", stdout_pipe=True)  # the runner under this environment
+    assert rc == 0, raw[-3000:]
+    lake_url = "s3://riverlake-test/progress-tty-warm"
+    _a_live_run(*in_terminal("run", "flights", "--json", "--start", DAY, "--end", DAY,
+                             env={"RIVERLAKE_LAKE_URL": lake_url, "RIVERLAKE_WARM": "require"})[:2])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- riverlake up
@@ -186,7 +198,9 @@ def test_up_reports_each_service_healthy_and_the_one_it_restarted(stack_env):
     assert "\x1b" not in res.stderr + res.stdout
     lines = res.stderr.splitlines()
     table = {ln.split()[0]: ln.split() for ln in res.stdout.splitlines()[1:]}
-    for name in SERVICES[:-1]:  # already up: checked, healthy
+    # already up: checked, healthy (the runner is started again: this command's environment
+    # is not the one it was started under, see test_warm.py)
+    for name in (s for s in SERVICES if s not in ("metrics", "runner")):
         assert f"service {name}: waiting (already running)" in lines, res.stderr
         assert any(re.fullmatch(rf"service {name}: healthy in \d+\.\ds \(already running\)", ln)
                    for ln in lines), res.stderr  # fmt: skip
@@ -207,8 +221,10 @@ def test_up_under_a_terminal_shows_the_services_live_and_keeps_stdout_plain(stac
     assert rc == 0, raw[-3000:]
     assert "\x1b[?25l" in raw and ("\x1b[1A" in raw or "\x1b[2K" in raw)  # a live display
     text = "\n".join(screen_lines(raw))
-    for name in SERVICES:  # the last frame: each service healthy, with its time
-        assert re.search(rf"✓ {name} +healthy +\d+\.\ds +already running", text), text
+    for name in SERVICES:  # the last frame: each service healthy, with its time (the runner
+        # is started again under this command's environment: see test_warm.py)
+        how = r"(already running|started, pid \d+)" if name == "runner" else "already running"
+        assert re.search(rf"✓ {name} +healthy +\d+\.\ds +{how}", text), text
     assert "\x1b" not in stdout
     assert [ln.split()[0] for ln in stdout.splitlines()] == ["SERVICE", *SERVICES, "worker"]
 

@@ -1,0 +1,280 @@
+"""The warm runner's server (the stack's ``runner`` service): ``riverlake run`` forked
+from a process whose imports are done. The client side, and why, is :mod:`.warm`.
+
+``python -m riverlake.ops.runner SOCKET``: import ahead, then serve until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from riverlake.ops.warm import package_dir, receive, relevant, send, short_path
+
+#: Imported ahead: everything ``riverlake run`` imports before and during a run.
+PRELOAD = (
+    "riverlake.ops.cli",
+    "riverlake.ops.stack",
+    "riverlake.ops.progress",
+    "riverlake.flows",
+    "riverlake.flows.runner",
+    "riverlake.flows.pipeline",
+    "riverlake.lake",
+    "riverlake.sources.ingest",
+    "riverlake.cluster",
+    "prefect_dask",
+    "dask.dataframe",
+    "distributed",
+    "distributed.dashboard.scheduler",
+)
+
+
+class Server:
+    """The warm server: preloads, then forks one child per accepted command."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.raw_env: dict[str, str] = dict(os.environ)
+        self.env: dict[str, str] = {}
+        self.mtimes: dict[str, tuple[int, int]] = {}
+        self.stopping = False
+
+    # -- start-up
+    def preload(self) -> None:
+        import importlib
+
+        from riverlake.ops import cli
+        from riverlake.settings import get_settings
+
+        # The Prefect settings `run` derives, applied before Prefect is imported, as there.
+        os.environ.update(cli.run_env(get_settings(), os.environ))
+        self.env = dict(os.environ)
+        for name in PRELOAD:
+            importlib.import_module(name)
+        from prefect.plugins import load_prefect_collections
+
+        load_prefect_collections()  # otherwise on the first task of each run (1 s)
+        self.mtimes = _module_files()
+        import threading
+
+        if threading.active_count() != 1:  # a Python thread would be lost in every child
+            raise RuntimeError(f"threads after the imports: {threading.enumerate()}")
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the children share these pages: the collector leaves them alone
+
+    def refusal(self, request: dict) -> str | None:
+        """Why this server cannot run ``request`` as a new process would; None if it can."""
+        if request.get("executable") != sys.executable:
+            return f"the warm runner runs {sys.executable}, the command {request.get('executable')}"
+        if request.get("package") != package_dir():
+            return f"the warm runner imported riverlake from {package_dir()}"
+        try:
+            wanted = self._derived(request["env"])
+        except Exception as exc:  # a bad setting: the cold run says which, in one line
+            return f"the settings do not load ({type(exc).__name__})"
+        ours, theirs = relevant(self.env), relevant(wanted)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            return f"the environment differs from the warm runner's: {', '.join(differ[:5])}"
+        for file, stamp in self.mtimes.items():
+            if _stamp(file) != stamp:
+                return f"{file} changed since the warm runner started"
+        return None
+
+    def _derived(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the Prefect settings that `run` would derive from it."""
+        from riverlake.ops import cli
+        from riverlake.settings import get_settings
+
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            return {**env, **cli.run_env(get_settings(), env)}
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    # -- serving
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with short_path(self.path) as name:
+            listener.bind(name)
+        os.chmod(self.path, 0o600)
+        listener.listen(16)
+        print(f"warm runner ready on {self.path} (pid {self.pid})", flush=True)
+        try:
+            while not self.stopping:
+                self._reap()
+                with contextlib.suppress(InterruptedError):
+                    ready, _, _ = select.select([listener], [], [], 0.5)
+                    if ready:
+                        conn, _ = listener.accept()
+                        self._handle(conn, listener)
+        finally:
+            if os.getpid() == self.pid:
+                listener.close()
+                self.path.unlink(missing_ok=True)
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _reap(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+    def _handle(self, conn: socket.socket, listener: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            uid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if int.from_bytes(uid[4:8], sys.byteorder) != os.getuid():
+                return  # another user: nothing to say to it
+            conn.settimeout(5)
+            request, fds = receive(conn, maxfds=3)
+            if request is None or len(fds) != 3:
+                return
+            why = self.refusal(request)
+            if why:
+                print(f"cold: {why}", flush=True)
+                send(conn, {"cold": why})
+                return
+            if os.fork() == 0:  # the monitor: starts the command, reports its status
+                listener.close()
+                self._monitor(conn, request, fds)  # never returns
+        except OSError as exc:
+            print(f"a request failed: {exc}", flush=True)
+        finally:
+            if os.getpid() == self.pid:
+                conn.close()
+                for fd in fds:
+                    os.close(fd)
+
+    def _monitor(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `down` stops the server, not runs
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        pid = os.fork()
+        if pid == 0:  # the command: its SystemExit unwinds to the interpreter's own exit
+            conn.close()
+            _become(request, fds)
+        try:
+            with contextlib.suppress(PermissionError, ProcessLookupError):
+                os.setpgid(pid, pid)  # as the child does: no signal can find it without
+            for fd in fds:
+                os.close(fd)
+            conn.settimeout(None)
+            print(f"pid {pid}: riverlake {' '.join(request['argv'][1:])}", flush=True)
+            send(conn, {"pid": pid})
+            status = _wait(pid, conn)
+            print(f"pid {pid}: exit status {status}", flush=True)
+            with contextlib.suppress(OSError):  # a client killed meanwhile hears nothing
+                send(conn, {"status": status})
+        except BaseException as exc:  # the monitor never runs the server's code
+            with contextlib.suppress(Exception):
+                print(f"monitor: {exc!r}", flush=True)
+        os._exit(0)
+
+
+def _become(request: dict, fds: list[int]) -> None:
+    """Turn this forked child into the client's command: its terminal, directory,
+    environment and arguments, its own process group; then run the command."""
+    os.setpgid(0, 0)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = list(request["argv"])
+    sys.path[:] = request["path"]
+    sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
+    with contextlib.suppress(ImportError):
+        import numpy  # the legacy global generator: each run its own seed, as a new process
+
+        numpy.random.seed()
+    try:
+        from riverlake.ops import cli
+
+        cli.main(forwarded=True)
+    except SystemExit:
+        raise
+    except BaseException:  # never back into the server's loop: a cold process would end here
+        import traceback
+
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    raise SystemExit(0)
+
+
+def _wait(pid: int, conn: socket.socket) -> int:
+    """The command's exit status (negative: the signal that ended it); if the client
+    goes away first, the command is stopped (SIGTERM, then SIGKILL after 15 s)."""
+    pidfd = os.pidfd_open(pid)
+    watched = [pidfd, conn]
+    deadline = float("inf")
+    while True:
+        ready, _, _ = select.select(watched, [], [], 1.0)
+        if pidfd in ready:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        if conn in ready:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                if conn.recv(4096, socket.MSG_DONTWAIT):
+                    continue  # the client says nothing after its request: ignored
+            watched.remove(conn)  # the client is gone: so is its command
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = float("inf")
+
+
+def _stamp(file: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _module_files() -> dict[str, tuple[int, int]]:
+    out = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and (stamp := _stamp(file)) is not None:
+            out[file] = stamp
+    return out
+
+
+def serve_main(argv: list[str]) -> None:
+    """``python -m riverlake.ops.runner SOCKET``: preload, then serve until SIGTERM."""
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m riverlake.ops.runner SOCKET")
+    server = Server(Path(argv[0]).absolute())
+    t0 = time.monotonic()
+    server.preload()
+    took = time.monotonic() - t0
+    print(f"imports done in {took:.1f}s; {len(server.mtimes)} module files watched", flush=True)
+    server.serve()
+
+
+if __name__ == "__main__":
+    serve_main(sys.argv[1:])

@@ -1,0 +1,127 @@
+"""The warm runner's decisions (riverlake.ops.warm), without a server process: what a
+command and the server must agree on before the server may run it, and the Prefect
+settings both derive from the environment. The forked runs themselves are exercised on
+the real stack in tests/integration/test_warm.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from riverlake.ops import cli, runner, warm
+from riverlake.settings import get_settings
+
+pytestmark = pytest.mark.unit
+
+
+def _env() -> dict[str, str]:
+    """This process's environment without pytest's per-phase variable."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch) -> runner.Server:
+    """A server as after its imports (none done here): its environment and watched files."""
+    monkeypatch.setenv("RIVERLAKE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    s = runner.Server(tmp_path / "warm.sock")
+    s.env = {**_env(), **cli.run_env(get_settings(), os.environ)}
+    watched = tmp_path / "module.py"
+    watched.write_text("X = 1\n")
+    s.mtimes = {str(watched): runner._stamp(str(watched))}
+    return s
+
+
+def request(**env_changes: str | None) -> dict:
+    env = {k: v for k, v in {**_env(), **env_changes}.items() if v is not None}
+    return {"argv": ["riverlake", "run", "flights"], "cwd": os.getcwd(), "env": env,
+            "path": sys.path, "executable": sys.executable, "package": warm.package_dir()}  # fmt: skip
+
+
+def test_run_env_points_prefect_at_the_stack_and_keeps_what_the_user_set(monkeypatch):
+    monkeypatch.setenv("RIVERLAKE_PREFECT_PORT", "4321")
+    monkeypatch.setenv("RIVERLAKE_LOG_LEVEL", "DEBUG")
+    env = {"PREFECT_API_URL": "http://elsewhere/api", "PREFECT_LOGGING_LEVEL": "ERROR"}
+    assert cli.run_env(get_settings(), env) == {
+        "PREFECT_API_URL": "http://127.0.0.1:4321/api",  # always the stack's
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "riverlake",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+    }  # the user's PREFECT_LOGGING_LEVEL is kept
+    assert cli.run_env(get_settings(), {})["PREFECT_LOGGING_LEVEL"] == "DEBUG"
+
+
+def test_the_same_environment_is_served(server):
+    assert server.refusal(request()) is None
+
+
+def test_riverlake_settings_may_differ_they_are_read_per_call(server):
+    assert server.refusal(request(RIVERLAKE_LAKE_URL="s3://another/lake")) is None
+    assert server.refusal(request(RIVERLAKE_WARM="require", PWD="/elsewhere")) is None
+
+
+def test_another_variable_is_refused_by_name(server):
+    assert server.refusal(request(WARM_TEST_ONLY="1")) == (
+        "the environment differs from the warm runner's: WARM_TEST_ONLY"
+    )
+    assert server.refusal(request(HOME=None)) == (
+        "the environment differs from the warm runner's: HOME")  # fmt: skip
+
+
+def test_a_setting_that_moves_prefect_is_refused(server):
+    """RIVERLAKE_PREFECT_PORT changes the PREFECT_API_URL Prefect read at import."""
+    why = server.refusal(request(RIVERLAKE_PREFECT_PORT="4999"))
+    assert why == "the environment differs from the warm runner's: PREFECT_API_URL"
+
+
+def test_a_changed_module_file_is_refused(server):
+    (file,) = server.mtimes
+    Path(file).write_text("X = 2  # edited\n")
+    assert server.refusal(request()) == f"{file} changed since the warm runner started"
+
+
+def test_another_python_or_checkout_is_refused(server):
+    assert "runs" in server.refusal({**request(), "executable": "/usr/bin/python3"})
+    assert "imported riverlake from" in server.refusal({**request(), "package": "/elsewhere"})
+
+
+def test_bad_settings_are_left_to_the_cold_run(server):
+    assert server.refusal(request(RIVERLAKE_WORKERS="many")) == (
+        "the settings do not load (ValidationError)"
+    )
+
+
+@pytest.mark.parametrize(("raw", "mode"), [("", "on"), ("1", "on"), ("0", "off"),
+                                           ("false", "off"), ("require", "require")])  # fmt: skip
+def test_riverlake_warm_chooses(monkeypatch, raw, mode):
+    monkeypatch.setenv("RIVERLAKE_WARM", raw)
+    assert warm.mode() == mode
+
+
+def test_only_run_is_forwarded_and_off_means_here(monkeypatch, tmp_path):
+    monkeypatch.setenv("RIVERLAKE_HOME", str(tmp_path))  # no server there
+    assert warm.forward(["riverlake", "tables"]) is None
+    monkeypatch.setenv("RIVERLAKE_WARM", "0")
+    assert warm.forward(["riverlake", "run", "flights"]) is None
+    monkeypatch.setenv("RIVERLAKE_WARM", "1")
+    assert warm.forward(["riverlake", "run", "flights"]) is None  # no server: run here
+
+
+def test_require_without_a_server_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RIVERLAKE_HOME", str(tmp_path))
+    monkeypatch.setenv("RIVERLAKE_WARM", "require")
+    assert warm.forward(["riverlake", "run", "flights"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"riverlake: error: RIVERLAKE_WARM=require: no warm runner at "
+                           f"{tmp_path / 'run' / 'warm.sock'} (FileNotFoundError")  # fmt: skip
+
+
+def test_a_long_socket_path_is_reached_through_its_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    with warm.short_path(deep / "warm.sock") as name:
+        assert name.startswith("/proc/self/fd/") and len(name) < 100
+        assert Path(name).parent.resolve() == deep.resolve()
