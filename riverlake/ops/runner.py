@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from riverlake.ops.warm import package_dir, receive, relevant, send, short_path
+from riverlake.ops.warm import FORWARDED, package_dir, receive, relevant, send, short_path
 
 #: Imported ahead: everything ``riverlake run`` imports before and during a run.
 PRELOAD = (
@@ -62,6 +62,10 @@ class Server:
 
         load_prefect_collections()  # otherwise on the first task of each run (1 s)
         self.mtimes = _module_files()
+        from prefect.settings import PREFECT_PROFILES_PATH
+
+        profiles = str(PREFECT_PROFILES_PATH.value())  # read at import too (absent: None)
+        self.mtimes[profiles] = _stamp(profiles)
         import threading
 
         if threading.active_count() != 1:  # a Python thread would be lost in every child
@@ -73,6 +77,13 @@ class Server:
 
     def refusal(self, request: dict) -> str | None:
         """Why this server cannot run ``request`` as a new process would; None if it can."""
+        argv = request.get("argv") or []
+        if len(argv) < 2 or argv[1] not in FORWARDED:
+            return f"the warm runner runs only {', '.join(sorted(FORWARDED))}"
+        for name in PREFECT_FILES:  # Prefect reads these from the folder at import
+            file = Path(request.get("cwd", "/"), name)
+            if file.is_file() and (name != "pyproject.toml" or "[tool.prefect" in _text(file)):
+                return f"Prefect reads {file}, which the warm runner did not"
         if request.get("executable") != sys.executable:
             return f"the warm runner runs {sys.executable}, the command {request.get('executable')}"
         if request.get("package") != package_dir():
@@ -145,8 +156,8 @@ class Server:
                 return  # another user: nothing to say to it
             conn.settimeout(5)
             request, fds = receive(conn, maxfds=3)
-            if request is None or len(fds) != 3:
-                return
+            if not isinstance(request, dict) or len(fds) != 3:
+                return  # a health check (connects, says nothing) or not a client of ours
             why = self.refusal(request)
             if why:
                 print(f"cold: {why}", flush=True)
@@ -154,67 +165,105 @@ class Server:
                 return
             if os.fork() == 0:  # the monitor: starts the command, reports its status
                 listener.close()
-                self._monitor(conn, request, fds)  # never returns
-        except OSError as exc:
-            print(f"a request failed: {exc}", flush=True)
+                _monitor(conn, request, fds)  # never returns (the command: SystemExit)
+        except Exception as exc:  # a malformed request, a client gone: the server goes on
+            print(f"a request failed: {exc!r}", flush=True)
         finally:
             if os.getpid() == self.pid:
                 conn.close()
                 for fd in fds:
                     os.close(fd)
 
-    def _monitor(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+
+#: The signals a client relays to its command.
+RELAYED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH}
+
+
+def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """In a child of the server: fork the command, tell the client its pid, wait for it
+    and report its exit status. The command starts only once the client has its pid (a
+    client that gave up meanwhile never sees a run it did not wait for), and stops when
+    the client goes away. Never returns: the monitor exits here; the command's
+    SystemExit unwinds to the interpreter's own exit, as in a new process."""
+    me, pid, go = os.getpid(), 0, -1
+    try:
+        # Blocked across the fork: a signal relayed before the command has its handlers
+        # waits for them instead of meeting the monitor's SIG_IGN.
+        signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+        ready, go = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(go)
+            conn.close()
+            _become(request, fds, ready)
+        os.close(ready)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `down` stops the server, not runs
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        pid = os.fork()
-        if pid == 0:  # the command: its SystemExit unwinds to the interpreter's own exit
-            conn.close()
-            _become(request, fds)
-        try:
-            with contextlib.suppress(PermissionError, ProcessLookupError):
-                os.setpgid(pid, pid)  # as the child does: no signal can find it without
-            for fd in fds:
-                os.close(fd)
-            conn.settimeout(None)
-            print(f"pid {pid}: riverlake {' '.join(request['argv'][1:])}", flush=True)
-            send(conn, {"pid": pid})
-            status = _wait(pid, conn)
-            print(f"pid {pid}: exit status {status}", flush=True)
-            with contextlib.suppress(OSError):  # a client killed meanwhile hears nothing
-                send(conn, {"status": status})
-        except BaseException as exc:  # the monitor never runs the server's code
-            with contextlib.suppress(Exception):
-                print(f"monitor: {exc!r}", flush=True)
-        os._exit(0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            os.setpgid(pid, pid)  # as the child does: no signal can find it without
+        for fd in fds:
+            os.close(fd)
+        conn.settimeout(None)
+        send(conn, {"pid": pid})
+        print(f"pid {pid}: riverlake {' '.join(request['argv'][1:])}", flush=True)
+        os.write(go, b"g")
+        os.close(go)
+        status = _wait(pid, conn)
+        done, pid = pid, 0
+        print(f"pid {done}: exit status {status}", flush=True)
+        with contextlib.suppress(OSError):  # a client killed meanwhile hears nothing
+            send(conn, {"status": status})
+    except BaseException as exc:
+        if os.getpid() != me:  # the command's own exit, on its way out
+            raise
+        with contextlib.suppress(Exception):
+            print(f"monitor: {exc!r}", flush=True)
+        if pid:  # the client never heard of it, or the monitor failed: it must not run on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    os._exit(0)
 
 
-def _become(request: dict, fds: list[int]) -> None:
-    """Turn this forked child into the client's command: its terminal, directory,
-    environment and arguments, its own process group; then run the command."""
-    os.setpgid(0, 0)
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    sys.argv = list(request["argv"])
-    sys.path[:] = request["path"]
-    sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
-    with contextlib.suppress(ImportError):
-        import numpy  # the legacy global generator: each run its own seed, as a new process
-
-        numpy.random.seed()
+def _become(request: dict, fds: list[int], ready: int) -> None:
+    """Turn this forked child into the client's command (its terminal, directory,
+    environment, umask and arguments, a process group of its own) once the monitor says
+    go, then run it. Raises SystemExit only: whatever happens, this process never goes
+    back into the server's loop; it exits as a new process running the command would."""
     try:
+        os.setpgid(0, 0)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)  # a relayed signal lands now
+        if os.read(ready, 1) != b"g":  # the monitor ended without the client knowing us
+            raise SystemExit(1)
+        os.close(ready)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = list(request["argv"])
+        sys.path[:] = request["path"]
+        sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
+        with contextlib.suppress(ImportError):
+            import numpy  # the legacy global generator: its own seed, as a new process
+
+            numpy.random.seed()
         from riverlake.ops import cli
 
         cli.main(forwarded=True)
     except SystemExit:
         raise
-    except BaseException:  # never back into the server's loop: a cold process would end here
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: as cli.main
+        raise SystemExit(130) from None
+    except BaseException:
         import traceback
 
         traceback.print_exc()
@@ -234,9 +283,13 @@ def _wait(pid: int, conn: socket.socket) -> int:
             _, status = os.waitpid(pid, 0)
             return os.waitstatus_to_exitcode(status)
         if conn in ready:
-            with contextlib.suppress(BlockingIOError, InterruptedError):
+            try:
                 if conn.recv(4096, socket.MSG_DONTWAIT):
                     continue  # the client says nothing after its request: ignored
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:  # reset: the client closed with our message unread
+                pass
             watched.remove(conn)  # the client is gone: so is its command
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
@@ -245,6 +298,18 @@ def _wait(pid: int, conn: socket.socket) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             deadline = float("inf")
+
+
+#: Files Prefect reads its settings from, in the working directory, when it is imported
+#: (pyproject.toml only for its [tool.prefect] table).
+PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _stamp(file: str) -> tuple[int, int] | None:

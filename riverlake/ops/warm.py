@@ -4,10 +4,11 @@ A one-day run spends most of its wall time importing (Prefect's client, Dask's
 distributed and its dashboard, pandas, pyarrow, deltalake, pandera, Prefect's collections:
 5 to 6 s on the 2-core machine) before any work. ``riverlake up`` starts this server
 beside the stack (service ``runner``); it imports all of that once, then waits on a Unix
-socket in the stack's private state folder (``run/warm.sock``, mode 0700, peers checked to
-be the same user). ``riverlake run`` connects first and, if the server can serve it, hands
-over its command line, working directory, environment and its stdin, stdout and stderr
-(the file descriptors themselves, so a terminal stays a terminal); the server forks a
+socket in the stack's private state folder (``run/warm.sock``: mode 0600 in a 0700
+folder; each side checks that the other is the same user). ``riverlake run`` connects
+first and, if the server can serve it, hands over its command line, working directory,
+environment, umask and its stdin, stdout and stderr (the file descriptors themselves, so
+a terminal stays a terminal); the server forks a
 child that becomes that command, in a process group of its own, and the client forwards
 its signals (Ctrl-C included) to that group and exits with the child's status. The
 command runs its usual code, checks included: only the imports were done ahead.
@@ -17,10 +18,15 @@ The server refuses (the client then runs the command itself, as without a server
 import: another Python or another riverlake checkout, an environment variable other
 than ``RIVERLAKE_*`` that differs from the server's (after the Prefect settings ``run``
 derives from the client's ``RIVERLAKE_*``; riverlake reads its own settings per call,
-never at import), or any imported module file changed on disk since the server started
-(an edited pipeline module, an upgraded package). ``RIVERLAKE_WARM=0`` always runs
-cold; ``RIVERLAKE_WARM=require`` fails with the server's reason instead of running cold
-(benchmarks and tests, to be sure what they measured).
+never at import), Prefect settings files in the command's folder (``.env``,
+``prefect.toml``, ``pyproject.toml``'s ``[tool.prefect]``), or any imported module file
+or Prefect's profiles file changed on disk since the server started (an edited pipeline
+module, an upgraded package). The forked command starts only once the client has its
+pid, and is stopped if the client goes away; a client whose request went unanswered
+fails instead of running the command a second time in its own process.
+``RIVERLAKE_WARM=0`` always runs cold; ``RIVERLAKE_WARM=require`` fails with the
+server's reason instead of running cold (benchmarks and tests, to be sure what they
+measured).
 
 Before forking, the server runs in one thread of Python; the numerical libraries keep
 native threads of their own (OpenBLAS, jemalloc), which install fork handlers for this.
@@ -43,12 +49,13 @@ from pathlib import Path
 #: Commands that the server runs; every other command runs in the client's process.
 FORWARDED = frozenset({"run"})
 #: Variables that may differ between the client and the server (read per call, or not read).
-VOLATILE = frozenset({"PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "RIVERLAKE_WARM"})
-#: Set by the command (only with a live display) after Prefect is imported; applied to
-#: the handlers then (``cli._quiet_prefect_console``), so it needs no equal import.
-CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+VOLATILE = frozenset({
+    "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "RIVERLAKE_WARM",
+    # which terminal or session the command came from
+    "TMUX_PANE", "WINDOWID", "SSH_TTY", "SSH_CLIENT", "SSH_CONNECTION", "TERM_SESSION_ID",
+})  # fmt: skip
 SOCKET = Path("run") / "warm.sock"
-#: How long the client waits for the server's first answer before running cold.
+#: How long the client waits for the server's first answer (then fails: see _forward).
 ANSWER_TIMEOUT_S = 10.0
 _MAX_MESSAGE = 1 << 20
 
@@ -68,7 +75,7 @@ def mode() -> str:
 def relevant(env) -> dict[str, str]:
     """What of ``env`` a command and the server must agree on: all but ``RIVERLAKE_*``
     (riverlake reads its settings per call) and the volatile variables."""
-    ignored = VOLATILE | {CONSOLE_LEVEL}
+    ignored = VOLATILE
     return {k: v for k, v in env.items() if not k.startswith("RIVERLAKE_") and k not in ignored}
 
 
@@ -144,23 +151,41 @@ def _forward(argv: list[str]) -> int:
     path = socket_path()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.settimeout(ANSWER_TIMEOUT_S)
+    umask = os.umask(0)
+    os.umask(umask)
+    request = {
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "path": sys.path,
+        "umask": umask,
+        "executable": sys.executable,
+        "package": package_dir(),
+    }
     try:
         with short_path(path) as name:
             conn.connect(name)
-        request = {
-            "argv": argv,
-            "cwd": os.getcwd(),
-            "env": dict(os.environ),
-            "path": sys.path,
-            "executable": sys.executable,
-            "package": package_dir(),
-        }
+        peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():  # not ours: say nothing
+            conn.close()
+            raise Refused(f"{path} is served by another user")
         send(conn, request, [0, 1, 2])
-        answer, _ = receive(conn)
-    except (OSError, ValueError) as exc:  # no server here (or it went away): run cold
+    except OSError as exc:  # no server here (or it went away): nothing was handed over
         conn.close()
         raise Refused(f"no warm runner at {path} ({exc.__class__.__name__}: {exc})") from None
-    if not answer or "pid" not in answer:
+    try:
+        answer, _ = receive(conn)
+    except TimeoutError:
+        # It has the request: running here too could run the command twice. (Its run
+        # starts only after the client has its pid, so closing now stops it.)
+        conn.close()
+        print(f"riverlake: error: the warm runner at {path} did not answer in "
+              f"{ANSWER_TIMEOUT_S:.0f}s; RIVERLAKE_WARM=0 runs without it",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except (OSError, ValueError):
+        answer = None
+    if not answer or "pid" not in answer:  # refused, or it ended before starting a run
         conn.close()
         raise Refused((answer or {}).get("cold", "the warm runner closed the connection"))
     pid = answer["pid"]
@@ -170,20 +195,25 @@ def _forward(argv: list[str]) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signum)
 
-    forwarded = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH]
-    for sig in forwarded:
+    relayed = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH]
+    for sig in relayed:
         signal.signal(sig, relay)
     try:
         final, _ = receive(conn)
+    except (OSError, ValueError):
+        final = None
     finally:
         conn.close()
-    if not final or "status" not in final:
-        print(f"riverlake: error: the warm runner ({path}) stopped before the run ended "
-              f"(pid {pid}); see the stack's logs/runner.log", file=sys.stderr)  # fmt: skip
+    if not final or "status" not in final:  # the runner's monitor died: so does the run
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        print(f"riverlake: error: the warm runner ({path}) stopped before the run ended; "
+              f"its run (pid {pid}) was stopped; see the stack's logs/runner.log",
+              file=sys.stderr)  # fmt: skip
         return 1
     status = final["status"]
     if status < 0:  # killed by a signal: end the same way, as a shell expects
-        for sig in forwarded:
+        for sig in relayed:
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
         return 128 - status

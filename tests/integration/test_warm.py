@@ -39,7 +39,8 @@ def _runner() -> tuple[int, dict[str, str], Path]:
 
 
 def _command(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "riverlake.ops.cli", *args], env=env,
+    """The console script a user types (riverlake.ops.entry: the client before any import)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "riverlake"), *args], env=env,
                             cwd=ROOT, text=True, **kw)  # fmt: skip
 
 
@@ -93,6 +94,31 @@ def test_a_warm_run_writes_what_a_cold_run_writes(stack_env):
     assert warm["rows_loaded"] > 0
     rows = same_lakes(lakes["require"], lakes["0"])  # every table, value by value
     assert rows["flights"] == warm["rows_loaded"]
+
+
+def test_a_malformed_request_leaves_the_runner_serving(stack_env):
+    import socket
+
+    from riverlake.ops import warm
+
+    _, env, log = _runner()
+    offset = len(log.read_text())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        with warm.short_path(warm.socket_path(env)) as name:
+            conn.connect(name)
+        socket.send_fds(conn, [b"{not json"], [0, 1, 2])
+        assert conn.recv(100) == b""  # it hung up on us
+    assert "a request failed: JSONDecodeError" in log.read_text()[offset:]
+    proc = _command(["run", "no-such-pipeline"], {**env, "RIVERLAKE_WARM": "require"},
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+    assert (
+        proc.returncode == 1
+        and out == ""
+        and len(err.splitlines()) == 1
+        and "no-such-pipeline" in err
+    )
+    assert re.search(r"^pid \d+: riverlake run no-such-pipeline$", log.read_text()[offset:], re.M)
 
 
 def test_a_different_environment_is_refused_and_runs_cold(stack_env):

@@ -88,6 +88,37 @@ def test_another_python_or_checkout_is_refused(server):
     assert "imported riverlake from" in server.refusal({**request(), "package": "/elsewhere"})
 
 
+def test_only_run_is_served(server):
+    assert server.refusal({**request(), "argv": ["riverlake", "down"]}) == (
+        "the warm runner runs only run"
+    )
+
+
+@pytest.mark.parametrize(("name", "text", "refused"), [
+    (".env", "PREFECT_API_KEY=x\n", True),
+    ("prefect.toml", "[logging]\nlevel = 'DEBUG'\n", True),
+    ("pyproject.toml", "[tool.prefect]\nlogging.level = 'DEBUG'\n", True),
+    ("pyproject.toml", "[project]\nname = 'mine'\n", False),  # no Prefect table: served
+])  # fmt: skip
+def test_prefect_settings_files_in_the_commands_folder_are_refused(
+    server, tmp_path, name, text, refused
+):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    why = server.refusal({**request(), "cwd": str(folder)})
+    assert why == (f"Prefect reads {folder / name}, which the warm runner did not" if refused
+                   else None)  # fmt: skip
+
+
+def test_a_prefect_profiles_file_created_since_the_start_is_refused(server, tmp_path):
+    profiles = tmp_path / "profiles.toml"
+    server.mtimes[str(profiles)] = runner._stamp(str(profiles))  # absent at the start
+    assert server.refusal(request()) is None
+    profiles.write_text("active = 'other'\n")
+    assert server.refusal(request()) == f"{profiles} changed since the warm runner started"
+
+
 def test_bad_settings_are_left_to_the_cold_run(server):
     assert server.refusal(request(RIVERLAKE_WORKERS="many")) == (
         "the settings do not load (ValidationError)"
