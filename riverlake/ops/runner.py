@@ -45,6 +45,7 @@ class Server:
         self.env: dict[str, str] = {}
         self.mtimes: dict[str, tuple[int, int]] = {}
         self.stopping = False
+        self.stale = False  # an imported file changed: import everything again
 
     # -- start-up
     def preload(self) -> None:
@@ -98,7 +99,7 @@ class Server:
             return f"the environment differs from the warm runner's: {', '.join(differ[:5])}"
         for file, stamp in self.mtimes.items():
             if _stamp(file) != stamp:
-                return f"{file} changed since the warm runner started"
+                return f"{file} {STALE}"
         return None
 
     def _derived(self, env: dict[str, str]) -> dict[str, str]:
@@ -128,7 +129,7 @@ class Server:
         listener.listen(16)
         print(f"warm runner ready on {self.path} (pid {self.pid})", flush=True)
         try:
-            while not self.stopping:
+            while not self.stopping and not self.stale:
                 self._reap()
                 with contextlib.suppress(InterruptedError):
                     ready, _, _ = select.select([listener], [], [], 0.5)
@@ -139,6 +140,9 @@ class Server:
             if os.getpid() == self.pid:
                 listener.close()
                 self.path.unlink(missing_ok=True)
+        if self.stale and not self.stopping:  # the same process (pid file), imports anew
+            print("imported files changed: starting again", flush=True)
+            os.execv(sys.executable, [sys.executable, "-m", "riverlake.ops.runner", str(self.path)])
 
     def _stop(self, signum, frame) -> None:
         self.stopping = True
@@ -161,6 +165,7 @@ class Server:
             why = self.refusal(request)
             if why:
                 print(f"cold: {why}", flush=True)
+                self.stale = why.endswith(STALE)
                 send(conn, {"cold": why})
                 return
             if os.fork() == 0:  # the monitor: starts the command, reports its status
@@ -300,6 +305,8 @@ def _wait(pid: int, conn: socket.socket) -> int:
             deadline = float("inf")
 
 
+#: A refusal that ends so: what the server imported is out of date; it starts again.
+STALE = "changed since the warm runner started"
 #: Files Prefect reads its settings from, in the working directory, when it is imported
 #: (pyproject.toml only for its [tool.prefect] table).
 PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")

@@ -6,6 +6,7 @@ it, and a killed client's run is stopped."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -191,3 +192,29 @@ def test_up_restarts_a_runner_started_under_another_environment(stack_env):
     assert again.returncode == 0, again.stderr[-3000:]
     assert _runner()[0] == after  # the same environment: left running
     assert "service runner: waiting (already running)" in again.stderr.splitlines()
+
+
+def test_a_changed_module_makes_the_runner_import_again(stack_env):
+    from riverlake.ops import cli
+
+    pid, env, log = _runner()
+    file = Path(cli.__file__)  # imported by the runner ahead of every command
+    st = file.stat()
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as an edit would
+    offset = len(log.read_text())
+    required = {**env, "RIVERLAKE_WARM": "require"}
+    refused = _command(["run", "no-such-pipeline"], required, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)  # fmt: skip
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 1
+    assert f"{file} changed since the warm runner started" in err
+    deadline = time.monotonic() + 180  # the same process imports everything again
+    while "warm runner ready" not in log.read_text()[offset:]:
+        assert time.monotonic() < deadline, log.read_text()[offset:]
+        time.sleep(0.5)
+    assert _runner()[0] == pid and "imported files changed: starting again" in log.read_text()
+    served = _command(["run", "no-such-pipeline"], required, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)  # fmt: skip
+    _, err = served.communicate(timeout=120)
+    assert served.returncode == 1 and "no-such-pipeline" in err and "RIVERLAKE_WARM" not in err
+    assert re.search(r"^pid \d+: riverlake run no-such-pipeline$", log.read_text()[offset:], re.M)
