@@ -355,11 +355,17 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _service_env(svc: Service) -> dict[str, str]:
+    """This process's environment with the service's own; an empty value in the
+    service's unsets the variable (an inherited empty one is passed on, as it is)."""
+    return {k: v for k, v in {**os.environ, **svc.env}.items()
+            if not (k in svc.env and svc.env[k] == "")}  # fmt: skip
+
+
 def _start(svc: Service, home: Path) -> None:
     log = svc.log_file(home)
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env = {**os.environ, **svc.env}
-    env = {k: v for k, v in env.items() if v != ""}
+    env = _service_env(svc)
     with open(log, "ab", opener=_private_opener) as out:
         proc = subprocess.Popen(
             svc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -576,7 +582,7 @@ def _env_differs(svc: Service, info: dict) -> bool:
     except OSError:
         return False
     theirs = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-    ours = {k: v for k, v in {**os.environ, **svc.env}.items() if v != ""}
+    ours = _service_env(svc)
     return warm.relevant(theirs) != warm.relevant(ours)
 
 

@@ -156,3 +156,19 @@ def test_a_long_socket_path_is_reached_through_its_folder(tmp_path):
     with warm.short_path(deep / "warm.sock") as name:
         assert name.startswith("/proc/self/fd/") and len(name) < 100
         assert Path(name).parent.resolve() == deep.resolve()
+
+
+def test_a_service_gets_inherited_empty_variables_and_its_own_empty_ones_unset(monkeypatch):
+    """The runner compares its environment with each command's: one it started with,
+    minus the variables that happened to be empty (make's MAKEFLAGS), refused them all."""
+    from riverlake.ops import stack
+
+    monkeypatch.setenv("INHERITED_EMPTY", "")
+    monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
+    svc = stack.Service(name="s", argv=["x"], ports={}, health_url="", url="",
+                        env={"PREFECT_API_URL": "", "OWN": "1"})  # fmt: skip
+    env = stack._service_env(svc)
+    assert env["INHERITED_EMPTY"] == "" and env["OWN"] == "1"
+    assert "PREFECT_API_URL" not in env  # the service's empty value: unset for it
+    (runner,) = [s for s in stack.services(get_settings()) if s.name == "runner"]
+    assert warm.relevant(stack._service_env(runner)) == warm.relevant(os.environ)
