@@ -73,7 +73,10 @@ def run_cli(env: dict[str, str], *args: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-m", "riverlake.ops.cli", "run", "flights", "--json", *args],
-        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT, timeout=3600,
+        capture_output=True, text=True, timeout=3600, cwd=ROOT,
+        # A new process each time, as its recorded figures were (the warm runner's path is
+        # overhead.py's); without this the path would depend on this process's environment.
+        env={**os.environ, **env, "RIVERLAKE_WARM": "0"},
     )  # fmt: skip
     wall = time.perf_counter() - t0
     if res.returncode != 0:
