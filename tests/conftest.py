@@ -117,9 +117,11 @@ def riverlake_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        # A user's shell: no PREFECT_* the test process may have picked up.
+        # A user's shell: no PREFECT_* the test process may have picked up. A command of
+        # its own, as these tests were written for (the warm runner: test_warm.py).
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+            "RIVERLAKE_WARM": "0",
             **(env or {}),
         },
         cwd=cwd or ROOT,

@@ -41,7 +41,9 @@ def cli_env(extra: dict[str, str]) -> dict[str, str]:
     """A user's shell (no PREFECT_* the test process picked up) plus ``extra``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     # Prefect's console handler wraps at the terminal width: one log record, one line.
-    return {**base, "COLUMNS": "1000", **extra}
+    # The faults kill the command's own process group: it runs in a process of its own,
+    # not forked by the stack's warm runner (whose faults are tests/integration/test_warm.py).
+    return {**base, "COLUMNS": "1000", "RIVERLAKE_WARM": "0", **extra}
 
 
 class CliRun:
