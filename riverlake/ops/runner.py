@@ -41,7 +41,6 @@ class Server:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pid = os.getpid()
-        self.raw_env: dict[str, str] = dict(os.environ)
         self.env: dict[str, str] = {}
         self.mtimes: dict[str, tuple[int, int]] = {}
         self.stopping = False
