@@ -577,13 +577,17 @@ def _env_differs(svc: Service, info: dict) -> bool:
     would import: it would refuse every run; see :mod:`riverlake.ops.warm`)."""
     if not svc.health_socket:
         return False
+    theirs = process_environ(info["pid"])
+    return theirs is not None and warm.relevant(theirs) != warm.relevant(_service_env(svc))
+
+
+def process_environ(pid: int) -> dict[str, str] | None:
+    """The environment process ``pid`` was started with (None if it cannot be read)."""
     try:
-        raw = Path(f"/proc/{info['pid']}/environ").read_bytes()
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
-        return False
-    theirs = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-    ours = _service_env(svc)
-    return warm.relevant(theirs) != warm.relevant(ours)
+        return None
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
 
 
 def _with_credentials(settings: Settings, key: str, secret: str) -> Settings:

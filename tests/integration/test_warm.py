@@ -34,9 +34,7 @@ def _runner() -> tuple[int, dict[str, str], Path]:
     home = settings.home.resolve()
     info = stack._read_pid(svc, home)
     assert stack._alive(info), "the stack's runner is not running"
-    raw = Path(f"/proc/{info['pid']}/environ").read_bytes()
-    env = dict(kv.split("=", 1) for kv in raw.decode().split("\0") if "=" in kv)
-    return info["pid"], env, svc.log_file(home)
+    return info["pid"], stack.process_environ(info["pid"]), svc.log_file(home)
 
 
 def _command(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
@@ -143,40 +141,43 @@ def test_a_different_environment_is_refused_and_runs_cold(stack_env):
     assert log.read_text()[offset:].count("cold: the environment differs") == 2
 
 
-def test_ctrl_c_reaches_the_forked_run(stack_env, tmp_path):
+def _a_warm_run_under_way(tmp_path: Path) -> tuple[subprocess.Popen, int, Path, int]:
+    """A one-day run forked by the runner, seen running 2 s after it started: its client,
+    the forked command's pid, the runner's log and where this run's lines start in it."""
     _, env, log = _runner()
     offset = len(log.read_text())
-    lake_url = f"s3://riverlake-test/warm-int-{uuid.uuid4().hex[:6]}"
+    lake_url = f"s3://riverlake-test/warm-{uuid.uuid4().hex[:6]}"
     out = (tmp_path / "out.log").open("w+")
     client = _command(["run", "flights", "--start", DAY, "--end", DAY],
                       {**env, "RIVERLAKE_WARM": "require", "RIVERLAKE_LAKE_URL": lake_url},
                       stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     pid = _served(log, f"run flights --start {DAY} --end {DAY}", offset)
     time.sleep(2.0)
-    assert client.poll() is None and not _gone(pid, 0), "the run ended before the Ctrl-C"
+    assert client.poll() is None and not _gone(pid, 0), "the run ended before the fault"
+    return client, pid, log, offset
+
+
+def _exit_status(log: Path, pid: int, offset: int) -> int | None:
+    """The forked command's exit status as the runner logged it."""
+    ended = re.search(rf"^pid {pid}: exit status (-?\d+)$", log.read_text()[offset:], re.M)
+    return int(ended.group(1)) if ended else None
+
+
+def test_ctrl_c_reaches_the_forked_run(stack_env, tmp_path):
+    client, pid, log, offset = _a_warm_run_under_way(tmp_path)
     client.send_signal(signal.SIGINT)
     assert client.wait(timeout=120) != 0  # interrupted: not a success
     assert _gone(pid, 30), "the forked run outlived its client"
-    ended = re.search(rf"^pid {pid}: exit status (-?\d+)$", log.read_text()[offset:], re.M)
-    assert ended and int(ended.group(1)) == client.returncode  # the run's own status
+    assert _exit_status(log, pid, offset) == client.returncode  # the run's own status
 
 
 def test_a_killed_clients_run_is_stopped(stack_env, tmp_path):
-    _, env, log = _runner()
-    offset = len(log.read_text())
-    lake_url = f"s3://riverlake-test/warm-kill-{uuid.uuid4().hex[:6]}"
-    out = (tmp_path / "out.log").open("w+")
-    client = _command(["run", "flights", "--start", DAY, "--end", DAY],
-                      {**env, "RIVERLAKE_WARM": "require", "RIVERLAKE_LAKE_URL": lake_url},
-                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    pid = _served(log, f"run flights --start {DAY} --end {DAY}", offset)
-    time.sleep(2.0)
-    assert not _gone(pid, 0), "the run ended before the client was killed"
+    client, pid, log, offset = _a_warm_run_under_way(tmp_path)
     client.kill()  # SIGKILL: the client cannot say goodbye; its connection closes
     client.wait(timeout=30)
     assert _gone(pid, 30), "the run went on without its client"
-    ended = re.search(rf"^pid {pid}: exit status (-?\d+)$", log.read_text()[offset:], re.M)
-    assert ended and int(ended.group(1)) != 0
+    status = _exit_status(log, pid, offset)
+    assert status is not None and status != 0
 
 
 def test_up_restarts_a_runner_started_under_another_environment(stack_env):
