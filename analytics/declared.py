@@ -228,6 +228,27 @@ def dedupe_last(df: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, int
     return df[~replaced], int(replaced.sum())
 
 
+def key_parts(table: pa.Table, key: Sequence[str], parts: int) -> np.ndarray:
+    """Which of ``parts`` parts each row of ``table`` belongs to, by a hash of its
+    ``key`` columns: rows with equal keys (a null part included) are always in the same
+    part, whichever file or batch they come from, so the last record of a key, and the
+    key's uniqueness, can be decided within a part. Integers hash by value whatever
+    their width; other types by their text."""
+    if parts == 1:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    canonical = {}
+    for name in key:
+        column = table[name]
+        if pa.types.is_integer(column.type):
+            canonical[name] = column.cast(pa.int64()).to_pandas(
+                types_mapper={pa.int64(): pd.Int64Dtype()}.get
+            )  # a null: <NA>, exact
+        else:
+            canonical[name] = column.cast(pa.string()).to_pandas()
+    hashed = pd.util.hash_pandas_object(pd.DataFrame(canonical), index=False)
+    return (hashed.to_numpy() % np.uint64(parts)).astype(np.int64)
+
+
 def _key_like(values: pd.Series, like: pd.Series) -> pd.Series:
     """``values`` as the type of ``like`` (a join key): text compares as text, numbers as
     numbers; a value that is not one is missing (it matches nothing)."""

@@ -136,6 +136,10 @@ def transform_scale(r: dict, at: dict | None = None) -> tuple[str, str, str]:
         figures += (f"; against {at['data']['rows']:,} rows: {scale:.0f} times the rows took "
                     f"{growth:.1f} times as long ({growth / scale:.0%} of linear); Riverlake's "
                     f"peak memory {_mb(peak)} against {_mb(then)}")  # fmt: skip
+        stages = r["riverlake"].get("peak_rss_stages_bytes")
+        if stages:
+            figures += " (" + ", ".join(f"{s.replace('_', ' ')} {_mb(b)}"
+                                        for s, b in stages.items()) + ")"  # fmt: skip
         met = met and growth / scale <= 1.10 and peak <= 1.5 * then
     target = f"ratio {r['target_ratio']:.1f} or less, within 10% of linear, memory flat"
     return figures, target, _met(met)

@@ -215,6 +215,8 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
                    for (y, m), files in months.items()]  # fmt: skip
         results = client.gather(futures)
         t_curate = time.perf_counter() - t0
+        peak_curate = _peak_self()
+        _reset_peak()  # the gold step's own peak from here
         q = [r["quarantine"] for r in results if r["quarantine"] is not None]
         qname = flow.quarantine_table(c.table)
         quarantine = pa.Table.from_pandas(
@@ -252,9 +254,16 @@ def run_riverlake(landing: Path, out: Path, cores: int) -> dict:
         "rows_quarantined": quarantine.num_rows,
         "quarantine": sorted(qkeys),
         "gold": {name: _records(f) for name, f in gold.items()},
-        "peak_rss_bytes": _peak_self(),
+        "peak_rss_bytes": max(peak_curate, _peak_self()),
+        "peak_rss_stages_bytes": {"curate": peak_curate, "commit_and_gold": _peak_self()},
         "curated": str(Path(lake.table_uri(c.table, settings))),
     }
+
+
+def _reset_peak() -> None:
+    """Start this process's peak resident set (VmHWM) again from its current size (Linux:
+    ``/proc/self/clear_refs``), so the next stage's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _records(frame) -> list[dict]:
@@ -668,6 +677,11 @@ def main() -> None:
         if "stages_s" in rs[0]:
             result[engine]["stages_s"] = {
                 s: record.spread([r["stages_s"][s] for r in rs]) for s in rs[0]["stages_s"]
+            }
+        if "peak_rss_stages_bytes" in rs[0]:
+            result[engine]["peak_rss_stages_bytes"] = {
+                s: max(r["peak_rss_stages_bytes"][s] for r in rs)
+                for s in rs[0]["peak_rss_stages_bytes"]
             }
     ratio = result["riverlake"]["wall_s"]["median"] / result["duckdb"]["wall_s"]["median"]
     result.update(ratio_riverlake_to_duckdb=ratio, target_ratio=TARGET_RATIO,

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -432,6 +433,128 @@ def _superseded_records(quarantine: pd.DataFrame, key: list[str], keys: set[tupl
     )
 
 
+class _KeyMoved(Exception):
+    """A step changed a key value: the month's parts no longer hold whole keys."""
+
+
+def _sizes(fs, paths: list[str]) -> dict[str, int]:
+    """Each file's size in bytes, from one listing per folder (a store's LIST, not a
+    request per file)."""
+    out: dict[str, int] = {}
+    for folder in sorted({p.rsplit("/", 1)[0] for p in paths}):
+        for entry in fs.ls(folder, detail=True, refresh=True):  # not a cached listing
+            out[fs._strip_protocol(entry["name"])] = int(entry.get("size") or 0)
+    return {p: out.get(fs._strip_protocol(p)) or fs.size(p) for p in paths}
+
+
+def _month_parts(fs, paths: list[str], key: list[str],
+                 part_bytes: int) -> tuple[int, list[list[str]]]:  # fmt: skip
+    """How many parts a month is curated in (one without a ``key`` to split by), and its
+    files in landing order, in groups read together (all at once for one part; for more,
+    about ``part_bytes`` at a time)."""
+    ordered = sorted(paths, key=landing_order)
+    sizes = _sizes(fs, ordered) if key and ordered else {}
+    parts = max(1, -(-sum(sizes.values()) // part_bytes))
+    if parts == 1:
+        return 1, [ordered]
+    groups: list[list[str]] = [[]]
+    held = 0
+    for path in ordered:
+        if groups[-1] and held + sizes[path] > part_bytes:
+            groups.append([])
+            held = 0
+        groups[-1].append(path)
+        held += sizes[path]
+    return parts, groups
+
+
+def _typed_files(fs, groups: list[list[str]], raw_types: dict[str, str],
+                 zones: dict[str, str], year: int, month: int):  # fmt: skip
+    """Each landed file of ``groups`` in order, typed as the landing schema declares:
+    (its typed rows, the quarantine records of its rows that failed typing or None)."""
+    for group in groups:
+        blobs = {fs._strip_protocol(k): v for k, v in (fs.cat(group) if group else {}).items()}
+        for path in map(fs._strip_protocol, group):  # named as the store names it
+            blob = blobs.pop(path)
+            try:
+                table = declared.read_csv_typed(blob, raw_types, zones)
+                bad = pd.DataFrame()
+            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+                try:
+                    text = declared.read_csv_text(blob)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError) as e:
+                    # not a CSV at all (a line with extra fields, not UTF-8): the whole file
+                    # is one quarantined record, with its first bytes
+                    head = bytes(blob[:4096]).decode("utf-8", "replace")
+                    reason = f"file:unreadable ({str(e).splitlines()[0][:120]})"
+                    text = pd.DataFrame({"file_head": [head]})
+                    table, bad = pa.schema([]).empty_table(), text.assign(failed_check=reason)
+                else:
+                    table, bad = declared.type_text(text, raw_types, zones)
+            yield table, (_quarantine_rows(bad, path, year, month) if len(bad) else None)
+
+
+def _month_pieces(typed, key: list[str], parts: int, quarantined: list[pd.DataFrame],
+                  counts: dict[str, int]):  # fmt: skip
+    """A month's typed rows in landing order, as (part, rows): one part, or ``parts``
+    parts by a hash of ``key`` (:func:`declared.key_parts`), each file's rows appended to
+    their part's Arrow file on local disk as it is read (Dask's temporary directory: the
+    workers' spill volume), the parts then read back one at a time. Rows that failed
+    typing go to ``quarantined``; ``counts["rows_in"]`` counts every row."""
+    if parts == 1:
+        tables = []
+        for table, bad in typed:
+            counts["rows_in"] += table.num_rows + (0 if bad is None else len(bad))
+            quarantined += [] if bad is None else [bad]
+            tables += [table] if table.num_columns else []
+        if tables:
+            yield 0, pa.concat_tables(tables)
+        return
+    import dask
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(
+        prefix="riverlake-month-", dir=dask.config.get("temporary-directory", None)
+    ) as spill:
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        try:
+            for table, bad in typed:
+                counts["rows_in"] += table.num_rows + (0 if bad is None else len(bad))
+                quarantined += [] if bad is None else [bad]
+                if not table.num_rows:
+                    continue
+                which = declared.key_parts(table, key, parts)
+                for part in np.unique(which).tolist():
+                    if part not in writers:
+                        writers[part] = pa.ipc.new_file(f"{spill}/{part}.arrow", table.schema)
+                    writers[part].write_table(table.filter(pa.array(which == part)))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        for part in sorted(writers):
+            with pa.memory_map(f"{spill}/{part}.arrow") as source:
+                rows = pa.ipc.open_file(source).read_all()
+            yield part, rows
+
+
+def _check_month_rows(rows: pd.DataFrame, schema, year: int, month: int):
+    """Curated rows checked against the contract: (the good rows, quarantine records,
+    failures per check)."""
+    checked = split(rows, schema)
+    quarantined = []
+    if len(checked.bad):
+        quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
+    good = checked.good
+    # A row belongs to the month it was landed in; one that does not (it cannot, landing
+    # and curation read the same time) would replace another month's partition: refused.
+    elsewhere = (good["year"] != year) | (good["month"] != month)
+    if elsewhere.any():
+        stray = good[elsewhere].assign(failed_check=f"landing:month ({year}-{month:02d})")
+        quarantined.append(_quarantine_rows(stray, "landing", year, month))
+        good = good[~elsewhere]
+    return good, quarantined, checked.failures
+
+
 def _month_of(table: str, year: int, month: int, version: int | None, settings) -> pa.Table:
     """What month (``year``, ``month``) of ``table`` held at ``version`` (Arrow)."""
     t = None if version is None else lake.table(table, settings, version=version)
@@ -461,16 +584,19 @@ def transform_month(name: str, year: int, month: int, files: list[str],
 
 def curate_month(p: Pipeline, year: int, month: int, files: list[str],
                  new: list[str] | None = None, base: dict[str, Any] | None = None,
-                 ) -> dict[str, Any]:  # fmt: skip
+                 in_parts: bool = True) -> dict[str, Any]:  # fmt: skip
     """The body of :func:`transform_month` (a merge that turns out unsafe calls it again,
-    whole)."""
+    whole). A whole month of more than ``settings.curate_part_bytes`` landed bytes whose
+    steps are row-wise is curated in parts by its key (5 million flights in one part took
+    4 GB and more; a production worker has 4 GiB) (see :func:`_month_pieces`) unless
+    ``in_parts`` is false."""
     c = p.curated
     settings = get_settings()
     tables, versions = _join_tables(p)
 
-    def whole(why: str) -> dict[str, Any]:
+    def whole(why: str, in_parts: bool = True) -> dict[str, Any]:
         _log().info("%d-%02d: rebuilt whole: %s", year, month, why)
-        return curate_month(p, year, month, files)
+        return curate_month(p, year, month, files, in_parts=in_parts)
 
     held = held_quarantine = None
     if new is not None:
@@ -493,50 +619,39 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
     raw_types = dict(p.landing_source()["schema"])
     zones = {c.event_time.column: c.event_time.time_zone} if c.event_time else {}
     fs = lake.filesystem(settings)
-    blobs = fs.cat(read) if read else {}
-    typed, quarantined, rows_in = [], [], 0
-    for path in sorted(blobs, key=landing_order):
-        try:
-            table = declared.read_csv_typed(blobs[path], raw_types, zones)
-            bad = pd.DataFrame()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
-            try:
-                text = declared.read_csv_text(blobs[path])
-            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError) as e:
-                # not a CSV at all (a line with extra fields, not UTF-8): the whole file is
-                # one quarantined record, with its first bytes
-                head = bytes(blobs[path][:4096]).decode("utf-8", "replace")
-                reason = f"file:unreadable ({str(e).splitlines()[0][:120]})"
-                text = pd.DataFrame({"file_head": [head]})
-                table, bad = pa.schema([]).empty_table(), text.assign(failed_check=reason)
-            else:
-                table, bad = declared.type_text(text, raw_types, zones)
-        rows_in += table.num_rows + len(bad)
-        if table.num_columns:
-            typed.append(table)
-        if len(bad):
-            quarantined.append(_quarantine_rows(bad, path, year, month))
     types = curated_types(p)
-    schema = declared.contract(c.contract, types, c.key, c.table) if typed else None
-    if typed:
-        rows, merged = curate(p, pa.concat_tables(typed), types, tables)
-        checked = split(rows, schema)
-        if len(checked.bad):
-            quarantined.append(_quarantine_rows(checked.bad, "contract", year, month))
-        good, failures = checked.good, checked.failures
-        # A row belongs to the month it was landed in; one that does not (it cannot,
-        # landing and curation read the same time) would replace another month's
-        # partition: refused.
-        elsewhere = (good["year"] != year) | (good["month"] != month)
-        if elsewhere.any():
-            stray = good[elsewhere].assign(failed_check=f"landing:month ({year}-{month:02d})")
-            quarantined.append(_quarantine_rows(stray, "landing", year, month))
-            good = good[~elsewhere]
-    else:
-        rows, merged, failures = pd.DataFrame(columns=list(types)), 0, {}
-        good = rows
+    key = [k for k in c.key if k in raw_types]  # the key's landed columns: parts by them
+    parts, groups = _month_parts(fs, read, key if new is None and in_parts and c.row_wise else [],
+                                 settings.curate_part_bytes)  # fmt: skip
+    typed = _typed_files(fs, groups, raw_types, zones, year, month)
+    quarantined: list[pd.DataFrame] = []
+    counts = {"rows_in": 0}
+    adds, merged, checked, failures, schema = [], 0, 0, {}, None
+    rows = good = None  # the one part's rows (a merge needs them)
+    try:
+        for part, piece in _month_pieces(typed, key, parts, quarantined, counts):
+            rows, n = curate(p, piece, types, tables)
+            if parts > 1 and (declared.key_parts(pa.Table.from_pandas(
+                    rows[key], preserve_index=False), key, parts) != part).any():  # fmt: skip
+                # a step changed a key: rows of one key could sit in two parts
+                raise _KeyMoved
+            schema = schema or declared.contract(c.contract, types, c.key, c.table)
+            good, bad, fails = _check_month_rows(rows, schema, year, month)
+            quarantined += bad
+            merged, checked = merged + n, checked + len(rows)
+            failures = {k: failures.get(k, 0) + fails.get(k, 0) for k in failures | fails}
+            if parts > 1:  # written now: the month's rows are never all in memory at once
+                adds += lake.write_fragments(declared.to_table(good, types),
+                                             lake.table_uri(c.table, settings),
+                                             c.partition_by, settings)  # fmt: skip
+    except _KeyMoved:  # (the parts' files written so far are never committed)
+        return whole("a step changed key values, so it is curated in one part", in_parts=False)
+    if rows is None:  # no file had rows
+        rows = good = pd.DataFrame(columns=list(types))
+    rows_in = counts["rows_in"]
     fresh = pd.concat(quarantined, ignore_index=True) if quarantined else None
-    quarantine, replaced, loaded = fresh, 0, len(good)
+    quarantine, replaced = fresh, 0
+    loaded = len(good) if parts == 1 else sum(a["rows"] for a in adds)
     if new is not None:  # merge into what the month holds
         if len(c.key) > 1 and len(rows) and rows[list(c.key)].isna().any(axis=1).any():
             # the contract's uniqueness of a key with a null part looks across all of the
@@ -553,12 +668,13 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
             old = old[~_superseded_records(old, list(c.key), keys)][QUARANTINE_SCHEMA.names]
             quarantine = pd.concat([x for x in (old, fresh) if x is not None],
                                    ignore_index=True)  # fmt: skip
-    adds = lake.write_fragments(
-        declared.to_table(good, types), lake.table_uri(c.table, settings), c.partition_by,
-        settings,
-    )  # fmt: skip
+    if parts == 1:
+        adds = lake.write_fragments(declared.to_table(good, types),
+                                    lake.table_uri(c.table, settings), c.partition_by,
+                                    settings)  # fmt: skip
     return {
         "mode": "whole" if new is None else "merge",
+        "parts": parts,
         "adds": adds,
         "rows_in": rows_in,
         "merged": merged,
@@ -570,7 +686,7 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
         if fresh is None
         else fresh["failed_check"].value_counts().to_dict(),
         "failures": failures,
-        "checked": len(rows),
+        "checked": checked,
         "joins": versions,
     }
 
@@ -816,7 +932,9 @@ def _gold_from_rows(p: Pipeline, golds, months, types, settings) -> dict[str, tu
     writes = {}
     with _curated_rows(c.table, _columns_needed(golds, types, c.partition_by),
                        _gold_filters(months, widest), settings) as frame:  # fmt: skip
-        frame = frame.persist() if is_dask(frame) else frame
+        # A dask frame is not persisted: each table's graph reads its own columns a file at
+        # a time, so the gold step's memory does not grow with the rows (held, the columns
+        # of 60M rows took 5.5 GB).
         for g, part in zip(golds, scopes, strict=True):
             scoped = frame  # each table from the rows of its touched partitions only
             if part and len(widest) < 1:

@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(
         8787, description="Port of the local Dask dashboard; 0 picks a free one."
     )
+    curate_part_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="A month rebuilt whole from more landed bytes than this, by row-wise "
+        "steps, is curated in parts of about this size split by its key, one after another, "
+        "so a worker's memory does not grow with the month.",
+    )
     gold_in_pandas_bytes: int = Field(
         32 << 20,
         ge=0,

@@ -115,7 +115,8 @@ class Function(_Model):
     ``row_wise: true`` promises that each output row depends on its input row alone (no
     look across the month: no rolling window, rank or group) and that the key is left as
     it is: then a month that gets new landed files curates only their rows and merges
-    them into the rows it holds. Without the promise a touched month is rebuilt whole.
+    them into the rows it holds, and a large month is curated in parts by its key. Without
+    the promise a touched month is rebuilt whole, in one part.
     """
 
     function: str

@@ -115,6 +115,41 @@ def test_delay_by_weather_matches_an_independent_join(year_run, source):
     )
 
 
+IN_PARTS = "s3://riverlake-test/year-in-parts"
+
+
+def test_the_year_curated_in_parts_equals_the_year_curated_whole(year_run):
+    """The same run with months curated in parts of 1 MiB (each month's landed files hold
+    about 3 MB): on the stack's S3 store and Dask workers, every month in several parts
+    (their own files), and the same rows, quarantine and gold tables as whole months."""
+    parts = run(IN_PARTS, RIVERLAKE_CURATE_PART_BYTES=str(1 << 20))
+    for c in ("rows_in", "rows_loaded", "rows_quarantined", "rows_merged"):
+        assert parts[c] == year_run[c], c
+    files = {}
+    for f in lake.table("flights", get_settings(lake_url=IN_PARTS)).files():
+        month = int(f["partition_values"]["month"])
+        files[month] = files.get(month, 0) + 1
+    whole = {}
+    for f in lake.table("flights", get_settings(lake_url=YEAR)).files():
+        month = int(f["partition_values"]["month"])
+        whole[month] = whole.get(month, 0) + 1
+    assert set(files) == set(range(1, 13)) and all(files[m] > whole[m] for m in files), (
+        files, whole)  # fmt: skip
+    for table, key in [("flights", ["year", "month", "day", "carrier", "flight", "origin",
+                                    "sched_dep_time"]),
+                       ("flights_quarantine", ["year", "month", "failed_check", "record"]),
+                       ("carrier_origin_daily", ["flight_date", "carrier", "origin"]),
+                       ("daily_on_time", ["flight_date"]),
+                       ("route_stats", ["year", "origin", "dest"])]:  # fmt: skip
+        a, b = read(table, YEAR), read(table, IN_PARTS)
+        if "source_file" in a:  # a landed file's path names its lake
+            a, b = (x.assign(source_file=x["source_file"].str.rsplit("/", n=1).str[-1])
+                    for x in (a, b))  # fmt: skip
+        a, b = (x.sort_values(key).reset_index(drop=True) for x in (a, b))
+        pd.testing.assert_frame_equal(a[sorted(a.columns)], b[sorted(b.columns)],
+                                      check_exact=False, rtol=1e-12)  # fmt: skip
+
+
 def test_quality_report_covers_every_check_of_every_month(year_run):
     report = read("quality_report", YEAR)
     assert set(report["month"]) == set(range(1, 13))
