@@ -10,6 +10,7 @@ is reduced partition by partition with no shuffle, and the result is exact.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from riverlake.analytics.analysis import is_dask
@@ -228,23 +230,34 @@ def dedupe_last(df: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, int
     return df[~replaced], int(replaced.sum())
 
 
-def key_parts(table: pa.Table, key: Sequence[str], parts: int) -> np.ndarray:
+def key_parts(table: pa.Table, key: Sequence[str], parts: int,
+              types: Mapping[str, str]) -> np.ndarray:  # fmt: skip
     """Which of ``parts`` parts each row of ``table`` belongs to, by a hash of its
-    ``key`` columns: rows with equal keys (a null part included) are always in the same
-    part, whichever file or batch they come from, so the last record of a key, and the
-    key's uniqueness, can be decided within a part. Integers hash by value whatever
-    their width; other types by their text."""
+    ``key`` columns: rows whose keys pandas deduplicates as equal (a null part included)
+    are always in the same part, whichever file or batch they come from, so the last
+    record of a key, and the key's uniqueness, can be decided within a part. Each column
+    is first cast to its curated type in ``types`` where that keeps every value (so landed
+    and curated rows hash alike: a landed date, a curated date); then integers hash by
+    value whatever their width, floats by value (-0.0 as 0.0, NaN as missing), the rest
+    by their text."""
     if parts == 1:
         return np.zeros(table.num_rows, dtype=np.int64)
     canonical = {}
     for name in key:
         column = table[name]
+        want = ARROW.get(types.get(name, ""))
+        if want is not None and column.type != want:
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                column = column.cast(want)  # safe: a value it would change stays as it was
         if pa.types.is_integer(column.type):
             canonical[name] = column.cast(pa.int64()).to_pandas(
                 types_mapper={pa.int64(): pd.Int64Dtype()}.get
             )  # a null: <NA>, exact
-        else:
-            canonical[name] = column.cast(pa.string()).to_pandas()
+            continue
+        if pa.types.is_floating(column.type):
+            number = pc.add(column.cast(pa.float64()), 0.0)  # -0.0 + 0.0 is 0.0
+            column = pc.if_else(pc.is_nan(number), pa.scalar(None, pa.float64()), number)
+        canonical[name] = column.cast(pa.string()).to_pandas()
     hashed = pd.util.hash_pandas_object(pd.DataFrame(canonical), index=False)
     return (hashed.to_numpy() % np.uint64(parts)).astype(np.int64)
 

@@ -39,7 +39,7 @@ import logging
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, partial
@@ -454,7 +454,7 @@ def _month_parts(fs, paths: list[str], key: list[str],
     about ``part_bytes`` at a time)."""
     ordered = sorted(paths, key=landing_order)
     sizes = _sizes(fs, ordered) if key and ordered else {}
-    parts = max(1, -(-sum(sizes.values()) // part_bytes))
+    parts = min(MAX_PARTS, max(1, -(-sum(sizes.values()) // part_bytes)))
     if parts == 1:
         return 1, [ordered]
     groups: list[list[str]] = [[]]
@@ -494,13 +494,18 @@ def _typed_files(fs, groups: list[list[str]], raw_types: dict[str, str],
             yield table, (_quarantine_rows(bad, path, year, month) if len(bad) else None)
 
 
-def _month_pieces(typed, key: list[str], parts: int, quarantined: list[pd.DataFrame],
-                  counts: dict[str, int]):  # fmt: skip
+#: At most this many parts a month (each an open file while the month is read).
+MAX_PARTS = 256
+
+
+def _month_pieces(typed, key: list[str], parts: int, types: dict[str, str],
+                  quarantined: list[pd.DataFrame], counts: dict[str, int]):  # fmt: skip
     """A month's typed rows in landing order, as (part, rows): one part, or ``parts``
-    parts by a hash of ``key`` (:func:`declared.key_parts`), each file's rows appended to
-    their part's Arrow file on local disk as it is read (Dask's temporary directory: the
-    workers' spill volume), the parts then read back one at a time. Rows that failed
-    typing go to ``quarantined``; ``counts["rows_in"]`` counts every row."""
+    parts by a hash of ``key`` (:func:`declared.key_parts`, the curated ``types``), each
+    file's rows appended to their part's Arrow file on local disk as it is read (Dask's
+    temporary directory: the workers' spill volume), the parts then read back one at a
+    time. Rows that failed typing go to ``quarantined``; ``counts["rows_in"]`` counts
+    every row."""
     if parts == 1:
         tables = []
         for table, bad in typed:
@@ -516,25 +521,41 @@ def _month_pieces(typed, key: list[str], parts: int, quarantined: list[pd.DataFr
     with tempfile.TemporaryDirectory(
         prefix="riverlake-month-", dir=dask.config.get("temporary-directory", None)
     ) as spill:
-        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        try:
+        with ExitStack() as files:  # every part's file closed, whatever fails
+            writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
             for table, bad in typed:
                 counts["rows_in"] += table.num_rows + (0 if bad is None else len(bad))
                 quarantined += [] if bad is None else [bad]
                 if not table.num_rows:
                     continue
-                which = declared.key_parts(table, key, parts)
-                for part in np.unique(which).tolist():
+                which = declared.key_parts(table, key, parts, types)
+                order = np.argsort(which, kind="stable")  # by part, landing order within
+                table, which = table.take(order), which[order]
+                bounds = np.searchsorted(which, np.arange(parts + 1))
+                for part in range(parts):
+                    start, end = int(bounds[part]), int(bounds[part + 1])
+                    if start == end:
+                        continue
                     if part not in writers:
-                        writers[part] = pa.ipc.new_file(f"{spill}/{part}.arrow", table.schema)
-                    writers[part].write_table(table.filter(pa.array(which == part)))
-        finally:
-            for writer in writers.values():
-                writer.close()
+                        writers[part] = files.enter_context(
+                            pa.ipc.new_file(f"{spill}/{part}.arrow", table.schema))  # fmt: skip
+                    writers[part].write_table(table.slice(start, end - start))
+            table = None
         for part in sorted(writers):
             with pa.memory_map(f"{spill}/{part}.arrow") as source:
                 rows = pa.ipc.open_file(source).read_all()
             yield part, rows
+            del rows  # (the mapped part) before the next is read
+
+
+def _discard(adds: list[dict[str, Any]], uri: str, settings) -> None:
+    """Remove Parquet files a task wrote and will not commit (a file this misses is an
+    orphan no reader sees, which ``vacuum --full`` removes)."""
+    base = lake.strip_scheme(uri)
+    try:
+        lake.filesystem(settings).rm([f"{base}/{a['path']}" for a in adds])
+    except Exception as e:  # the task's own error is the one to report
+        _log().warning("could not remove %d uncommitted file(s): %s", len(adds), e)
 
 
 def _check_month_rows(rows: pd.DataFrame, schema, year: int, month: int):
@@ -620,7 +641,7 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
     zones = {c.event_time.column: c.event_time.time_zone} if c.event_time else {}
     fs = lake.filesystem(settings)
     types = curated_types(p)
-    key = [k for k in c.key if k in raw_types]  # the key's landed columns: parts by them
+    key = [k for k in c.key if k in raw_types and k in types]  # landed: parts by them
     parts, groups = _month_parts(fs, read, key if new is None and in_parts and c.row_wise else [],
                                  settings.curate_part_bytes)  # fmt: skip
     typed = _typed_files(fs, groups, raw_types, zones, year, month)
@@ -628,11 +649,14 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
     counts = {"rows_in": 0}
     adds, merged, checked, failures, schema = [], 0, 0, {}, None
     rows = good = None  # the one part's rows (a merge needs them)
+    moved = False
     try:
-        for part, piece in _month_pieces(typed, key, parts, quarantined, counts):
+        for part, piece in _month_pieces(typed, key, parts, types, quarantined, counts):
             rows, n = curate(p, piece, types, tables)
-            if parts > 1 and (declared.key_parts(pa.Table.from_pandas(
-                    rows[key], preserve_index=False), key, parts) != part).any():  # fmt: skip
+            del piece
+            keys = {k: types[k] for k in key}
+            if parts > 1 and (declared.key_parts(declared.to_table(rows, keys), key, parts,
+                                                 types) != part).any():  # fmt: skip
                 # a step changed a key: rows of one key could sit in two parts
                 raise _KeyMoved
             schema = schema or declared.contract(c.contract, types, c.key, c.table)
@@ -644,7 +668,14 @@ def curate_month(p: Pipeline, year: int, month: int, files: list[str],
                 adds += lake.write_fragments(declared.to_table(good, types),
                                              lake.table_uri(c.table, settings),
                                              c.partition_by, settings)  # fmt: skip
-    except _KeyMoved:  # (the parts' files written so far are never committed)
+                rows = good = bad = None  # gone before the next part is read
+    except BaseException as e:
+        if adds:  # a part's files, never to be committed
+            _discard(adds, lake.table_uri(c.table, settings), settings)
+        if not isinstance(e, _KeyMoved):
+            raise
+        moved = True
+    if moved:  # (outside the handler: nothing of the parted attempt is held)
         return whole("a step changed key values, so it is curated in one part", in_parts=False)
     if rows is None:  # no file had rows
         rows = good = pd.DataFrame(columns=list(types))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,24 @@ COUNTS = ("rows_in", "merged", "rows_loaded", "rows_quarantined", "quarantine_ch
 def upper_carrier(df: pd.DataFrame) -> pd.DataFrame:
     """A step that breaks ``row_wise``'s promise to leave the key alone."""
     return df.assign(carrier=df["carrier"].str.upper())
+
+
+CALLS = {"n": 0}
+
+
+def fail_on_second_part(df: pd.DataFrame) -> pd.DataFrame:
+    """A step that fails on its second call: the month's second part."""
+    CALLS["n"] += 1
+    if CALLS["n"] == 2:
+        raise RuntimeError("a step failed on the second part")
+    return df
+
+
+def _with_step(function: str):
+    base = pipelines.pipeline("flights")
+    step = Function(function=f"{__name__}:{function}", row_wise=True)
+    return base.model_copy(update={"curated": base.curated.model_copy(
+        update={"steps": [step, *base.curated.steps]})})  # fmt: skip
 
 
 def _dimensions(settings) -> None:
@@ -150,10 +169,7 @@ def test_a_step_that_changes_the_key_is_curated_in_one_part(monkeypatch, tmp_pat
     first = pd.read_csv(files[0], dtype="string", keep_default_na=False).head(50)
     first.assign(carrier=first["carrier"].str.lower()).to_csv(lower, index=False)
     files.append(str(lower))  # the same flights as file 1, carrier in lower case
-    base = pipelines.pipeline("flights")
-    step = Function(function=f"{__name__}:upper_carrier", row_wise=True)
-    p = base.model_copy(update={"curated": base.curated.model_copy(
-        update={"steps": [step, *base.curated.steps]})})  # fmt: skip
+    p = _with_step("upper_carrier")
     size = sum(os.path.getsize(f) for f in files)
     one, rows_one, q_one = _curate(monkeypatch, tmp_path, "one", files, 1 << 40, p)
     many, rows_many, q_many = _curate(monkeypatch, tmp_path, "many", files, size // 5, p)
@@ -170,19 +186,55 @@ def test_a_step_that_changes_the_key_is_curated_in_one_part(monkeypatch, tmp_pat
     assert many["parts"] == 1  # fell back
 
 
+def test_a_month_that_fails_in_a_later_part_leaves_no_files(monkeypatch, tmp_path):
+    """Parts are written as they are curated; a later part that fails (the task will
+    retry or the run fail) takes the earlier parts' files with it: none is left behind."""
+    files = _landed(tmp_path / "landing" / "year=2013" / "month=1")
+    monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "lake"))
+    monkeypatch.setenv("RIVERLAKE_CURATE_PART_BYTES", str(sum(map(os.path.getsize, files)) // 5))
+    settings = flow.get_settings()
+    _dimensions(settings)
+    p = _with_step("fail_on_second_part")
+    written = []
+    real = lake.write_fragments
+
+    def write_fragments(*args, **kwargs):
+        adds = real(*args, **kwargs)
+        written.extend(adds)
+        return adds
+
+    monkeypatch.setattr(lake, "write_fragments", write_fragments)
+    CALLS["n"] = 0
+    with pytest.raises(RuntimeError, match="second part"):
+        flow.curate_month(p, 2013, 1, files)
+    assert CALLS["n"] == 2 and len(written) >= 1  # the first part was written, then it failed
+    table = tmp_path / "lake"
+    left = [f for f in table.rglob("*.parquet") if f.name in {w["path"].rsplit("/", 1)[-1]
+                                                                for w in written}]  # fmt: skip
+    assert left == []
+
+
 def test_parts_hold_whole_keys_in_landing_order(tmp_path):
     """``_month_pieces``: every row in exactly one part, a key's rows all in one, in the
-    order they were landed."""
+    order they were landed; files whose integers differ in width, with null key parts,
+    with no rows, or with no columns (an unreadable file) among them."""
     n = 5000
     rng = np.random.default_rng(3)
-    tables = [pa.table({"k": pa.array(rng.integers(0, 300, n // 5), pa.int32()),
-                        "s": pa.array(rng.choice(["a", "b", None], n // 5)),
-                        "seq": pa.array(np.arange(i * n // 5, (i + 1) * n // 5))})
-              for i in range(5)]  # fmt: skip
+
+    def table(i: int, width) -> pa.Table:
+        k = rng.integers(0, 300, n // 5)
+        return pa.table({"k": pa.array(k, width, mask=k % 50 == 0),
+                         "s": pa.array(rng.choice(["a", "b", None], n // 5)),
+                         "seq": pa.array(np.arange(i * n // 5, (i + 1) * n // 5))})  # fmt: skip
+
+    tables = [table(0, pa.int32()), table(1, pa.int32()), pa.table({}), table(2, pa.int32()),
+              table(3, pa.int32()), table(4, pa.int32())]  # fmt: skip
+    tables.insert(3, tables[0].slice(0, 0))
     quarantined: list = []
     counts = {"rows_in": 0}
-    pieces = list(flow._month_pieces(((t, None) for t in tables), ["k", "s"], 4, quarantined,
-                                     counts))  # fmt: skip
+    types = {"k": "int64", "s": "string", "seq": "int64"}
+    pieces = list(flow._month_pieces(((t, None) for t in tables), ["k", "s"], 4, types,
+                                     quarantined, counts))  # fmt: skip
     assert [part for part, _ in pieces] == [0, 1, 2, 3] and counts["rows_in"] == n
     seen = {}
     for part, t in pieces:
@@ -192,3 +244,39 @@ def test_parts_hold_whole_keys_in_landing_order(tmp_path):
         for k, s in zip(t["k"].to_pylist(), t["s"].to_pylist(), strict=True):
             assert seen.setdefault((k, s), part) == part
     assert sum(t.num_rows for _, t in pieces) == n
+    assert any(k is None for k, _ in seen)
+
+
+def test_keys_pandas_deduplicates_as_one_are_in_one_part():
+    """``declared.key_parts`` agrees with the dedupe (pandas' ``duplicated``) and with the
+    curated rows' types: -0.0 and 0.0, NaN and a missing value, an int32 and an int64, a
+    text and a large text, a landed date and the same date back from pandas, a landed
+    integer curated as text."""
+    floats = pa.table({"x": pa.array([0.0, -0.0, float("nan"), None, 1.5, 1.5]),
+                       "c": ["a", "a", "b", "b", "c", "c"]})  # fmt: skip
+    frame = declared.to_frame(floats)
+    groups = frame.groupby(["x", "c"], dropna=False).ngroup().to_numpy()
+    for parts in (2, 7, 31):
+        which = declared.key_parts(floats, ["x", "c"], parts, {"x": "float64", "c": "string"})
+        for g in set(groups):
+            assert len(set(which[groups == g])) == 1, (parts, g, which)
+    assert len(set(groups)) == 3  # pandas: one key each for {0.0, -0.0}, {nan, None}, 1.5
+
+    def same(a: pa.Table, b: pa.Table, types: dict) -> None:
+        for parts in (7, 31, 101):
+            assert (declared.key_parts(a, ["k"], parts, types)
+                    == declared.key_parts(b, ["k"], parts, types)).all()  # fmt: skip
+
+    ints = [1, None, 2**31 - 1, -5]
+    same(pa.table({"k": pa.array(ints, pa.int32())}), pa.table({"k": pa.array(ints, pa.int64())}),
+         {"k": "int64"})  # fmt: skip
+    text = ["a", None, "é", ""]
+    same(pa.table({"k": pa.array(text, pa.string())}),
+         pa.table({"k": pa.array(text, pa.large_string())}), {"k": "string"})  # fmt: skip
+    dates = pa.table({"k": pa.array([date(2013, 1, 1), None, date(2024, 2, 29)])})
+    back = declared.to_table(declared.to_frame(dates), {"k": "date"})  # as curated rows are
+    same(dates, back, {"k": "date"})
+    landed = pa.table({"k": pa.array([7, None, 120], pa.int32())})
+    curated = declared.to_table(declared.conform(declared.to_frame(landed), {"k": "string"}),
+                                {"k": "string"})  # fmt: skip
+    same(landed, curated, {"k": "string"})
