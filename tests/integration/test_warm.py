@@ -157,10 +157,15 @@ def _a_warm_run_under_way(tmp_path: Path) -> tuple[subprocess.Popen, int, Path, 
     return client, pid, log, offset
 
 
-def _exit_status(log: Path, pid: int, offset: int) -> int | None:
-    """The forked command's exit status as the runner logged it."""
-    ended = re.search(rf"^pid {pid}: exit status (-?\d+)$", log.read_text()[offset:], re.M)
-    return int(ended.group(1)) if ended else None
+def _exit_status(log: Path, pid: int, offset: int, timeout: float = 30) -> int | None:
+    """The forked command's exit status as the runner logged it (its monitor logs it
+    after reaping the command, which a test can see gone a moment before: waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ended = re.search(rf"^pid {pid}: exit status (-?\d+)$", log.read_text()[offset:], re.M)
+        if ended or time.monotonic() >= deadline:
+            return int(ended.group(1)) if ended else None
+        time.sleep(0.1)
 
 
 def test_ctrl_c_reaches_the_forked_run(stack_env, tmp_path):
