@@ -619,15 +619,36 @@ def finish(parts, gold: Any) -> pd.DataFrame:
     return out.sort_values(keys).reset_index(drop=True) if keys else out
 
 
+#: How many partials one task of :func:`combine_tree` combines.
+COMBINE_FAN_IN = 8
+
+
+def combine_tree(parts: Sequence[Any], gold: Any, fan_in: int = COMBINE_FAN_IN):
+    """Delayed partials (one per file) -> one delayed of their combination, combined
+    ``fan_in`` at a time on the workers, then those results, and so on: what any one
+    task holds does not grow with the number of files (combining every file's partials
+    at once held, per file, a quantile's value counts of each group: 3 GB at 60M rows
+    in 32 MiB parts). Always combined at least once."""
+    import dask
+
+    level = list(parts)
+    while True:
+        level = [dask.delayed(combine)(level[i:i + fan_in], gold)
+                 for i in range(0, max(len(level), 1), fan_in)]  # fmt: skip
+        if len(level) == 1:
+            return level[0]
+
+
 def gold_frame(curated, gold: Any, zone: str = "UTC") -> pd.DataFrame:
     """A declared gold table from a pandas or dask frame of the curated table (time bins
-    in ``zone``). On dask, each partition is reduced to partials on the workers; only the
-    partials travel."""
+    in ``zone``). On dask, each partition is reduced to partials on the workers and
+    those combined in a tree there (:func:`combine_tree`); only the result travels."""
     if is_dask(curated):
         import dask
 
         parts = [dask.delayed(partials)(p, gold, zone) for p in curated.to_delayed()]
-        return finish(combine(list(dask.compute(*parts)), gold), gold)
+        (combined,) = dask.compute(combine_tree(parts, gold))
+        return finish(combined, gold)
     return finish(combine([partials(curated, gold, zone)], gold), gold)
 
 

@@ -1088,17 +1088,18 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     models = [g.model_copy(update={"by": [*g.by, *PART]}) for g in golds]
     with _curated_rows(c.table, _columns_needed(golds, types, c.partition_by),
                        _gold_filters(recompute, ["year", "month"]), settings) as frame:  # fmt: skip
-        if is_dask(frame):  # each file's partials on the workers; only the partials travel
+        if is_dask(frame):  # each file's partials on the workers, combined there in a tree
             import dask
 
             parts = frame.to_delayed()
-            computed = dask.compute(*[[dask.delayed(_month_partials)(x, gm, zone)
-                                       for x in parts] for gm in models])  # fmt: skip
+            computed = dask.compute(*[declared.combine_tree(
+                [dask.delayed(_month_partials)(x, gm, zone) for x in parts], gm)
+                for gm in models])  # fmt: skip
         else:
-            computed = [[_month_partials(frame, gm, zone)] for gm in models]
+            computed = [declared.combine([_month_partials(frame, gm, zone)], gm)
+                        for gm in models]  # fmt: skip
     partials = []  # (partials table, its rows of the recomputed months)
-    for gm, g, states in zip(models, golds, computed, strict=True):
-        wide, counts = declared.combine(list(states), gm)
+    for g, (wide, counts) in zip(golds, computed, strict=True):
         for name in [None, *counts]:
             f = _in_months(wide if name is None else counts[name], recompute, PART)
             partials.append((partials_table(g, name), f))

@@ -262,6 +262,28 @@ def test_gold_on_dask_equals_pandas():
     pd.testing.assert_frame_equal(got, declared.gold_frame(df, gold), rtol=1e-12)
 
 
+def test_gold_on_dask_combines_a_few_partials_at_a_time(monkeypatch):
+    """Many files: their partials are combined ``COMBINE_FAN_IN`` at a time, in a tree,
+    never all at once (that held every file's value counts: 3 GB at 60M rows), and the
+    table is the same as pandas' whole."""
+    import dask.dataframe as dd
+
+    gold = parse(WEATHER).gold[0]
+    df = frame(900, 11)
+    sizes = []
+    real = declared.combine
+
+    def spy(parts, g):
+        sizes.append(len(parts))
+        return real(parts, g)
+
+    monkeypatch.setattr(declared, "combine", spy)
+    got = declared.gold_frame(dd.from_pandas(df, npartitions=37), gold)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(got, declared.gold_frame(df, gold), rtol=1e-12)
+    assert max(sizes) == declared.COMBINE_FAN_IN and sum(sizes) == 37 + 5 and len(sizes) == 6
+
+
 def test_gold_schema_types():
     p = parse(WEATHER)
     schema = declared.gold_schema(p.gold[0], p.curated_types())
