@@ -52,7 +52,7 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/etl.py
 	$(BIN)/python benchmarks/etl.py --rows 60000000 --files 1000 \
-		--engines riverlake,duckdb_stream --name etl-60m
+		--engines riverlake,duckdb_stream,riverlake_distributed_1,riverlake_distributed_2 --name etl-60m
 	$(BIN)/python benchmarks/transform.py
 	$(BIN)/python benchmarks/transform.py --rows 60000000 --files 1000 --name transform-60m
 	$(BIN)/python benchmarks/apps.py
