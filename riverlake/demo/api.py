@@ -4,6 +4,9 @@ a record is "updated" one hour after its observation."""
 from __future__ import annotations
 
 import base64
+import bisect
+import json
+import math
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +31,11 @@ def weather_records() -> list[dict[str, Any]]:
     return out
 
 
+def _json(record: dict[str, Any]) -> str:
+    """One record as the JSON FastAPI would send (compact, no NaN)."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
 def _encode(updated_at: str, rid: int) -> str:
     return base64.urlsafe_b64encode(f"{updated_at}|{rid}".encode()).decode()
 
@@ -42,10 +50,19 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
     Retry-After: 1) or 503 (without), alternately. ``malformed_page=k``: the k-th data
     request (1-based) answers a broken JSON body, once. Both are for testing clients."""
     app = FastAPI(title="Riverlake demo weather API")
-    records = sorted(weather_records(), key=lambda r: (r["updated_at"], r["id"]))
-    by_id = {r["id"]: r for r in records}
+    by_id = {r["id"]: r for r in weather_records()}
     lock = threading.Lock()
     calls = {"n": 0, "faults": 0}
+    # The records in (updated_at, id) order, their sort keys and each one's JSON, kept
+    # as the records change: a page is a bisect and a join, not a sort and an encode.
+    index: dict[str, list] = {}  # keys: (updated_at, id); json: each record's text
+
+    def reindex() -> None:
+        ordered = sorted(by_id.values(), key=lambda r: (r["updated_at"], r["id"]))
+        index.update(keys=[(r["updated_at"], r["id"]) for r in ordered],
+                     json=[_json(r) for r in ordered])  # fmt: skip
+
+    reindex()
 
     def guard(request: Request) -> Response | None:
         if token and request.headers.get("authorization") != f"Bearer {token}":
@@ -62,10 +79,20 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
             return Response(b'{"data": [{"id": 1', media_type="application/json")
         return None
 
-    def current(since: str | None) -> list[dict]:
+    def current(since: str | None, after: tuple[str, int] | None = None):
+        """The records updated after ``since`` and sorting after ``after``: their keys
+        and their JSON texts, in order."""
         with lock:
-            rows = sorted(by_id.values(), key=lambda r: (r["updated_at"], r["id"]))
-        return [r for r in rows if since is None or r["updated_at"] > since]
+            keys, encoded = index["keys"], index["json"]
+        start = 0 if since is None else bisect.bisect_right(keys, (since, math.inf))
+        if after is not None:
+            start = max(start, bisect.bisect_right(keys, after))
+        return keys[start:], encoded[start:]
+
+    def respond(rows: list[str], **extra: Any) -> Response:
+        """``{"data": [rows...], **extra}`` as compact JSON."""
+        fields = "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+        return Response(f'{{"data":[{",".join(rows)}]{fields}}}', media_type="application/json")
 
     @app.get("/health")
     def health() -> dict:
@@ -76,29 +103,25 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
                 since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r
-        rows = current(since)
-        if cursor:
-            after = _decode(cursor)
-            rows = [r for r in rows if (r["updated_at"], r["id"]) > after]
-        page = rows[:limit]
-        nxt = _encode(page[-1]["updated_at"], page[-1]["id"]) if len(rows) > limit else None
-        return {"data": page, "next_cursor": nxt}
+        keys, rows = current(since, _decode(cursor) if cursor else None)
+        nxt = _encode(*keys[limit - 1]) if len(rows) > limit else None
+        return respond(rows[:limit], next_cursor=nxt)
 
     @app.get("/weather/offset")
     def weather_offset(request: Request, limit: int = 500, offset: int = 0,
                        since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r
-        rows = current(since)
-        return {"data": rows[offset : offset + limit], "total": len(rows)}
+        rows = current(since)[1]
+        return respond(rows[offset : offset + limit], total=len(rows))
 
     @app.get("/weather/pages")
     def weather_pages(request: Request, limit: int = 500, page: int = 1,
                       since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r
-        rows = current(since)
-        return {"data": rows[(page - 1) * limit : page * limit], "total": len(rows)}
+        rows = current(since)[1]
+        return respond(rows[(page - 1) * limit : page * limit], total=len(rows))
 
     @app.post("/weather/{rid}/touch")
     def touch(rid: int, request: Request) -> dict:
@@ -109,6 +132,7 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
             rec["temp"] = (rec["temp"] or 0) + 1.0
             rec["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             by_id[rid] = rec
+            reindex()
         return rec
 
     return app

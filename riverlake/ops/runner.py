@@ -32,6 +32,20 @@ PRELOAD = (
     "dask.dataframe",
     "distributed",
     "distributed.dashboard.scheduler",
+    # imported lazily inside riverlake's functions, on the first call in a run:
+    "s3fs",  # the lake's and the sources' S3 client (with aiobotocore, botocore)
+    "deltalake",  # the transaction log
+    "pandera.pandas",  # the contracts ...
+    "pandera.backends.pandas.builtin_checks",  # ... their checks, on first use ...
+    "pandera.strategies.pandas_strategies",  # ... which import these (and hypothesis)
+    "pyarrow.acero",  # the lake's merges
+    "sqlalchemy.dialects.sqlite",  # the demo's SQL sources
+    "sqlite3",
+    "anyio._backends._asyncio",  # Prefect's clients, on their first request
+    "prefect.artifacts",  # the run's summary
+    "prefect.utilities.visualization",  # a flow call imports it (graphviz)
+    "riverlake.analytics.flights",  # the demo pipeline's steps
+    "distributed.http.scheduler.prometheus",  # the cluster's dashboard routes
 )
 
 
