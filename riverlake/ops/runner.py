@@ -6,6 +6,7 @@ from a process whose imports are done. The client side, and why, is :mod:`.warm`
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -14,6 +15,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from riverlake.ops.warm import FORWARDED, package_dir, receive, relevant, send, short_path
 
@@ -75,6 +77,10 @@ class Server:
         from prefect.plugins import load_prefect_collections
 
         load_prefect_collections()  # otherwise on the first task of each run (1 s)
+        # An import may set variables of its own (pandera sets two for pyspark): what the
+        # server compares with each command's, and starts again with, stays as it was.
+        os.environ.clear()
+        os.environ.update(self.env)
         self.mtimes = _module_files()
         from prefect.settings import PREFECT_PROFILES_PATH
 
@@ -258,7 +264,7 @@ def _become(request: dict, fds: list[int], ready: int) -> None:
         signal.signal(signal.SIGWINCH, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)  # a relayed signal lands now
         if os.read(ready, 1) != b"g":  # the monitor ended without the client knowing us
-            raise SystemExit(1)
+            end_command(1)
         os.close(ready)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -277,16 +283,42 @@ def _become(request: dict, fds: list[int], ready: int) -> None:
         from riverlake.ops import cli
 
         cli.main(forwarded=True)
-    except SystemExit:
-        raise
+    except SystemExit as e:
+        end_command(e.code)
     except KeyboardInterrupt:  # Ctrl-C before the command's own handling: as cli.main
-        raise SystemExit(130) from None
+        end_command(130)
     except BaseException:
         import traceback
 
         traceback.print_exc()
-        raise SystemExit(1) from None
-    raise SystemExit(0)
+        end_command(1)
+    end_command(0)
+
+
+#: The forked command's exit status, once it is ending (see :func:`_leave`).
+_STATUS: list[int] = []
+
+
+def end_command(code: object) -> NoReturn:
+    """End the forked command with ``code`` (as ``SystemExit``'s: None, a number or a
+    message), its status kept for :func:`_leave`."""
+    _STATUS[:] = [0 if code is None else code if isinstance(code, int) else 1]
+    raise SystemExit(code)
+
+
+def _leave() -> None:
+    """The exit handler registered first, so Python runs it last: after it has joined
+    the threads and run every other exit handler (the command's own included). In a
+    forked command it ends the process there, with the command's status, as a forked
+    multiprocessing child ends, instead of tearing down the heap it inherited from the
+    server (0.1 s of a run's wall time on the 2-core machine). The server, and any
+    process that is not a forked command, exits as usual."""
+    if not _STATUS:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_STATUS[0])
 
 
 def _wait(pid: int, conn: socket.socket) -> int:
@@ -353,6 +385,7 @@ def serve_main(argv: list[str]) -> None:
     """``python -m riverlake.ops.runner SOCKET``: preload, then serve until SIGTERM."""
     if len(argv) != 1:
         raise SystemExit("usage: python -m riverlake.ops.runner SOCKET")
+    atexit.register(_leave)  # first, before any import registers its own
     server = Server(Path(argv[0]).absolute())
     t0 = time.monotonic()
     server.preload()

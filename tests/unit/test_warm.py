@@ -172,3 +172,43 @@ def test_a_service_gets_inherited_empty_variables_and_its_own_empty_ones_unset(m
     assert "PREFECT_API_URL" not in env  # the service's empty value: unset for it
     (runner,) = [s for s in stack.services(get_settings()) if s.name == "runner"]
     assert warm.relevant(stack._service_env(runner)) == warm.relevant(os.environ)
+
+
+FORKED = """
+import atexit, os, sys
+from riverlake.ops import runner
+
+atexit.register(runner._leave)  # as serve_main registers it, before anything else
+
+
+class Heap:  # what a forked command inherits from the server: torn down only by its owner
+    def __del__(self):
+        os.write(2, f"{os.getpid()} tore its heap down\\n".encode())
+
+
+held = Heap()
+pid = os.fork()
+if pid == 0:
+    atexit.register(lambda: os.write(2, b"the command's exit handler ran\\n"))
+    print("a line still in stdout's buffer")  # a pipe: block-buffered
+    runner.end_command(CODE)
+_, status = os.waitpid(pid, 0)
+print("command status", os.waitstatus_to_exitcode(status), "server", os.getpid())
+"""
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), ("'one line'", 1)])
+def test_a_forked_command_ends_with_its_status_handlers_and_output_without_teardown(code, status):
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", FORKED.replace("CODE", str(code))],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    server = int(res.stdout.split()[-1])
+    assert res.stdout.splitlines() == ["a line still in stdout's buffer",
+                                       f"command status {status} server {server}"]  # fmt: skip
+    err = res.stderr.splitlines()
+    assert "the command's exit handler ran" in err
+    assert (code == "'one line'") == ("one line" in err)
+    # The server tore its own heap down as Python does; the command left without.
+    assert [e for e in err if "tore its heap down" in e] == [f"{server} tore its heap down"]
