@@ -1016,14 +1016,14 @@ def _file_months(t: lake.Table, columns) -> set[tuple[int, int]]:
             for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
 
 
-def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | None]:
-    """A partials table's months and the batch of its last commit of ours (None when
-    it does not exist)."""
+def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | None, Any]:
+    """A partials table's months, the batch of its last commit of ours (None when it does
+    not exist) and the table as read (None: no such table)."""
     t = lake.table(table, settings)
     if t is None:
-        return set(), None
+        return set(), None, None
     ours = [c["batch"] for c in t.commits(limit=10) if c["batch"]]  # not optimize or vacuum
-    return _file_months(t, PART), ours[0].split(":", 1)[-1] if ours else None
+    return _file_months(t, PART), ours[0].split(":", 1)[-1] if ours else None, t
 
 
 def _zone(p: Pipeline) -> str:
@@ -1044,17 +1044,21 @@ def _arrow(frame: pd.DataFrame) -> pa.Table:
     return t.cast(pa.schema(fields))
 
 
-def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settings) -> None:
+def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settings,
+                    existing: Any = False) -> None:  # fmt: skip
     """Replace ``months`` of a partials table with ``frame``'s rows in one commit (a month
-    with no rows now is emptied)."""
-    existing = lake.table(table, settings)
+    with no rows now is emptied). ``existing``: the table as read earlier in the run, or
+    None if it did not exist (False: read it now). An overwrite commits against the
+    version it read: if another writer committed since, it reads the log again."""
+    if existing is False:
+        existing = lake.table(table, settings)
     if not len(frame) and existing is None:
         return  # nothing to keep, nothing to empty
     data = _arrow(frame) if len(frame) else existing.schema.empty_table()
     uri = lake.table_uri(table, settings)
     adds = lake.write_fragments(data, uri, PART, settings) if len(frame) else []
     lake.commit(uri, adds, data.schema, partition_by=PART, mode="overwrite_partitions",
-                batch=lake.Batch(app_id),
+                batch=lake.Batch(app_id), table=existing,
                 replace_partitions=[dict(zip(PART, ym, strict=True)) for ym in sorted(months)],
                 settings=settings)  # fmt: skip
 
@@ -1104,8 +1108,9 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
             f = _in_months(wide if name is None else counts[name], recompute, PART)
             partials.append((partials_table(g, name), f))
     # Independent tables, each its own commit: their S3 round trips overlap.
-    in_threads(lambda table, f: _replace_months(table, f, recompute, f"{table}:{batch}",
-                                                settings), partials)  # fmt: skip
+    in_threads(lambda table, f: _replace_months(
+        table, f, recompute, f"{table}:{batch}", settings,
+        state[table][2] if table in state else False), partials)  # fmt: skip
 
     # Every partial table of every gold read at once (route_stats has 7): None where the
     # table does not exist yet (no curated row in the scope, or no value of a measure).

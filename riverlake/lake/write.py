@@ -570,6 +570,7 @@ def write_table(
     return commit(
         uri, adds, schema, partition_by=partition_by, mode=mode, batch=Batch(app_id),
         replace_partitions=replace_partitions, allow_new_columns=allow_new_columns,
+        table=None if dt is None else Table(name, uri, dt),  # its log read once
         settings=settings,
     )  # fmt: skip
 

@@ -23,10 +23,12 @@ read in parallel on the cluster.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import os
 import random
+import ssl
 import time
 import zlib
 from datetime import UTC, datetime
@@ -263,6 +265,14 @@ def parse_page(
     return records, doc
 
 
+@functools.cache
+def _tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The TLS context httpx makes for its default ``verify=True`` (certifi's, or
+    SSL_CERT_FILE's, or SSL_CERT_DIR's), made once per process: loading the
+    certificates takes 12 ms, and a run makes a client per plan and unit."""
+    return httpx.create_ssl_context()
+
+
 def _client(spec: HttpSource) -> httpx.Client:
     headers = dict(spec.headers)
     if not any(k.lower() == "accept-encoding" for k in headers):
@@ -270,7 +280,9 @@ def _client(spec: HttpSource) -> httpx.Client:
     token = os.environ.get(spec.token_env) if spec.token_env else None
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(headers=headers, timeout=spec.timeout_s, follow_redirects=True)
+    tls = _tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    return httpx.Client(headers=headers, timeout=spec.timeout_s, follow_redirects=True,
+                        verify=tls)  # fmt: skip
 
 
 def _base_params(spec: HttpSource, state: dict | None) -> dict[str, Any]:

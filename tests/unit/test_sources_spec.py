@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -95,3 +96,24 @@ def test_a_record_without_a_declared_field_is_quarantined_never_loaded_with_a_nu
     assert [(b.reason, b.original) for b in bad] == [("missing field 'v'", b'{"id": 2}')]
     table, bad = conform(pa.table({"id": ["1", "2"]}), schema, "f.csv")
     assert table.num_rows == 0 and [b.reason for b in bad] == ["missing field 'v'"] * 2
+
+
+def test_http_clients_share_one_tls_context_per_certificate_setting(tmp_path, monkeypatch):
+    import certifi
+
+    from riverlake.sources import http
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    src = spec.parse_source({"name": "w", "kind": "http", "url": "https://example.test/w",
+                             "table": "w", "schema": {"id": "int64"}}, get_settings())  # fmt: skip
+    http._tls.cache_clear()
+    for _ in range(3):
+        http._client(src).close()
+    assert http._tls.cache_info().misses == 1 and http._tls.cache_info().hits == 2
+    bundle = tmp_path / "ca.pem"  # another certificate file: its own context
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    http._client(src).close()
+    assert http._tls.cache_info().misses == 2
+    assert http._tls(str(bundle), None).verify_mode.name == "CERT_REQUIRED"
