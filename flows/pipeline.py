@@ -1047,10 +1047,10 @@ def _arrow(frame: pd.DataFrame) -> pa.Table:
 def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settings,
                     existing: Any = False) -> None:  # fmt: skip
     """Replace ``months`` of a partials table with ``frame``'s rows in one commit (a month
-    with no rows now is emptied). ``existing``: the table as read earlier in the run, or
-    None if it did not exist (False: read it now). An overwrite commits against the
-    version it read: if another writer committed since, it reads the log again."""
-    if existing is False:
+    with no rows now is emptied). ``existing``: the table as read earlier in the run
+    (False or None: read it now). An overwrite commits against the version it read: if
+    another writer committed since, it reads the log again."""
+    if existing is False or existing is None:  # absent then: another run may have made it
         existing = lake.table(table, settings)
     if not len(frame) and existing is None:
         return  # nothing to keep, nothing to empty

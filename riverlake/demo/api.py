@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from riverlake.demo import data as demo_data
@@ -33,7 +33,7 @@ def weather_records() -> list[dict[str, Any]]:
 
 def _json(record: dict[str, Any]) -> str:
     """One record as the JSON FastAPI would send (compact, no NaN)."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def _encode(updated_at: str, rid: int) -> str:
@@ -99,7 +99,7 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
         return {"ok": True, "records": len(by_id)}
 
     @app.get("/weather")
-    def weather(request: Request, limit: int = 500, cursor: str | None = None,
+    def weather(request: Request, limit: int = Query(500, ge=1), cursor: str | None = None,
                 since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r
@@ -108,7 +108,7 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
         return respond(rows[:limit], next_cursor=nxt)
 
     @app.get("/weather/offset")
-    def weather_offset(request: Request, limit: int = 500, offset: int = 0,
+    def weather_offset(request: Request, limit: int = Query(500, ge=1), offset: int = 0,
                        since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r
@@ -116,7 +116,7 @@ def create_api(token: str | None = None, fault_every: int = 0, malformed_page: i
         return respond(rows[offset : offset + limit], total=len(rows))
 
     @app.get("/weather/pages")
-    def weather_pages(request: Request, limit: int = 500, page: int = 1,
+    def weather_pages(request: Request, limit: int = Query(500, ge=1), page: int = 1,
                       since: str | None = None):  # fmt: skip
         if (r := guard(request)) is not None:
             return r

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import posixpath
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def _made(settings: Settings, days: list[date]) -> dict[str, Path]:
         src = src[key.isin([d.year * 10000 + d.month * 100 + d.day for d in todo])]
         for (y, m, d), rows in src.groupby(["year", "month", "day"], sort=True):
             path = made[drop_name(date(int(y), int(m), int(d)))]
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")  # whole or absent
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # whole or absent
             tmp.write_bytes(gzip.compress(rows.to_csv(index=False).encode(), mtime=0))
             os.replace(tmp, path)
     return {name: path for name, path in made.items() if path.exists()}

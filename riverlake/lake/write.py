@@ -555,8 +555,8 @@ def write_table(
     else:
         table = _to_arrow(data, schema)
         schema = table.schema
-    if dt is not None:
-        schema_changes(name, table_schema(dt), schema, allow_new_columns)
+    evolves = dt is not None and bool(schema_changes(name, table_schema(dt), schema,
+                                                     allow_new_columns))  # fmt: skip
     if is_dask:
         import dask
 
@@ -570,7 +570,9 @@ def write_table(
     return commit(
         uri, adds, schema, partition_by=partition_by, mode=mode, batch=Batch(app_id),
         replace_partitions=replace_partitions, allow_new_columns=allow_new_columns,
-        table=None if dt is None else Table(name, uri, dt),  # its log read once
+        # The log read above, unless the schema evolves: an alter commits against the
+        # log as it is then, so commit reads it again (another writer may have altered).
+        table=None if dt is None or evolves else Table(name, uri, dt),
         settings=settings,
     )  # fmt: skip
 

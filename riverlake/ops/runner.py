@@ -315,10 +315,13 @@ def _leave() -> None:
     process that is not a forked command, exits as usual."""
     if not _STATUS:
         return
+    status = _STATUS[0]
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
-    os._exit(_STATUS[0])
+        except Exception:  # a full disk, a closed pipe: as Python, 120 for a success
+            status = status or 120
+    os._exit(status)
 
 
 def _wait(pid: int, conn: socket.socket) -> int:

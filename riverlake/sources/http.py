@@ -23,12 +23,12 @@ read in parallel on the cluster.
 from __future__ import annotations
 
 import email.utils
-import functools
 import json
 import math
 import os
 import random
 import ssl
+import threading
 import time
 import zlib
 from datetime import UTC, datetime
@@ -265,12 +265,19 @@ def parse_page(
     return records, doc
 
 
-@functools.cache
+_TLS = threading.local()
+
+
 def _tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     """The TLS context httpx makes for its default ``verify=True`` (certifi's, or
-    SSL_CERT_FILE's, or SSL_CERT_DIR's), made once per process: loading the
-    certificates takes 12 ms, and a run makes a client per plan and unit."""
-    return httpx.create_ssl_context()
+    SSL_CERT_FILE's, or SSL_CERT_DIR's), made once per thread and certificate setting:
+    loading the certificates takes 12 ms, and a run makes a client per plan and unit.
+    Per thread, as httpcore sets each new connection's protocols on its context."""
+    made = _TLS.__dict__.setdefault("contexts", {})
+    key = (cert_file, cert_dir)
+    if key not in made:
+        made[key] = httpx.create_ssl_context()
+    return made[key]
 
 
 def _client(spec: HttpSource) -> httpx.Client:

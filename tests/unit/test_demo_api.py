@@ -79,6 +79,7 @@ def _every_style(client: httpx.Client, records: list[dict], since: str | None) -
     numbered = [client.get("/weather/pages", params={"limit": 7000, "page": n, **extra}).json()
                 for n in range(1, len(want) // 7000 + 2)]  # fmt: skip
     assert [r for b in numbered for r in b["data"]] == want
+    assert client.get("/weather", params={"limit": 0}).status_code == 422
     raw = client.get("/weather", params={"limit": 3}).content
     assert json.loads(raw)["data"] == records[:3]  # valid JSON, nulls as null
     assert any(v is None for r in records for v in r.values())

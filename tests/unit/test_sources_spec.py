@@ -98,7 +98,11 @@ def test_a_record_without_a_declared_field_is_quarantined_never_loaded_with_a_nu
     assert table.num_rows == 0 and [b.reason for b in bad] == ["missing field 'v'"] * 2
 
 
-def test_http_clients_share_one_tls_context_per_certificate_setting(tmp_path, monkeypatch):
+def test_http_clients_share_one_tls_context_per_thread_and_certificate_setting(
+    tmp_path, monkeypatch
+):
+    import threading
+
     import certifi
 
     from riverlake.sources import http
@@ -107,13 +111,19 @@ def test_http_clients_share_one_tls_context_per_certificate_setting(tmp_path, mo
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     src = spec.parse_source({"name": "w", "kind": "http", "url": "https://example.test/w",
                              "table": "w", "schema": {"id": "int64"}}, get_settings())  # fmt: skip
-    http._tls.cache_clear()
+    monkeypatch.setattr(http, "_TLS", threading.local())
+    made = []
+    monkeypatch.setattr(http.httpx, "create_ssl_context",
+                        lambda real=http.httpx.create_ssl_context: made.append(real()) or made[-1])  # fmt: skip
     for _ in range(3):
         http._client(src).close()
-    assert http._tls.cache_info().misses == 1 and http._tls.cache_info().hits == 2
-    bundle = tmp_path / "ca.pem"  # another certificate file: its own context
+    assert len(made) == 1  # one per thread ...
+    other = threading.Thread(target=lambda: http._client(src).close())
+    other.start()
+    other.join()
+    assert len(made) == 2 and made[0] is not made[1]  # ... each its own
+    bundle = tmp_path / "ca.pem"  # another certificate file: another context
     bundle.write_bytes(Path(certifi.where()).read_bytes())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     http._client(src).close()
-    assert http._tls.cache_info().misses == 2
-    assert http._tls(str(bundle), None).verify_mode.name == "CERT_REQUIRED"
+    assert len(made) == 3 and made[2].verify_mode.name == "CERT_REQUIRED"

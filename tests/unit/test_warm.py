@@ -191,18 +191,27 @@ pid = os.fork()
 if pid == 0:
     atexit.register(lambda: os.write(2, b"the command's exit handler ran\\n"))
     print("a line still in stdout's buffer")  # a pipe: block-buffered
+    if FULL:  # what it prints next cannot be written: a full disk
+        sys.stdout = open("/dev/full", "w")
+        print("lost")
     runner.end_command(CODE)
 _, status = os.waitpid(pid, 0)
 print("command status", os.waitstatus_to_exitcode(status), "server", os.getpid())
 """
 
 
-@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), ("'one line'", 1)])
-def test_a_forked_command_ends_with_its_status_handlers_and_output_without_teardown(code, status):
+@pytest.mark.parametrize(("code", "full", "status"), [
+    (None, False, 0), (0, False, 0), (3, False, 3), ("'one line'", False, 1),
+    (0, True, 120), (3, True, 3),  # output lost: a success fails, as Python's own exit does
+])  # fmt: skip
+def test_a_forked_command_ends_with_its_status_handlers_and_output_without_teardown(
+    code, full, status
+):
     import subprocess
 
-    res = subprocess.run([sys.executable, "-c", FORKED.replace("CODE", str(code))],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    script = FORKED.replace("CODE", str(code)).replace("FULL", str(full))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stderr
     server = int(res.stdout.split()[-1])
     assert res.stdout.splitlines() == ["a line still in stdout's buffer",
