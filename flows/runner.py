@@ -67,21 +67,7 @@ class ClusterTaskRunner(TaskRunner):
         return self._dask
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
-        """As ``DaskTaskRunner.submit``, with ``pure=False``: each task run has an id of
-        its own, so Dask's key for it needs no hash of the call, which pickles the run's
-        whole context twice (40 ms a task on the 2-core machine; PrefectHQ/prefect#18191)."""
-        from prefect_dask.task_runners import PrefectDaskFuture
-
-        dask = self.dask
-        future = dask.client.submit(
-            task,
-            parameters=dask._optimize_futures(parameters),  # Prefect's futures as Dask's
-            wait_for=dask._optimize_futures(wait_for) if wait_for else None,
-            dependencies=dependencies,
-            return_type="state",
-            pure=False,
-        )
-        return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+        return self.dask.submit(task, parameters, wait_for, dependencies)
 
     # What prefect_dask.get_dask_client reads from the flow run's task runner.
     @property

@@ -73,28 +73,3 @@ def test_no_cluster_until_the_first_task_then_one_for_the_run(settings, monkeypa
     addresses = flow(task_runner=ClusterTaskRunner(options))(busy)()
     assert SEEN["dask"] is not None and type(SEEN["dask"]).__name__ == "DaskTaskRunner"
     assert addresses[0] == addresses[1] and SEEN["workers"] == [addresses[0]]
-
-
-@task
-def double(x: int) -> int:
-    return 2 * x
-
-
-def three_runs() -> list[int]:
-    return [f.result() for f in [double.submit(x) for x in (1, 1, 2)]]
-
-
-def test_a_task_is_submitted_without_hashing_its_arguments(settings, monkeypatch):
-    """Every task run has its own id, so Dask's key for it needs no hash of the call:
-    Dask's hash of a Prefect task's call pickles the run's whole context (40 ms a task
-    on the 2-core machine). Counted where distributed computes it."""
-    import distributed.client
-
-    hashed = []
-    real = distributed.client.tokenize
-    monkeypatch.setattr(distributed.client, "tokenize",
-                        lambda *a, **k: hashed.append(a) or real(*a, **k))  # fmt: skip
-    monkeypatch.setenv("RIVERLAKE_WORKERS", "1")
-    options = cluster_options(get_settings(), profile="local", worker_profile="standard")
-    assert flow(task_runner=ClusterTaskRunner(options))(three_runs)() == [2, 2, 4]
-    assert hashed == []  # the same call twice is still two runs, each its own key
