@@ -1016,7 +1016,8 @@ def _file_months(t: lake.Table, columns) -> set[tuple[int, int]]:
             for f in t.files() if f["partition_values"].get(y) is not None}  # fmt: skip
 
 
-def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | None, Any]:
+def _partials_state(table: str, settings) -> tuple[set[tuple[int, int]], str | None,
+                                                  lake.Table | None]:  # fmt: skip
     """A partials table's months, the batch of its last commit of ours (None when it does
     not exist) and the table as read (None: no such table)."""
     t = lake.table(table, settings)
@@ -1045,12 +1046,13 @@ def _arrow(frame: pd.DataFrame) -> pa.Table:
 
 
 def _replace_months(table: str, frame: pd.DataFrame, months, app_id: str, settings,
-                    existing: Any = False) -> None:  # fmt: skip
+                    existing: lake.Table | None = None) -> None:  # fmt: skip
     """Replace ``months`` of a partials table with ``frame``'s rows in one commit (a month
-    with no rows now is emptied). ``existing``: the table as read earlier in the run
-    (False or None: read it now). An overwrite commits against the version it read: if
-    another writer committed since, it reads the log again."""
-    if existing is False or existing is None:  # absent then: another run may have made it
+    with no rows now is emptied). ``existing``: the table as read earlier in the run (None:
+    read it now, also when it was absent then: another run may have made it since). An
+    overwrite commits against the version it read: if another writer committed since, it
+    reads the log again."""
+    if existing is None:
         existing = lake.table(table, settings)
     if not len(frame) and existing is None:
         return  # nothing to keep, nothing to empty
@@ -1110,7 +1112,7 @@ def _gold_from_partials(p: Pipeline, golds, months, batch, types, settings) -> d
     # Independent tables, each its own commit: their S3 round trips overlap.
     in_threads(lambda table, f: _replace_months(
         table, f, recompute, f"{table}:{batch}", settings,
-        state[table][2] if table in state else False), partials)  # fmt: skip
+        state[table][2] if table in state else None), partials)  # fmt: skip
 
     # Every partial table of every gold read at once (route_stats has 7): None where the
     # table does not exist yet (no curated row in the scope, or no value of a measure).

@@ -572,8 +572,9 @@ class RunWatcher:
                     return
                 with self._lock:
                     self.flow, self.tasks = flow, tasks
-            with self._lock:
-                flow, tasks = self.flow, self.tasks
+            else:
+                with self._lock:
+                    flow, tasks = self.flow, self.tasks
             if self._say is not None and flow is not None:
                 now = datetime.now(UTC)
                 task_lines = self._plain.update(tasks, now, last=last)
